@@ -1,0 +1,60 @@
+//! Checks against the real MNIST / Fashion-MNIST files, when present.
+//! Skipped (with a note on stderr) where `shared_data_dir()` finds nothing.
+
+use data::{load_fashion_mnist, load_mnist, shared_data_dir, Split};
+
+fn dir(sub: &str, probe: &str) -> Option<std::path::PathBuf> {
+    match shared_data_dir().map(|d| d.join(sub)) {
+        Some(d) if d.join(probe).exists() => Some(d),
+        other => {
+            eprintln!("note: skipping: {probe} not found (shared data dir: {other:?})");
+            None
+        }
+    }
+}
+
+#[test]
+fn full_mnist_train() {
+    let Some(d) = dir("mnist", "train-images-idx3-ubyte.gz") else {
+        return;
+    };
+    let train = load_mnist(Some(&d), Split::Train).unwrap();
+    assert_eq!((train.n, train.height, train.width), (60000, 28, 28));
+    assert_eq!(train.labels.len(), 60000);
+    assert_eq!(train.images.len(), 60000 * 784);
+    assert!(train.labels.iter().all(|&l| l < 10));
+    assert!(train.class_counts().iter().all(|&c| c > 5000));
+}
+
+#[test]
+fn full_mnist_test() {
+    let Some(d) = dir("mnist", "t10k-images-idx3-ubyte.gz") else {
+        return;
+    };
+    let test = load_mnist(Some(&d), Split::Test).unwrap();
+    assert_eq!((test.n, test.height, test.width), (10000, 28, 28));
+    assert!(test.labels.iter().all(|&l| l < 10));
+    assert_eq!(test.class_counts().iter().sum::<usize>(), 10000);
+}
+
+#[test]
+fn embedded_is_subset_of_full() {
+    let Some(d) = dir("mnist", "t10k-images-idx3-ubyte.gz") else {
+        return;
+    };
+    let full = load_mnist(Some(&d), Split::Test).unwrap();
+    let emb = load_mnist(None, Split::Test).unwrap();
+    let want = full.balanced_subset(100, 0);
+    assert_eq!(emb.labels, want.labels);
+    assert_eq!(emb.images, want.images);
+}
+
+#[test]
+fn fashion_mnist() {
+    let Some(d) = dir("fashion-mnist", "all-images-idx3-ubyte.gz") else {
+        return;
+    };
+    let f = load_fashion_mnist(&d).unwrap();
+    assert_eq!((f.n, f.height, f.width), (70000, 28, 28));
+    assert_eq!(f.class_counts(), [7000; 10]);
+}

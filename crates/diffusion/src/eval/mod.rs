@@ -1,0 +1,170 @@
+//! In-project sample-quality metrics for MNIST diffusion samples (spec
+//! `p4-ddpm.md`, "Metrics"):
+//!
+//! * (a) Fréchet classifier distance (FCD) on the penultimate features of a
+//!   small MNIST CNN ([`classifier::MnistClassifier`], ≥ 99 % test accuracy),
+//!   reported for samples vs test and, as the reference, real training images
+//!   vs test;
+//! * (b) recognisability: the share of samples whose top class probability
+//!   exceeds 0.9;
+//! * (c) class balance: KL divergence from the predicted (arg-max) class
+//!   histogram to the uniform distribution.
+//!
+//! Samples that are not 28×28 (e.g. 14×14) are bilinearly resized to 28×28
+//! before classification; so are the test and reference images if they are not
+//! 28×28. For comparable FCDs, pass test/reference images that went through the
+//! same resolution as the samples (e.g. `test.resize_area(14, 14)`), and a
+//! reference set with as many images as there are samples (the Fréchet
+//! distance is biased upwards for small sets).
+
+pub mod classifier;
+pub mod frechet;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use burn::prelude::*;
+use data::{load_mnist, shared_data_dir, Dataset, Split};
+use serde::Serialize;
+
+pub use classifier::{
+    features, load_classifier, predict_proba, save_classifier, train_classifier, ClassifierTrainConfig,
+    MnistClassifier, MnistClassifierConfig,
+};
+pub use frechet::{frechet_distance, GaussianStats};
+
+use classifier::{argmax, features_and_proba, features_sized, NUM_CLASSES};
+use frechet::frechet_distance_from_stats;
+
+/// Where the trained classifier weights live, relative to the workspace root
+/// (see [`default_classifier_path`] for the absolute path).
+pub const DEFAULT_CLASSIFIER_PATH: &str = "assets/mnist-classifier.safetensors";
+
+/// Seed used by [`load_or_train_classifier`] when it has to train.
+pub const DEFAULT_CLASSIFIER_SEED: u64 = 0;
+
+/// Probability threshold above which a sample counts as recognisable.
+pub const CONFIDENCE_THRESHOLD: f32 = 0.9;
+
+/// Absolute path of [`DEFAULT_CLASSIFIER_PATH`], resolved from this crate's
+/// manifest directory at compile time (`<crate>/../../assets/...`).
+pub fn default_classifier_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(DEFAULT_CLASSIFIER_PATH)
+}
+
+/// Sample-quality metrics for a set of generated MNIST images.
+#[derive(Clone, Debug, Serialize)]
+pub struct SampleQuality {
+    /// Number of samples evaluated.
+    pub n: usize,
+    /// Fréchet classifier distance between the samples and the test images.
+    pub frechet_to_test: f64,
+    /// Fréchet classifier distance between the real reference (training)
+    /// images and the test images: the floor to compare `frechet_to_test` with.
+    pub frechet_real_train_to_test: f64,
+    /// Share of samples whose largest class probability is above 0.9.
+    pub confident_share: f64,
+    /// Number of samples per predicted (arg-max) class.
+    pub class_histogram: [usize; 10],
+    /// `KL(hist ‖ uniform) = Σ_k p_k ln(10 p_k)` in nats, with `p` the
+    /// normalised `class_histogram` (0 for perfectly balanced classes, at
+    /// most ln 10 ≈ 2.303).
+    pub class_kl_from_uniform: f64,
+}
+
+/// KL divergence (nats) from a class histogram to the uniform distribution.
+pub fn kl_from_uniform(hist: &[usize; NUM_CLASSES]) -> f64 {
+    let total: usize = hist.iter().sum();
+    if total == 0 {
+        return f64::NAN;
+    }
+    hist.iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / total as f64;
+            p * (p * NUM_CLASSES as f64).ln()
+        })
+        .sum::<f64>()
+        .max(0.0)
+}
+
+/// Computes [`SampleQuality`] for `n` generated `h`×`w` images (`samples`,
+/// row-major, pixels in [-1, 1]) against the `test` set, with
+/// `train_reference` (real images) giving the real-vs-real reference FCD.
+///
+/// All images that are not 28×28 are bilinearly resized to 28×28 before they
+/// go through the classifier. Inference runs in batches without autodiff on
+/// `device`.
+///
+/// # Panics
+/// If `samples.len() != n * h * w`, or `n`, `test.n` or `train_reference.n`
+/// is below 2.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_samples(
+    model: &MnistClassifier,
+    samples: &[f32],
+    n: usize,
+    h: usize,
+    w: usize,
+    test: &Dataset,
+    train_reference: &Dataset,
+    device: &Device,
+) -> SampleQuality {
+    let (sample_feats, probs) = features_and_proba(model, samples, n, h, w, device);
+    let dim = model.feature_dim();
+    let feats_of = |d: &Dataset| features_sized(model, &d.images, d.n, d.height, d.width, device);
+    let test_stats = GaussianStats::from_samples(&feats_of(test), test.n, dim);
+    let ref_stats = GaussianStats::from_samples(&feats_of(train_reference), train_reference.n, dim);
+    let sample_stats = GaussianStats::from_samples(&sample_feats, n, dim);
+
+    let mut class_histogram = [0usize; NUM_CLASSES];
+    let mut confident = 0usize;
+    for p in &probs {
+        class_histogram[argmax(p)] += 1;
+        if p.iter().cloned().fold(f32::MIN, f32::max) > CONFIDENCE_THRESHOLD {
+            confident += 1;
+        }
+    }
+    SampleQuality {
+        n,
+        frechet_to_test: frechet_distance_from_stats(&sample_stats, &test_stats),
+        frechet_real_train_to_test: frechet_distance_from_stats(&ref_stats, &test_stats),
+        confident_share: confident as f64 / n as f64,
+        class_histogram,
+        class_kl_from_uniform: kl_from_uniform(&class_histogram),
+    }
+}
+
+/// Loads the classifier cached at `path`, or, if there is no file there,
+/// trains one on full MNIST and caches it (weights at `path`, a training
+/// report as JSON next to it with the extension `.json`).
+///
+/// Training data come from `data_dir` (a directory with the four MNIST IDX
+/// files); with `None`, `shared_data_dir()/mnist` is used if it exists, else
+/// the small embedded subset (which will not reach 99 % accuracy). Training
+/// uses [`ClassifierTrainConfig::new`] and [`DEFAULT_CLASSIFIER_SEED`] and
+/// takes a few minutes on 2 CPU cores. The model is returned on the plain
+/// flex device, in validation mode.
+///
+/// An existing but unreadable/corrupt file is an error (it is not silently
+/// overwritten).
+pub fn load_or_train_classifier(path: &Path, data_dir: Option<&Path>) -> Result<MnistClassifier> {
+    let device = Device::flex();
+    if path.exists() {
+        return load_classifier(path, &device);
+    }
+    let dir: Option<PathBuf> = match data_dir {
+        Some(d) => Some(d.to_path_buf()),
+        None => shared_data_dir().map(|d| d.join("mnist")).filter(|d| d.is_dir()),
+    };
+    let train = load_mnist(dir.as_deref(), Split::Train).context("loading MNIST training set")?;
+    let test = load_mnist(dir.as_deref(), Split::Test).context("loading MNIST test set")?;
+    let cfg = ClassifierTrainConfig::new();
+    let (model, report) =
+        classifier::train_classifier_with_report(&train, &test, &cfg, DEFAULT_CLASSIFIER_SEED)?;
+    save_classifier(&model, path)?;
+    let json_path = path.with_extension("json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report).context("serialising training report")?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    Ok(model)
+}
