@@ -139,7 +139,7 @@ impl TrainArgs {
         let model = ModelConfig::Unet(UNetConfig {
             height: size,
             width: size,
-            channels: self.channels.clone().unwrap_or_else(|| vec![32, 64]),
+            channels: self.channels.clone().unwrap_or_else(|| vec![16, 32]),
             blocks_per_level: self.blocks.unwrap_or(1),
             dropout: self.dropout.unwrap_or(0.0),
             ..UNetConfig::default()
@@ -155,7 +155,7 @@ impl TrainArgs {
         let defaults = TrainConfig::default();
         let train = TrainConfig {
             steps: self.steps.unwrap_or(1500),
-            batch_size: self.batch.unwrap_or(128),
+            batch_size: self.batch.unwrap_or(64),
             lr: self.lr.unwrap_or(1e-3),
             warmup_steps: self.warmup.unwrap_or(defaults.warmup_steps),
             ema_decay: self.ema.unwrap_or(0.995),

@@ -1,0 +1,81 @@
+//! The diffusion training objective as curvature data: every (example, timestep, noise) draw is
+//! one regression datum with input `(x_t, t)`, target `eps` and output `eps_theta(x_t, t)`.
+
+use burn::prelude::*;
+use diffusion::model::Denoiser;
+use diffusion::rng::{normals, stream, timesteps};
+use diffusion::tap::Tap;
+use diffusion::{Diffusion, TrainData};
+
+use crate::fit::CurvatureBatch;
+
+/// A batch of (example, draw) data of the diffusion loss.
+pub struct DiffusionBatch<'m, M: Denoiser> {
+    model: &'m M,
+    diffusion: &'m Diffusion,
+    x0: Tensor<2>,
+    t: Vec<usize>,
+    eps: Tensor<2>,
+}
+
+impl<'m, M: Denoiser> DiffusionBatch<'m, M> {
+    /// The data `(example, draw)` of `pairs`, for draw set `pass` (passes use independent draws).
+    /// Draw `r` of example `n` depends only on `(seed, pass, n, r)` (common random numbers).
+    pub fn new(
+        model: &'m M,
+        diffusion: &'m Diffusion,
+        data: &TrainData,
+        pairs: &[(usize, u64)],
+        seed: u64,
+        pass: u64,
+        device: &Device,
+    ) -> Self {
+        let d = data.dim;
+        let mut t = Vec::with_capacity(pairs.len());
+        let mut eps = Vec::with_capacity(pairs.len() * d);
+        for &(n, r) in pairs {
+            let mut rng = stream(seed, (pass << 32) | r, n as u64);
+            t.push(timesteps(&mut rng, 1, diffusion.steps())[0]);
+            eps.extend(normals(&mut rng, d));
+        }
+        let idx: Vec<usize> = pairs.iter().map(|p| p.0).collect();
+        let x0 = data.batch(&idx, device);
+        let eps = Tensor::from_data(TensorData::new(eps, [pairs.len(), d]), device);
+        Self { model, diffusion, x0, t, eps }
+    }
+
+    /// All `examples x draws` data of one pass, in batches of `batch_size`, built lazily.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batches(
+        model: &'m M,
+        diffusion: &'m Diffusion,
+        data: &'m TrainData,
+        examples: &'m [usize],
+        draws: u64,
+        seed: u64,
+        pass: u64,
+        batch_size: usize,
+        device: &'m Device,
+    ) -> impl Iterator<Item = Self> + 'm {
+        let pairs: Vec<(usize, u64)> =
+            examples.iter().flat_map(|&n| (0..draws).map(move |r| (n, r))).collect();
+        let chunks: Vec<Vec<(usize, u64)>> = pairs.chunks(batch_size.max(1)).map(|c| c.to_vec()).collect();
+        chunks.into_iter().map(move |c| Self::new(model, diffusion, data, &c, seed, pass, device))
+    }
+}
+
+impl<M: Denoiser> CurvatureBatch for DiffusionBatch<'_, M> {
+    fn forward(&self, tap: &mut Tap) -> (Tensor<2>, Tensor<2>) {
+        let xt = self.diffusion.q_sample(self.x0.clone(), &self.t, self.eps.clone());
+        let y = self.model.forward_tapped(xt, Diffusion::t_tensor(&self.t, &self.x0.device()), tap);
+        let target = match self.diffusion.config.parametrisation {
+            diffusion::Parametrisation::Epsilon => self.eps.clone(),
+            diffusion::Parametrisation::X0 => self.x0.clone(),
+        };
+        (y, target)
+    }
+
+    fn len(&self) -> usize {
+        self.t.len()
+    }
+}

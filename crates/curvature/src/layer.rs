@@ -1,0 +1,84 @@
+//! Per-layer views of tap records: activation rows (unfolded patches for convolutions) and
+//! output-gradient rows, arranged per datum and per shared position.
+
+use burn::prelude::*;
+use burn::tensor::module::unfold4d;
+use burn::tensor::ops::UnfoldOptions;
+use burn::tensor::Gradients;
+use diffusion::tap::{Activation, LayerKind, TapRecord};
+
+/// Inputs and output gradients of one layer for a batch of N data, as `[N, S, d]` tensors:
+/// S shared positions (conv: output pixels; linear: 1), `d_in` patch features, `d_out` channels.
+pub struct LayerBatch {
+    /// `[N, S, d_in]` layer inputs (conv: im2col patches, channel-major like the weight).
+    pub a: Tensor<3>,
+    /// `[N, S, d_out]` gradients of the backpropagated scalar at the layer output.
+    pub g: Tensor<3>,
+}
+
+impl LayerBatch {
+    /// Build from a record and the gradients of one backward pass.
+    pub fn from_record(rec: &TapRecord, grads: &Gradients) -> Option<Self> {
+        let g = rec.output_grad(grads)?;
+        Some(match (&rec.kind, &rec.input, g) {
+            (LayerKind::Linear { .. }, Activation::Dense(a), Activation::Dense(g)) => {
+                let [n, d_in] = a.dims();
+                let d_out = g.dims()[1];
+                LayerBatch { a: a.clone().reshape([n, 1, d_in]), g: g.reshape([n, 1, d_out]) }
+            }
+            (
+                LayerKind::Conv2d { kernel, stride, padding, .. },
+                Activation::Spatial(x),
+                Activation::Spatial(g),
+            ) => {
+                let cols = unfold4d(x.clone(), *kernel, UnfoldOptions::new(*stride, *padding, [1, 1]));
+                // [N, C*kh*kw, L] -> [N, L, C*kh*kw]
+                let a = cols.swap_dims(1, 2);
+                let [n, c_out, h, w] = g.dims();
+                let g = g.reshape([n, c_out, h * w]).swap_dims(1, 2);
+                LayerBatch { a, g }
+            }
+            _ => return None,
+        })
+    }
+
+    /// The `[N, S, d_in]` input rows of a record (conv: im2col patches), without gradients.
+    pub fn activations(rec: &TapRecord) -> Tensor<3> {
+        match (&rec.kind, &rec.input) {
+            (LayerKind::Linear { .. }, Activation::Dense(a)) => {
+                let [n, d_in] = a.dims();
+                a.clone().reshape([n, 1, d_in])
+            }
+            (LayerKind::Conv2d { kernel, stride, padding, .. }, Activation::Spatial(x)) => {
+                unfold4d(x.clone(), *kernel, UnfoldOptions::new(*stride, *padding, [1, 1])).swap_dims(1, 2)
+            }
+            _ => panic!("record input does not match its layer kind"),
+        }
+    }
+
+    /// Per-datum weight gradients `G_i = sum_s g_{i,s} a_{i,s}^T`, `[N, d_out, d_in]`.
+    pub fn per_datum_weight_grads(&self) -> Tensor<3> {
+        self.g.clone().swap_dims(1, 2).matmul(self.a.clone())
+    }
+
+    /// Per-datum bias gradients `sum_s g_{i,s}`, `[N, d_out]`.
+    pub fn per_datum_bias_grads(&self) -> Tensor<2> {
+        let [n, _, d_out] = self.g.dims();
+        self.g.clone().sum_dim(1).reshape([n, d_out])
+    }
+}
+
+/// Tensor values as f64 whatever the device's float type.
+pub fn to_f64(t: Tensor<2>) -> Vec<f64> {
+    t.into_data().try_into_vec_as::<f64>().expect("float data")
+}
+
+/// Tensor values as f64 (rank 3).
+pub fn to_f64_3(t: Tensor<3>) -> Vec<f64> {
+    t.into_data().try_into_vec_as::<f64>().expect("float data")
+}
+
+/// A `[rows, cols]` tensor on `device` from f64 values (cast to the device's float type).
+pub fn from_f64(v: &[f64], rows: usize, cols: usize, device: &Device) -> Tensor<2> {
+    Tensor::<2>::from_data(TensorData::new(v.to_vec(), [rows, cols]), device)
+}

@@ -1,0 +1,18 @@
+//! Curvature of diffusion models for influence functions: K-FAC and EK-FAC approximations of
+//! the Gauss-Newton matrix over every `Linear` and `Conv2d` layer, recorded through
+//! `diffusion::tap::Tap`.
+//!
+//! The pieces read as in curvlinops: fit Kronecker factors ([`fit::fit_factors`]), eigendecompose
+//! them ([`factors::KfacFactors::eigendecompose`]), optionally correct the eigenvalues
+//! ([`fit::fit_correction`], EK-FAC), then apply `(G + lambda I)^-1` exactly in the eigenbasis
+//! ([`precondition`]). [`exact`] builds the full GGN of small models for tests.
+
+pub mod diffusion_batch;
+pub mod exact;
+pub mod factors;
+pub mod fit;
+pub mod layer;
+pub mod precondition;
+
+pub use factors::{EigenCurvature, KfacApprox, KfacFactors, LayerInfo};
+pub use fit::{CurvatureBatch, GgnKind};
