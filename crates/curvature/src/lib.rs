@@ -11,6 +11,7 @@ pub mod diffusion_batch;
 pub mod exact;
 pub mod factors;
 pub mod fit;
+pub mod io;
 pub mod layer;
 pub mod precondition;
 

@@ -1,0 +1,563 @@
+//! `attribute`: which training images made this sample? K-FAC / EK-FAC influence for DDPMs.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use attribution::npy::{read_matrix, write_matrix};
+use attribution::{parse_shard, shard_range, DiffusionTask, Measurement, Role, Scorer};
+use burn::module::{Module, ParamId};
+use burn::prelude::*;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use curvature::diffusion_batch::DiffusionBatch;
+use curvature::fit::{fit_correction, fit_factors, GgnKind};
+use curvature::{EigenCurvature, KfacApprox, LayerInfo};
+use data::write_png_grid;
+use diffusion::checkpoint::write_atomic;
+use diffusion::run::{load_trained, DataSpec, RunConfig, TrainedModel};
+use diffusion::tap::{layer_names, Tap};
+use diffusion::train::checkpoint_dir;
+use diffusion::{
+    sample, AnyDenoiser, Denoiser, ModelConfig, ReverseVariance, Sampler, TrainConfig, Trainer, UNetConfig,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+const EXAMPLES: &str = "\
+Examples:
+  attribute demo                                  # the whole pipeline on the embedded two-class data
+  attribute fit --run runs/ddpm --out runs/ddpm/ekfac.safetensors
+  attribute score --run runs/ddpm --factors runs/ddpm/ekfac.safetensors --queries q.npy --out scores.npy
+  attribute score ... --shard 0/4 --out scores-0.npy   # one of 4 shards of the training set
+  attribute merge --out scores.npy scores-0.npy scores-1.npy scores-2.npy scores-3.npy";
+
+#[derive(Parser)]
+#[command(name = "attribute", version, about = "Influence-function data attribution for diffusion models", after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fit (EK-)FAC curvature of a trained run on its training set.
+    Fit(FitArgs),
+    /// Score every training image against every query; writes a [queries x train] .npy.
+    Score(ScoreArgs),
+    /// Concatenate shard score matrices (in shard order) into one.
+    Merge(MergeArgs),
+    /// Main job: train a small DDPM on the embedded two-class data, sample queries, fit EK-FAC,
+    /// score the training set, write report.md and PNG rows of proponents/opponents.
+    Demo(DemoArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ApproxArg {
+    Expand,
+    Reduce,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GgnArg {
+    Model,
+    Loss,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MeasurementArg {
+    Loss,
+    SimplifiedElbo,
+    SquareNorm,
+}
+
+#[derive(Args, Clone)]
+struct CurvatureArgs {
+    /// Draws (t, noise) per training example in each factor pass.
+    #[arg(long, default_value_t = 4)]
+    factor_draws: u64,
+    /// K-FAC variant for shared positions.
+    #[arg(long, value_enum, default_value = "expand")]
+    approx: ApproxArg,
+    /// Which Gauss-Newton matrix.
+    #[arg(long, value_enum, default_value = "model")]
+    ggn: GgnArg,
+    /// Plain K-FAC (skip the EK-FAC eigenvalue correction pass).
+    #[arg(long)]
+    no_ekfac: bool,
+    /// Data per forward/backward pass.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Seed of the curvature draws.
+    #[arg(long, default_value_t = 0)]
+    factor_seed: u64,
+}
+
+#[derive(Args)]
+struct FitArgs {
+    /// Run directory of a trained model (from `ddpm train`).
+    #[arg(long)]
+    run: PathBuf,
+    /// Output factor file (.safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    curvature: CurvatureArgs,
+}
+
+#[derive(Args, Clone)]
+struct ScoringArgs {
+    /// Draws averaged per training gradient.
+    #[arg(long, default_value_t = 16)]
+    train_draws: u64,
+    /// Draws averaged per query gradient.
+    #[arg(long, default_value_t = 64)]
+    query_draws: u64,
+    /// What is attributed on the queries.
+    #[arg(long, value_enum, default_value = "loss")]
+    measurement: MeasurementArg,
+    /// Damping values (absolute, mean-loss GGN units); the first is the one reported.
+    #[arg(long, value_delimiter = ',', default_value = "1e-6,1e-8,1e-7,1e-5,1e-4,1e-3,1e-2,1e-1")]
+    lambda: Vec<f64>,
+    /// Training images per gradient pass.
+    #[arg(long, default_value_t = 8)]
+    images_per_batch: usize,
+    /// Seed of the gradient draws.
+    #[arg(long, default_value_t = 1)]
+    gradient_seed: u64,
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    /// Run directory of a trained model.
+    #[arg(long)]
+    run: PathBuf,
+    /// Factor file from `attribute fit`.
+    #[arg(long)]
+    factors: PathBuf,
+    /// Queries: a [Q, D] f32 .npy of images in [-1, 1] (D = the model's pixels).
+    #[arg(long)]
+    queries: PathBuf,
+    /// Output .npy ([queries x train] for the first lambda; other lambdas beside it).
+    #[arg(long)]
+    out: PathBuf,
+    /// Score only shard i of n of the training set (contiguous, balanced).
+    #[arg(long)]
+    shard: Option<String>,
+    #[command(flatten)]
+    scoring: ScoringArgs,
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// Output .npy.
+    #[arg(long)]
+    out: PathBuf,
+    /// Shard files, in shard order.
+    shards: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Output directory.
+    #[arg(long, default_value = "runs/attribution-demo")]
+    out: PathBuf,
+    /// Generated queries.
+    #[arg(long, default_value_t = 8)]
+    queries: usize,
+    /// Proponents and opponents shown per query.
+    #[arg(long, default_value_t = 6)]
+    top_k: usize,
+    /// Training steps of the demo model.
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    #[command(flatten)]
+    curvature: CurvatureArgs,
+    #[command(flatten)]
+    scoring: ScoringArgs,
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(what.to_string());
+    pb
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let dev = Device::flex();
+    let result = match cli.command {
+        Command::Fit(a) => fit_cmd(a, &dev),
+        Command::Score(a) => score_cmd(a, &dev),
+        Command::Merge(a) => merge_cmd(a),
+        Command::Demo(a) => demo(a, &dev),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The covered layers of a model, from one recording forward pass.
+fn layer_infos(model: &AnyDenoiser, dev: &Device) -> Vec<LayerInfo> {
+    let d = model.data_dim();
+    let ad = dev.clone().autodiff();
+    let m = model.clone().fork(&ad);
+    let names = layer_names(&m);
+    let mut tap = Tap::recording();
+    let y = m.forward_tapped(Tensor::zeros([1, d], &ad), Tensor::zeros([1], &ad), &mut tap);
+    let grads = y.sum().backward();
+    let mut acc = curvature::factors::FactorAccumulator::new(KfacApprox::Expand);
+    let name = |id: u64| names.get(&ParamId::from(id)).cloned().unwrap_or_default();
+    acc.add_activations(tap.records(), &name);
+    acc.add_gradients(tap.records(), &grads);
+    acc.add_data(1);
+    acc.finish().layers.into_iter().map(|l| l.info).collect()
+}
+
+fn fit(trained: &TrainedModel, args: &CurvatureArgs, dev: &Device) -> Result<EigenCurvature> {
+    let (_, data) = trained.config.train_data().context("loading training data")?;
+    let ad = dev.clone().autodiff();
+    let model = trained.model.clone().fork(&ad);
+    let names = layer_names(&model);
+    let name = |id: u64| names.get(&ParamId::from(id)).cloned().unwrap_or_default();
+    let examples: Vec<usize> = (0..data.n).collect();
+    let approx = match args.approx {
+        ApproxArg::Expand => KfacApprox::Expand,
+        ApproxArg::Reduce => KfacApprox::Reduce,
+    };
+    let ggn = match args.ggn {
+        GgnArg::Model => GgnKind::Model,
+        GgnArg::Loss => GgnKind::Loss,
+    };
+    let per_pass = (data.n as u64 * args.factor_draws) as u64;
+    let mut rng = diffusion::rng::stream(args.factor_seed, 77, 0);
+    let batches = |pass| {
+        DiffusionBatch::batches(
+            &model,
+            &trained.diffusion,
+            &data,
+            &examples,
+            args.factor_draws,
+            args.factor_seed,
+            pass,
+            args.batch,
+            &ad,
+        )
+    };
+    let pb = bar(per_pass, "factors");
+    let factors = fit_factors(batches(0), approx, ggn, &mut rng, &name, |n| pb.inc(n as u64));
+    pb.finish();
+    let kfac = factors.eigendecompose();
+    if args.no_ekfac {
+        return Ok(kfac);
+    }
+    let pb = bar(per_pass, "ekfac");
+    let ekfac = fit_correction(&kfac, batches(1), ggn, &mut rng, |n| pb.inc(n as u64));
+    pb.finish();
+    Ok(ekfac)
+}
+
+fn fit_cmd(a: FitArgs, dev: &Device) -> Result<()> {
+    let trained = load_trained(&a.run, dev)?;
+    let t = Instant::now();
+    let curv = fit(&trained, &a.curvature, dev)?;
+    curv.save(&a.out)?;
+    eprintln!(
+        "fitted {} layers in {:.1} s -> {}",
+        curv.layers.len(),
+        t.elapsed().as_secs_f64(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn task(trained: &TrainedModel, s: &ScoringArgs) -> DiffusionTask {
+    DiffusionTask {
+        diffusion: trained.diffusion.clone(),
+        measurement: match s.measurement {
+            MeasurementArg::Loss => Measurement::Loss,
+            MeasurementArg::SimplifiedElbo => Measurement::SimplifiedElbo,
+            MeasurementArg::SquareNorm => Measurement::SquareNorm,
+        },
+        train_draws: s.train_draws,
+        query_draws: s.query_draws,
+        seed: s.gradient_seed,
+    }
+}
+
+/// Scores `[L][Q x range]` of the training images in `range` against `queries` (`[Q, D]`).
+fn score(
+    trained: &TrainedModel,
+    curv: &EigenCurvature,
+    queries: &[f32],
+    range: std::ops::Range<usize>,
+    s: &ScoringArgs,
+    dev: &Device,
+) -> Result<Vec<Vec<f32>>> {
+    for &l in &s.lambda {
+        if !(l.is_finite() && l > 0.0) {
+            bail!("--lambda {l}: damping must be a positive number");
+        }
+    }
+    let (ds, _) = trained.config.train_data().context("loading training data")?;
+    let ad = dev.clone().autodiff();
+    let model = trained.model.clone().fork(&ad);
+    let task = task(trained, s);
+    let d = model.data_dim();
+    let q = queries.len() / d;
+    let qids: Vec<usize> = (0..q).collect();
+    let qg = task.gradients(&model, queries, &qids, Role::Query, &ad).inner();
+    check_finite(&qg, "query gradients")?;
+    let scorer = Scorer::new(curv, qg, s.lambda.clone());
+    let n = range.len();
+    let mut out = vec![vec![0f32; q * n]; s.lambda.len()];
+    let pb = bar(n as u64, "score");
+    let ids: Vec<usize> = range.clone().collect();
+    for chunk in ids.chunks(s.images_per_batch.max(1)) {
+        let rows: Vec<f32> = chunk.iter().flat_map(|&i| ds.image(i).iter().copied()).collect();
+        let g = task.gradients(&model, &rows, chunk, Role::Train, &ad).inner();
+        check_finite(&g, "training gradients")?;
+        let b = chunk.len();
+        for (li, sc) in scorer.score(g).into_iter().enumerate() {
+            for qi in 0..q {
+                for j in 0..b {
+                    out[li][qi * n + (chunk[j] - range.start)] = sc[qi * b + j];
+                }
+            }
+        }
+        pb.inc(b as u64);
+    }
+    pb.finish();
+    Ok(out)
+}
+
+fn check_finite(t: &Tensor<2>, what: &str) -> Result<()> {
+    let s: f32 = t.clone().abs().sum().into_scalar();
+    if !s.is_finite() {
+        bail!("{what} contain NaN or infinity (is the model diverged?)");
+    }
+    Ok(())
+}
+
+fn lambda_path(out: &Path, lambda: f64) -> PathBuf {
+    let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("scores");
+    out.with_file_name(format!("{stem}.lambda-{lambda:e}.npy"))
+}
+
+fn score_cmd(a: ScoreArgs, dev: &Device) -> Result<()> {
+    let trained = load_trained(&a.run, dev)?;
+    let infos = layer_infos(&trained.model, dev);
+    let curv = EigenCurvature::load(&a.factors, Some(&infos))?;
+    let (queries, qn, qd) = read_matrix(&a.queries).with_context(|| a.queries.display().to_string())?;
+    let d = trained.model.data_dim();
+    if qd != d {
+        bail!("{}: queries have {qd} pixels, the model takes {d}", a.queries.display());
+    }
+    if queries.iter().any(|v| !v.is_finite()) {
+        bail!("{}: queries contain NaN or infinity", a.queries.display());
+    }
+    let n_train = trained.config.train_data()?.0.n;
+    let (i, n) = match &a.shard {
+        Some(s) => parse_shard(s).map_err(anyhow::Error::msg)?,
+        None => (0, 1),
+    };
+    let range = shard_range(n_train, i, n);
+    let cols = range.len();
+    let scores = score(&trained, &curv, &queries, range, &a.scoring, dev)?;
+    write_matrix(&a.out, &scores[0], qn, cols)?;
+    for (l, s) in a.scoring.lambda.iter().zip(&scores).skip(1) {
+        write_matrix(&lambda_path(&a.out, *l), s, qn, cols)?;
+    }
+    eprintln!("wrote {} ({qn} x {cols}, lambda {:e})", a.out.display(), a.scoring.lambda[0]);
+    Ok(())
+}
+
+fn merge_cmd(a: MergeArgs) -> Result<()> {
+    if a.shards.is_empty() {
+        bail!("merge needs at least one shard file");
+    }
+    let mut parts = Vec::new();
+    for p in &a.shards {
+        parts.push(read_matrix(p).with_context(|| p.display().to_string())?);
+    }
+    let rows = parts[0].1;
+    if let Some((_, r, _)) = parts.iter().find(|p| p.1 != rows) {
+        bail!("shards disagree on the number of queries ({rows} vs {r})");
+    }
+    let cols: usize = parts.iter().map(|p| p.2).sum();
+    let mut out = vec![0f32; rows * cols];
+    let mut off = 0;
+    for (data, _, c) in &parts {
+        for r in 0..rows {
+            out[r * cols + off..r * cols + off + c].copy_from_slice(&data[r * c..(r + 1) * c]);
+        }
+        off += c;
+    }
+    write_matrix(&a.out, &out, rows, cols)?;
+    eprintln!("merged {} shards into {} ({rows} x {cols})", a.shards.len(), a.out.display());
+    Ok(())
+}
+
+/// 8-bit quantisation, as if the sample had been saved as a PNG (spec p1 §1.3).
+fn quantise(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| data::to_u8(v) as f32 / 255.0 * 2.0 - 1.0).collect()
+}
+
+fn demo(a: DemoArgs, dev: &Device) -> Result<()> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
+    // 1. A small DDPM on the embedded MNIST {0, 1} subset at 14x14 (N = 1000).
+    let run = a.out.join("model");
+    let config = RunConfig {
+        model: ModelConfig::Unet(UNetConfig {
+            height: 14,
+            width: 14,
+            channels: vec![16, 32],
+            ..UNetConfig::default()
+        }),
+        diffusion: Default::default(),
+        train: TrainConfig {
+            steps: a.steps,
+            batch_size: 64,
+            lr: 1e-3,
+            ema_decay: 0.995,
+            ..TrainConfig::default()
+        },
+        data: DataSpec { classes: vec![0, 1], size: 14, ..DataSpec::default() },
+    };
+    let t0 = Instant::now();
+    let reuse = RunConfig::load(&run).ok().as_ref() == Some(&config)
+        && checkpoint_dir(&run).join("state.json").exists()
+        && load_trained(&run, dev).map(|t| t.step == a.steps).unwrap_or(false);
+    if !reuse {
+        config.save(&run)?;
+        let (_, data) = config.train_data()?;
+        let diffusion = config.diffusion();
+        let trainer = Trainer::new(config.train.clone(), &diffusion, &data, dev);
+        let mut state = trainer.init_state(|d| config.model.init(d));
+        let pb = bar(config.train.steps as u64, "train");
+        while state.step < config.train.steps {
+            trainer.step(&mut state);
+            pb.inc(1);
+        }
+        pb.finish();
+        trainer.save(&state, &checkpoint_dir(&run))?;
+    }
+    let train_secs = t0.elapsed().as_secs_f64();
+    let trained = load_trained(&run, dev)?;
+    let (ds, _) = trained.config.train_data()?;
+
+    // 2. Queries: generated samples, 8-bit quantised.
+    let t0 = Instant::now();
+    let pb = bar(0, "sample");
+    let sampler = Sampler::Ancestral { variance: ReverseVariance::BetaTilde };
+    let queries =
+        quantise(&sample(&trained.model, &trained.diffusion, &sampler, a.queries, 2024, dev, Some(&pb)));
+    pb.finish();
+    let d = trained.model.data_dim();
+    write_matrix(&a.out.join("queries.npy"), &queries, a.queries, d)?;
+    let sample_secs = t0.elapsed().as_secs_f64();
+
+    // 3. EK-FAC on the training set.
+    let t0 = Instant::now();
+    let curv = fit(&trained, &a.curvature, dev)?;
+    curv.save(&a.out.join("ekfac.safetensors"))?;
+    let fit_secs = t0.elapsed().as_secs_f64();
+    let ev = curv.eigenvalues();
+    let mean_ev = ev.iter().sum::<f64>() / ev.len() as f64;
+
+    // 4. Scores for the whole damping grid.
+    let t0 = Instant::now();
+    let scores = score(&trained, &curv, &queries, 0..ds.n, &a.scoring, dev)?;
+    let score_secs = t0.elapsed().as_secs_f64();
+    let lambda = a.scoring.lambda[0];
+    write_matrix(&a.out.join("scores.npy"), &scores[0], a.queries, ds.n)?;
+    for (l, s) in a.scoring.lambda.iter().zip(&scores).skip(1) {
+        write_matrix(&lambda_path(&a.out.join("scores.npy"), *l), s, a.queries, ds.n)?;
+    }
+
+    // 5. Report and image rows: query | top-k proponents | top-k opponents.
+    let k = a.top_k.min(ds.n / 2);
+    let side = trained.config.data.size;
+    let mut grid = Vec::new();
+    let mut report = String::new();
+    report.push_str("# Attribution demo\n\n");
+    report.push_str(&format!(
+        "A {}-parameter U-Net DDPM trained on N = {} MNIST images (classes 0 and 1, {side}x{side}); {} generated queries;\n\
+         EK-FAC ({} draws per example per pass, GGN^model, expand) fitted on the training set; scores for damping lambda = {lambda:e}\n\
+         (mean EK-FAC eigenvalue {mean_ev:.3e}). Positive score = removing the training image is predicted to raise the\n\
+         query's loss (a proponent).\n\n",
+        trained.model.num_params(), ds.n, a.queries, a.curvature.factor_draws
+    ));
+    report.push_str("| stage | seconds |\n|---|---|\n");
+    report.push_str(&format!(
+        "| train ({} steps{}) | {train_secs:.1} |\n",
+        a.steps,
+        if reuse { ", reused" } else { "" }
+    ));
+    report.push_str(&format!("| sample queries | {sample_secs:.1} |\n| fit EK-FAC | {fit_secs:.1} |\n| score | {score_secs:.1} |\n\n"));
+    report.push_str(
+        "Rows in `rows.png`: query, then its top proponents, then its top opponents (most negative).\n\n",
+    );
+    // Query labels from the project's MNIST classifier (if its weights are present), to check
+    // that proponents share the query's digit.
+    let labels: Option<Vec<usize>> =
+        diffusion::eval::classifier::load_classifier(&diffusion::eval::default_classifier_path(), dev)
+            .ok()
+            .map(|c| {
+                diffusion::eval::classifier::predict_proba_sized(&c, &queries, a.queries, side, side, dev)
+                    .iter()
+                    .map(diffusion::eval::classifier::argmax)
+                    .collect()
+            });
+    let top_order = |li: usize, qi: usize| -> Vec<usize> {
+        let row = &scores[li][qi * ds.n..(qi + 1) * ds.n];
+        let mut order: Vec<usize> = (0..ds.n).collect();
+        order.sort_by(|&x, &y| row[y].partial_cmp(&row[x]).unwrap().then(x.cmp(&y)));
+        order
+    };
+    if let Some(labels) = &labels {
+        report.push_str("Share of each query's top-10 proponents that show the query's digit (classifier label), per damping:\n\n| lambda | same-digit share |\n|---|---|\n");
+        for (li, l) in a.scoring.lambda.iter().enumerate() {
+            let hits: usize = (0..a.queries)
+                .map(|qi| {
+                    top_order(li, qi)[..10.min(ds.n)]
+                        .iter()
+                        .filter(|&&i| ds.labels[i] as usize == labels[qi])
+                        .count()
+                })
+                .sum();
+            report.push_str(&format!("| {l:e} | {:.2} |\n", hits as f64 / (10 * a.queries) as f64));
+        }
+        report.push('\n');
+    }
+    report.push_str("| query | label | top proponents (index: label, score) |\n|---|---|---|\n");
+    for qi in 0..a.queries {
+        let row = &scores[0][qi * ds.n..(qi + 1) * ds.n];
+        let order = top_order(0, qi);
+        grid.extend_from_slice(&queries[qi * d..(qi + 1) * d]);
+        for &i in &order[..k] {
+            grid.extend_from_slice(ds.image(i));
+        }
+        for &i in order.iter().rev().take(k) {
+            grid.extend_from_slice(ds.image(i));
+        }
+        let listed: Vec<String> =
+            order[..3].iter().map(|&i| format!("{i}: {} ({:.3e})", ds.labels[i], row[i])).collect();
+        let label = labels.as_ref().map_or("?".to_string(), |l| l[qi].to_string());
+        report.push_str(&format!("| {qi} | {label} | {} |\n", listed.join(", ")));
+    }
+    write_png_grid(&a.out.join("rows.png"), &grid, a.queries * (1 + 2 * k), side, side, 1 + 2 * k)?;
+    report.push_str(&format!("\nTotal {:.1} s.\n", started.elapsed().as_secs_f64()));
+    write_atomic(&a.out.join("report.md"), report.as_bytes())?;
+    println!("{}", a.out.join("report.md").display());
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! Data attribution for diffusion models with influence functions (Mlodozeniec et al. 2025).
+//!
+//! Read it like kronfluence: a [`DiffusionTask`] says what the training loss and the
+//! measurement are; the curvature crate turns the model and the task's training data into
+//! (EK-)FAC factors; [`Scorer`] preconditions query gradients once and streams the training set,
+//! scoring every training example against every query for a whole damping grid.
+//!
+//! **Sign convention**: `score[q][n] = grad m(x_q)^T (G + lambda I)^-1 grad l(x_n)`. A positive
+//! score means removing training image n is predicted to *raise* query q's measurement (for the
+//! loss measurement: make the sample less likely) — n is a proponent, a "top influence". The
+//! predicted change after removing a set R is `(1/N) sum_{n in R} score[q][n]`.
+
+use burn::prelude::*;
+use curvature::precondition::per_datum_gradients;
+use curvature::EigenCurvature;
+use diffusion::model::Denoiser;
+use diffusion::rng::{normals, stream, timesteps};
+use diffusion::tap::Tap;
+use diffusion::Diffusion;
+use serde::{Deserialize, Serialize};
+
+pub mod npy;
+
+/// The function of the model whose change is attributed (spec p1 §1.3).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Measurement {
+    /// The diffusion training loss `(1/D) ||eps - eps_theta||^2`, uniform t (the default).
+    Loss,
+    /// "ELBO*": the loss weighted by `beta_t / (2 alpha_t (1 - alpha_bar_t))` per t.
+    SimplifiedElbo,
+    /// D-TRAK's output function: `(1/D) ||eps_theta(x_t, t)||^2`, uniform t.
+    SquareNorm,
+    /// The loss at one fixed timestep.
+    LossAtTime(usize),
+}
+
+/// Training loss + measurement of a diffusion model, with the Monte-Carlo draw budgets.
+#[derive(Clone, Debug)]
+pub struct DiffusionTask {
+    /// The diffusion process.
+    pub diffusion: Diffusion,
+    /// What is measured on queries.
+    pub measurement: Measurement,
+    /// (t, noise) draws averaged per training gradient.
+    pub train_draws: u64,
+    /// (t, noise) draws averaged per query gradient.
+    pub query_draws: u64,
+    /// Seed of all draws. Draw r of image n depends only on (seed, role, n, r): common random
+    /// numbers across models and runs.
+    pub seed: u64,
+}
+
+/// Whether gradients are of the training loss or of the measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Training examples: gradient of the training loss.
+    Train,
+    /// Queries: gradient of the measurement.
+    Query,
+}
+
+impl DiffusionTask {
+    /// Per-image gradients `[n, P]` (layer space, see `curvature::precondition`) of the training
+    /// loss or the measurement, each averaged over the role's draws. `rows` is `[n, D]`; `ids`
+    /// are the images' global indices (they seed the draws).
+    pub fn gradients<M: Denoiser>(
+        &self,
+        model: &M,
+        rows: &[f32],
+        ids: &[usize],
+        role: Role,
+        device: &Device,
+    ) -> Tensor<2> {
+        let d = model.data_dim();
+        let (draws, role_tag) = match role {
+            Role::Train => (self.train_draws, 1u64),
+            Role::Query => (self.query_draws, 2u64),
+        };
+        let n_img = ids.len();
+        let total = n_img * draws as usize;
+        let mut x0 = Vec::with_capacity(total * d);
+        let mut eps = Vec::with_capacity(total * d);
+        let mut t = Vec::with_capacity(total);
+        for (k, &id) in ids.iter().enumerate() {
+            for r in 0..draws {
+                let mut rng = stream(self.seed, (role_tag << 32) | r, id as u64);
+                let tt = timesteps(&mut rng, 1, self.diffusion.steps())[0];
+                t.push(match (role, self.measurement) {
+                    (Role::Query, Measurement::LossAtTime(fixed)) => fixed,
+                    _ => tt,
+                });
+                eps.extend(normals(&mut rng, d));
+                x0.extend_from_slice(&rows[k * d..(k + 1) * d]);
+            }
+        }
+        let x0 = Tensor::<2>::from_data(TensorData::new(x0, [total, d]), device);
+        let eps = Tensor::<2>::from_data(TensorData::new(eps, [total, d]), device);
+        let xt = self.diffusion.q_sample(x0, &t, eps.clone());
+        let mut tap = Tap::recording();
+        let y = model.forward_tapped(xt, Diffusion::t_tensor(&t, device), &mut tap);
+        let per_datum = match (role, self.measurement) {
+            (Role::Query, Measurement::SquareNorm) => y.square().mean_dim(1),
+            (Role::Query, Measurement::SimplifiedElbo) => {
+                let w: Vec<f64> = t.iter().map(|&ti| self.diffusion.schedule.elbo_weight(ti)).collect();
+                (eps - y).square().mean_dim(1)
+                    * self.diffusion.coef(&w, &(0..total).collect::<Vec<_>>(), device)
+            }
+            _ => (eps - y).square().mean_dim(1),
+        };
+        let grads = per_datum.sum().div_scalar(draws as f64).backward();
+        let g = per_datum_gradients(tap.records(), &grads);
+        let p = g.dims()[1];
+        g.reshape([n_img, draws as usize, p]).sum_dim(1).reshape([n_img, p])
+    }
+}
+
+/// Scores training examples against queries for a grid of dampings, with the query side
+/// preconditioned once (rotated into the eigenbasis and divided by `Lambda + lambda`).
+pub struct Scorer<'c> {
+    curvature: &'c EigenCurvature,
+    /// Damping values.
+    pub lambdas: Vec<f64>,
+    /// Per lambda: preconditioned rotated query gradients `[Q, P]`.
+    preconditioned: Vec<Tensor<2>>,
+}
+
+impl<'c> Scorer<'c> {
+    /// Precondition query gradients `[Q, P]` for every lambda.
+    pub fn new(curvature: &'c EigenCurvature, query_grads: Tensor<2>, lambdas: Vec<f64>) -> Self {
+        let device = query_grads.device();
+        let rotated = curvature.rotate(query_grads);
+        let ev = curvature.eigenvalues();
+        let p = ev.len();
+        let preconditioned = lambdas
+            .iter()
+            .map(|&l| {
+                let inv: Vec<f32> = ev.iter().map(|e| (1.0 / (e + l)) as f32).collect();
+                rotated.clone() * Tensor::<1>::from_floats(inv.as_slice(), &device).reshape([1, p])
+            })
+            .collect();
+        Self { curvature, lambdas, preconditioned }
+    }
+
+    /// Scores `[L][Q * B]` (row-major `[Q, B]` per lambda) of a batch of training gradients `[B, P]`.
+    pub fn score(&self, train_grads: Tensor<2>) -> Vec<Vec<f32>> {
+        let rotated = self.curvature.rotate(train_grads).transpose();
+        self.preconditioned
+            .iter()
+            .map(|pq| {
+                pq.clone().matmul(rotated.clone()).into_data().try_into_vec_as::<f32>().expect("scores")
+            })
+            .collect()
+    }
+}
+
+/// Parse `i/n` (zero-based shard i of n).
+pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s.split_once('/').ok_or_else(|| format!("--shard '{s}': expected i/n, e.g. 0/4"))?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| format!("--shard '{s}': bad index"))?,
+        n.trim().parse().map_err(|_| format!("--shard '{s}': bad count"))?,
+    );
+    if n == 0 || i >= n {
+        return Err(format!("--shard '{s}': need 0 <= i < n"));
+    }
+    Ok((i, n))
+}
+
+/// The contiguous range of `0..len` that shard `i` of `n` owns (balanced; shards tile the range).
+pub fn shard_range(len: usize, i: usize, n: usize) -> std::ops::Range<usize> {
+    (i * len / n)..((i + 1) * len / n)
+}

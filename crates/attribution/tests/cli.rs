@@ -1,0 +1,182 @@
+//! End-to-end `attribute fit/score/merge` on a tiny run: exact shard merging, and clear errors
+//! (nothing overwritten) for factors of another model, queries of the wrong size, and NaN.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use attribution::npy::{read_matrix, write_matrix};
+use burn::prelude::*;
+use diffusion::run::{DataSpec, RunConfig};
+use diffusion::train::checkpoint_dir;
+use diffusion::{ModelConfig, TrainConfig, Trainer, UNetConfig};
+
+fn attribute(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_attribute")).args(args).output().expect("run attribute");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+fn tiny_run(dir: &Path, channels: Vec<usize>) {
+    let config = RunConfig {
+        model: ModelConfig::Unet(UNetConfig {
+            height: 8,
+            width: 8,
+            channels,
+            groups: 4,
+            ..UNetConfig::default()
+        }),
+        diffusion: Default::default(),
+        train: TrainConfig { steps: 2, batch_size: 8, warmup_steps: 1, ..TrainConfig::default() },
+        data: DataSpec { classes: vec![0, 1], size: 8, per_class: Some(6), ..DataSpec::default() },
+    };
+    config.save(dir).unwrap();
+    let (_, data) = config.train_data().unwrap();
+    let diffusion = config.diffusion();
+    let dev = Device::flex();
+    let trainer = Trainer::new(config.train.clone(), &diffusion, &data, &dev);
+    let mut state = trainer.init_state(|d| config.model.init(d));
+    trainer.step(&mut state);
+    trainer.step(&mut state);
+    trainer.save(&state, &checkpoint_dir(dir)).unwrap();
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn shards_merge_exactly_and_bad_inputs_are_refused() {
+    let root: PathBuf = std::env::temp_dir().join(format!("attribute-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let run = root.join("run");
+    tiny_run(&run, vec![8, 16]);
+    let factors = root.join("f.safetensors");
+    let (ok, err) =
+        attribute(&["fit", "--run", s(&run), "--out", s(&factors), "--factor-draws", "1", "--batch", "16"]);
+    assert!(ok, "{err}");
+    let queries = root.join("q.npy");
+    let q: Vec<f32> = (0..3 * 64).map(|i| ((i * 37 % 200) as f32 / 100.0) - 1.0).collect();
+    write_matrix(&queries, &q, 3, 64).unwrap();
+    let common =
+        ["--train-draws", "2", "--query-draws", "2", "--lambda", "1e-3,1e-1", "--images-per-batch", "5"];
+    let full = root.join("full.npy");
+    let mut args = vec![
+        "score",
+        "--run",
+        s(&run),
+        "--factors",
+        s(&factors),
+        "--queries",
+        s(&queries),
+        "--out",
+        s(&full),
+    ];
+    args.extend(common);
+    let (ok, err) = attribute(&args);
+    assert!(ok, "{err}");
+    let mut shards = Vec::new();
+    for i in 0..3 {
+        let out = root.join(format!("shard{i}.npy"));
+        let shard = format!("{i}/3");
+        let mut args = vec![
+            "score",
+            "--run",
+            s(&run),
+            "--factors",
+            s(&factors),
+            "--queries",
+            s(&queries),
+            "--out",
+            s(&out),
+            "--shard",
+            &shard,
+        ];
+        args.extend(common);
+        let (ok, err) = attribute(&args);
+        assert!(ok, "{err}");
+        shards.push(out);
+    }
+    let merged = root.join("merged.npy");
+    let mut args = vec!["merge", "--out", s(&merged)];
+    args.extend(shards.iter().map(|p| s(p)));
+    let (ok, err) = attribute(&args);
+    assert!(ok, "{err}");
+    let (a, ra, ca) = read_matrix(&full).unwrap();
+    let (b, rb, cb) = read_matrix(&merged).unwrap();
+    assert_eq!((ra, ca), (3, 12));
+    assert_eq!((ra, ca), (rb, cb));
+    assert_eq!(a, b, "merged shards differ from the unsharded scores");
+    assert!(a.iter().all(|v| v.is_finite()) && a.iter().any(|v| *v != 0.0));
+
+    let before = std::fs::read(&full).unwrap();
+    let one_line = |ok: bool, err: &str, needle: &str| {
+        assert!(!ok);
+        assert!(err.starts_with("error: ") && err.trim_end().lines().count() == 1, "{err}");
+        assert!(err.contains(needle), "expected '{needle}' in: {err}");
+    };
+    // Queries of the wrong size.
+    let bad_q = root.join("bad_q.npy");
+    write_matrix(&bad_q, &vec![0.0; 2 * 49], 2, 49).unwrap();
+    let (ok, err) = attribute(&[
+        "score",
+        "--run",
+        s(&run),
+        "--factors",
+        s(&factors),
+        "--queries",
+        s(&bad_q),
+        "--out",
+        s(&full),
+    ]);
+    one_line(ok, &err, "49 pixels");
+    // NaN in the queries.
+    let nan_q = root.join("nan_q.npy");
+    let mut qn = q.clone();
+    qn[5] = f32::NAN;
+    write_matrix(&nan_q, &qn, 3, 64).unwrap();
+    let (ok, err) = attribute(&[
+        "score",
+        "--run",
+        s(&run),
+        "--factors",
+        s(&factors),
+        "--queries",
+        s(&nan_q),
+        "--out",
+        s(&full),
+    ]);
+    one_line(ok, &err, "NaN");
+    // Factors fitted for another model.
+    let other = root.join("other");
+    tiny_run(&other, vec![8, 8]);
+    let other_f = root.join("other.safetensors");
+    assert!(attribute(&["fit", "--run", s(&other), "--out", s(&other_f), "--factor-draws", "1"]).0);
+    let (ok, err) = attribute(&[
+        "score",
+        "--run",
+        s(&run),
+        "--factors",
+        s(&other_f),
+        "--queries",
+        s(&queries),
+        "--out",
+        s(&full),
+    ]);
+    one_line(ok, &err, "another model");
+    // A bad shard spec.
+    let (ok, err) = attribute(&[
+        "score",
+        "--run",
+        s(&run),
+        "--factors",
+        s(&factors),
+        "--queries",
+        s(&queries),
+        "--out",
+        s(&full),
+        "--shard",
+        "3/3",
+    ]);
+    one_line(ok, &err, "--shard");
+    assert_eq!(before, std::fs::read(&full).unwrap(), "a failed command overwrote the scores");
+    std::fs::remove_dir_all(&root).ok();
+}

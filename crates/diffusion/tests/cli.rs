@@ -1,0 +1,88 @@
+//! The `ddpm` binary on bad input: a one-line error naming the problem, a non-zero exit, no
+//! panic, and nothing destroyed.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn ddpm(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ddpm")).args(args).output().expect("run ddpm");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("ddpm-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    p
+}
+
+fn assert_clean_error(ok: bool, err: &str, needle: &str) {
+    assert!(!ok, "expected failure");
+    assert!(err.starts_with("error: "), "not a one-line error: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "more than one line: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(err.contains(needle), "error does not name the problem ({needle}): {err}");
+}
+
+#[test]
+fn missing_data_directory_is_a_clear_error() {
+    let out = tmp("missing");
+    let (ok, err) =
+        ddpm(&["train", "--data", "/nonexistent/mnist", "--steps", "1", "--out", out.to_str().unwrap()]);
+    assert_clean_error(ok, &err, "/nonexistent/mnist");
+}
+
+#[test]
+fn corrupt_idx_file_is_a_clear_error() {
+    let dir = tmp("corrupt");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ] {
+        std::fs::write(dir.join(f), b"\x00\x00\x08\x03\x00\x00\x00\x05garbage").unwrap();
+    }
+    let out = dir.join("run");
+    let (ok, err) =
+        ddpm(&["train", "--data", dir.to_str().unwrap(), "--steps", "1", "--out", out.to_str().unwrap()]);
+    assert_clean_error(ok, &err, "train-images-idx3-ubyte");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn sampling_from_a_mismatched_checkpoint_is_a_clear_error_and_existing_runs_are_kept() {
+    let run = tmp("mismatch");
+    let (ok, err) = ddpm(&[
+        "train",
+        "--steps",
+        "2",
+        "--per-class",
+        "3",
+        "--samples",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    // Training again into the same directory must refuse rather than overwrite.
+    let before = std::fs::read(run.join("checkpoint/ema.safetensors")).unwrap();
+    let (ok, err) = ddpm(&["train", "--steps", "2", "--out", run.to_str().unwrap()]);
+    assert_clean_error(ok, &err, "--resume");
+    assert_eq!(before, std::fs::read(run.join("checkpoint/ema.safetensors")).unwrap());
+    // A config that no longer matches the weights.
+    let cfg = std::fs::read_to_string(run.join("config.json")).unwrap();
+    std::fs::write(run.join("config.json"), cfg.replacen("16", "8", 1)).unwrap();
+    let (ok, err) = ddpm(&["sample", "--run", run.to_str().unwrap(), "--n", "1"]);
+    assert_clean_error(ok, &err, "ema.safetensors");
+    std::fs::remove_dir_all(&run).ok();
+}
+
+#[test]
+fn unknown_sampler_is_a_clear_error() {
+    let (ok, err) = ddpm(&["sample", "--run", "/nonexistent-run", "--sampler", "euler"]);
+    assert!(!ok);
+    assert!(!err.contains("panicked"), "{err}");
+}
