@@ -2,9 +2,8 @@
 //! output-gradient rows, arranged per datum and per shared position.
 
 use burn::prelude::*;
-use burn::tensor::module::unfold4d;
-use burn::tensor::ops::UnfoldOptions;
-use burn::tensor::Gradients;
+use burn::tensor::ops::PadMode;
+use burn::tensor::{Gradients, Slice};
 use diffusion::tap::{Activation, LayerKind, TapRecord};
 
 /// Inputs and output gradients of one layer for a batch of N data, as `[N, S, d]` tensors:
@@ -31,9 +30,7 @@ impl LayerBatch {
                 Activation::Spatial(x),
                 Activation::Spatial(g),
             ) => {
-                let cols = unfold4d(x.clone(), *kernel, UnfoldOptions::new(*stride, *padding, [1, 1]));
-                // [N, C*kh*kw, L] -> [N, L, C*kh*kw]
-                let a = cols.swap_dims(1, 2);
+                let a = im2col(x.clone(), *kernel, *stride, *padding);
                 let [n, c_out, h, w] = g.dims();
                 let g = g.reshape([n, c_out, h * w]).swap_dims(1, 2);
                 LayerBatch { a, g }
@@ -50,7 +47,7 @@ impl LayerBatch {
                 a.clone().reshape([n, 1, d_in])
             }
             (LayerKind::Conv2d { kernel, stride, padding, .. }, Activation::Spatial(x)) => {
-                unfold4d(x.clone(), *kernel, UnfoldOptions::new(*stride, *padding, [1, 1])).swap_dims(1, 2)
+                im2col(x.clone(), *kernel, *stride, *padding)
             }
             _ => panic!("record input does not match its layer kind"),
         }
@@ -66,6 +63,36 @@ impl LayerBatch {
         let [n, _, d_out] = self.g.dims();
         self.g.clone().sum_dim(1).reshape([n, d_out])
     }
+}
+
+/// Patches of a convolution's input, `[N, L, C*kh*kw]` with features ordered (channel, row,
+/// column) like burn's `[c_out, c_in, kh, kw]` weight. Built from strided slices (pure data
+/// movement): burn's `unfold4d` is a convolution with a one-hot kernel, which costs as much as
+/// a GEMM of size `L x (C k^2) x (C k^2)` per image.
+pub fn im2col(x: Tensor<4>, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> Tensor<3> {
+    let [n, c, h, w] = x.dims();
+    let ho = (h + 2 * padding[0] - kernel[0]) / stride[0] + 1;
+    let wo = (w + 2 * padding[1] - kernel[1]) / stride[1] + 1;
+    if kernel == [1, 1] && stride == [1, 1] && padding == [0, 0] {
+        return x.reshape([n, c, h * w]).swap_dims(1, 2);
+    }
+    let xp = if padding == [0, 0] {
+        x
+    } else {
+        x.pad([(0, 0), (0, 0), (padding[0], padding[0]), (padding[1], padding[1])], PadMode::Constant(0.0))
+    };
+    let mut cols = Vec::with_capacity(kernel[0] * kernel[1]);
+    for i in 0..kernel[0] {
+        for j in 0..kernel[1] {
+            let rows =
+                Slice::new(i as isize, Some((i + stride[0] * (ho - 1) + 1) as isize), stride[0] as isize);
+            let colsl =
+                Slice::new(j as isize, Some((j + stride[1] * (wo - 1) + 1) as isize), stride[1] as isize);
+            let patch = xp.clone().slice([Slice::from(0..n), Slice::from(0..c), rows, colsl]);
+            cols.push(patch.reshape([n, c, 1, ho * wo]));
+        }
+    }
+    Tensor::cat(cols, 2).reshape([n, c * kernel[0] * kernel[1], ho * wo]).swap_dims(1, 2)
 }
 
 /// Tensor values as f64 whatever the device's float type.

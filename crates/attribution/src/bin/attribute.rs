@@ -46,6 +46,9 @@ enum Command {
     Score(ScoreArgs),
     /// Concatenate shard score matrices (in shard order) into one.
     Merge(MergeArgs),
+    /// Factor-fitting and scoring throughput, side by side with the JAX reference
+    /// (`bench/jax_kfac_bench.py`, which installs JAX when missing).
+    Bench(BenchArgs),
     /// Main job: train a small DDPM on the embedded two-class data, sample queries, fit EK-FAC,
     /// score the training set, write report.md and PNG rows of proponents/opponents.
     Demo(DemoArgs),
@@ -157,6 +160,34 @@ struct MergeArgs {
 }
 
 #[derive(Args)]
+struct BenchArgs {
+    /// Image side.
+    #[arg(long, default_value_t = 14)]
+    size: usize,
+    /// U-Net base channels (levels: base, 2 x base).
+    #[arg(long, default_value_t = 16)]
+    base: usize,
+    /// Data per factor-pass batch.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Training images per scoring batch.
+    #[arg(long, default_value_t = 8)]
+    images_per_batch: usize,
+    /// Draws per training gradient.
+    #[arg(long, default_value_t = 16)]
+    draws: u64,
+    /// Queries scored against.
+    #[arg(long, default_value_t = 8)]
+    queries: usize,
+    /// Timed repetitions (after 2 warm-up ones).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Skip the JAX reference.
+    #[arg(long)]
+    no_jax: bool,
+}
+
+#[derive(Args)]
 struct DemoArgs {
     /// Output directory.
     #[arg(long, default_value = "runs/attribution-demo")]
@@ -195,6 +226,7 @@ fn main() -> ExitCode {
         Command::Score(a) => score_cmd(a, &dev),
         Command::Merge(a) => merge_cmd(a),
         Command::Demo(a) => demo(a, &dev),
+        Command::Bench(a) => bench(a, &dev),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -560,4 +592,137 @@ fn demo(a: DemoArgs, dev: &Device) -> Result<()> {
     write_atomic(&a.out.join("report.md"), report.as_bytes())?;
     println!("{}", a.out.join("report.md").display());
     Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
+    let d = a.size * a.size;
+    let ad = dev.clone().autodiff();
+    let config = ModelConfig::Unet(UNetConfig {
+        height: a.size,
+        width: a.size,
+        channels: vec![a.base, 2 * a.base],
+        ..UNetConfig::default()
+    });
+    ad.seed(0);
+    let model = config.init(&ad);
+    let diffusion = diffusion::Diffusion::new(Default::default());
+    let n = 512;
+    let mut rng = diffusion::rng::stream(0, 5, 0);
+    let rows: Vec<f32> = (0..n * d).map(|_| rand::Rng::gen_range(&mut rng, -1.0f32..1.0)).collect();
+    let data = diffusion::TrainData::new(rows, n, d);
+    let examples: Vec<usize> = (0..n).collect();
+    let names = layer_names(&model);
+    let name = |id: u64| names.get(&ParamId::from(id)).cloned().unwrap_or_default();
+
+    // Factor pass: one batch of `batch` data per repetition.
+    let mut fit_times = Vec::new();
+    let mut curv = None;
+    for rep in 0..a.steps + 2 {
+        let batches = DiffusionBatch::batches(
+            &model,
+            &diffusion,
+            &data,
+            &examples[..a.batch.min(n)],
+            1,
+            0,
+            rep as u64,
+            a.batch,
+            &ad,
+        );
+        let t = Instant::now();
+        let f = fit_factors(batches, KfacApprox::Expand, GgnKind::Model, &mut rng, &name, |_| {});
+        if rep >= 2 {
+            fit_times.push(t.elapsed().as_secs_f64());
+        }
+        curv = Some(f.eigendecompose());
+    }
+    let curv = curv.expect("fitted");
+    let p = curvature::precondition::flat_len(&curv.infos());
+
+    // Scoring: per-example gradients of `images_per_batch` images x `draws`, rotated, dotted
+    // with the preconditioned queries.
+    let task = DiffusionTask {
+        diffusion: diffusion.clone(),
+        measurement: Measurement::Loss,
+        train_draws: a.draws,
+        query_draws: a.draws,
+        seed: 0,
+    };
+    let qids: Vec<usize> = (0..a.queries).collect();
+    let qg = task.gradients(&model, &data.rows[..a.queries * d], &qids, Role::Query, &ad).inner();
+    let scorer = Scorer::new(&curv, qg, vec![1e-6]);
+    let mut score_times = Vec::new();
+    for rep in 0..a.steps + 2 {
+        let ids: Vec<usize> = (0..a.images_per_batch).map(|i| (rep * a.images_per_batch + i) % n).collect();
+        let rows: Vec<f32> =
+            ids.iter().flat_map(|&i| data.rows[i * d..(i + 1) * d].iter().copied()).collect();
+        let t = Instant::now();
+        let g = task.gradients(&model, &rows, &ids, Role::Train, &ad).inner();
+        let s = scorer.score(g);
+        assert_eq!(s[0].len(), a.queries * ids.len());
+        if rep >= 2 {
+            score_times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let (fit_s, score_s) = (median(fit_times), median(score_times));
+    let jax = if a.no_jax { None } else { run_jax_bench(&a) };
+    let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{x:.3}"));
+    let ratio = |rust: f64, j: Option<f64>| j.map_or("n/a".to_string(), |j| format!("{:.2}x", j / rust));
+    let (jf, js) = (jax.map(|j| j.0), jax.map(|j| j.1));
+    println!("U-Net {}x{} base {} ({} params, {p} covered)\n", a.size, a.size, a.base, model.num_params());
+    println!("| computation | Rust s/batch | JAX s/batch | Rust/JAX throughput |\n|---|---|---|---|");
+    println!(
+        "| factor pass, {} data (GGN^model, expand) | {fit_s:.3} | {} | {} |",
+        a.batch,
+        fmt(jf),
+        ratio(fit_s, jf)
+    );
+    println!(
+        "| scoring, {} train images x {} draws vs {} queries | {score_s:.3} | {} | {} |",
+        a.images_per_batch,
+        a.draws,
+        a.queries,
+        fmt(js),
+        ratio(score_s, js)
+    );
+    Ok(())
+}
+
+/// (fit, score) median seconds per batch of `bench/jax_kfac_bench.py`.
+fn run_jax_bench(a: &BenchArgs) -> Option<(f64, f64)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/jax_kfac_bench.py");
+    let args = [
+        "--size".to_string(),
+        a.size.to_string(),
+        "--base".into(),
+        a.base.to_string(),
+        "--batch".into(),
+        a.batch.to_string(),
+        "--images-per-batch".into(),
+        a.images_per_batch.to_string(),
+        "--draws".into(),
+        a.draws.to_string(),
+        "--queries".into(),
+        a.queries.to_string(),
+        "--steps".into(),
+        a.steps.to_string(),
+        "--warmup".into(),
+        "2".into(),
+    ];
+    let out = std::process::Command::new("python3").arg(&script).args(&args).output().ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "JAX reference failed: {}",
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+        );
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(text.lines().last()?).ok()?;
+    Some((v.get("fit_sec_per_batch_median")?.as_f64()?, v.get("score_sec_per_batch_median")?.as_f64()?))
 }
