@@ -39,6 +39,22 @@ fn tiny_run(dir: &Path, channels: Vec<usize>) {
     trainer.save(&state, &checkpoint_dir(dir)).unwrap();
 }
 
+/// Replace the run's EMA weights with NaN.
+fn corrupt_with_nan(dir: &Path) {
+    use burn::module::{Module, ModuleMapper, Param};
+    struct Nan;
+    impl ModuleMapper for Nan {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let (id, v, m) = param.consume();
+            Param::from_mapped_value(id, v.mul_scalar(f32::NAN), m)
+        }
+    }
+    let dev = Device::flex();
+    let trained = diffusion::run::load_trained(dir, &dev).unwrap();
+    let model = trained.model.map(&mut Nan);
+    diffusion::checkpoint::save_module(&model, &checkpoint_dir(dir).join("ema.safetensors")).unwrap();
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -177,6 +193,22 @@ fn shards_merge_exactly_and_bad_inputs_are_refused() {
         "3/3",
     ]);
     one_line(ok, &err, "--shard");
+    // NaN in the gradients: a model whose weights were corrupted.
+    let broken = root.join("broken");
+    tiny_run(&broken, vec![8, 16]);
+    corrupt_with_nan(&broken);
+    let (ok, err) = attribute(&[
+        "score",
+        "--run",
+        s(&broken),
+        "--factors",
+        s(&factors),
+        "--queries",
+        s(&queries),
+        "--out",
+        s(&full),
+    ]);
+    one_line(ok, &err, "NaN");
     assert_eq!(before, std::fs::read(&full).unwrap(), "a failed command overwrote the scores");
     std::fs::remove_dir_all(&root).ok();
 }

@@ -71,6 +71,8 @@ enum MeasurementArg {
     Loss,
     SimplifiedElbo,
     SquareNorm,
+    /// The loss at the single timestep given by --at-time.
+    LossAtTime,
 }
 
 #[derive(Args, Clone)]
@@ -118,6 +120,9 @@ struct ScoringArgs {
     /// What is attributed on the queries.
     #[arg(long, value_enum, default_value = "loss")]
     measurement: MeasurementArg,
+    /// Timestep of --measurement loss-at-time.
+    #[arg(long, default_value_t = 100)]
+    at_time: usize,
     /// Damping values (absolute, mean-loss GGN units); the first is the one reported.
     #[arg(long, value_delimiter = ',', default_value = "1e-6,1e-8,1e-7,1e-5,1e-4,1e-3,1e-2,1e-1")]
     lambda: Vec<f64>,
@@ -318,6 +323,7 @@ fn task(trained: &TrainedModel, s: &ScoringArgs) -> DiffusionTask {
             MeasurementArg::Loss => Measurement::Loss,
             MeasurementArg::SimplifiedElbo => Measurement::SimplifiedElbo,
             MeasurementArg::SquareNorm => Measurement::SquareNorm,
+            MeasurementArg::LossAtTime => Measurement::LossAtTime(s.at_time),
         },
         train_draws: s.train_draws,
         query_draws: s.query_draws,
@@ -334,6 +340,9 @@ fn score(
     s: &ScoringArgs,
     dev: &Device,
 ) -> Result<Vec<Vec<f32>>> {
+    if matches!(s.measurement, MeasurementArg::LossAtTime) && s.at_time >= trained.diffusion.steps() {
+        bail!("--at-time {}: must be below T = {}", s.at_time, trained.diffusion.steps());
+    }
     for &l in &s.lambda {
         if !(l.is_finite() && l > 0.0) {
             bail!("--lambda {l}: damping must be a positive number");
