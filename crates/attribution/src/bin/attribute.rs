@@ -274,7 +274,7 @@ fn fit(trained: &TrainedModel, args: &CurvatureArgs, dev: &Device) -> Result<Eig
         GgnArg::Model => GgnKind::Model,
         GgnArg::Loss => GgnKind::Loss,
     };
-    let per_pass = (data.n as u64 * args.factor_draws) as u64;
+    let per_pass = data.n as u64 * args.factor_draws;
     let mut rng = diffusion::rng::stream(args.factor_seed, 77, 0);
     let batches = |pass| {
         DiffusionBatch::batches(
