@@ -14,6 +14,7 @@ pub mod ema;
 pub mod eval;
 pub mod layers;
 pub mod model;
+pub mod progress;
 pub mod rng;
 pub mod run;
 pub mod sample;

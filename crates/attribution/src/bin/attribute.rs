@@ -15,13 +15,13 @@ use curvature::fit::{fit_correction, fit_factors, GgnKind};
 use curvature::{EigenCurvature, KfacApprox, LayerInfo};
 use data::write_png_grid;
 use diffusion::checkpoint::write_atomic;
+use diffusion::progress::bar;
 use diffusion::run::{load_trained, DataSpec, RunConfig, TrainedModel};
 use diffusion::tap::{layer_names, Tap};
 use diffusion::train::checkpoint_dir;
 use diffusion::{
     sample, AnyDenoiser, Denoiser, ModelConfig, ReverseVariance, Sampler, TrainConfig, Trainer, UNetConfig,
 };
-use indicatif::{ProgressBar, ProgressStyle};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -210,17 +210,6 @@ struct DemoArgs {
     curvature: CurvatureArgs,
     #[command(flatten)]
     scoring: ScoringArgs,
-}
-
-fn bar(len: u64, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise}")
-            .unwrap()
-            .progress_chars("=> "),
-    );
-    pb.set_prefix(what.to_string());
-    pb
 }
 
 fn main() -> ExitCode {

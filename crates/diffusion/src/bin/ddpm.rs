@@ -11,13 +11,14 @@ use data::{load_mnist, write_png_grid, Split};
 use diffusion::checkpoint::write_atomic;
 use diffusion::elbo::elbo_bits_per_dim;
 use diffusion::eval::{default_classifier_path, evaluate_samples};
+use diffusion::progress::bar;
 use diffusion::run::{load_trained, DataSpec, RunConfig};
 use diffusion::train::checkpoint_dir;
 use diffusion::{
     sample, AnyDenoiser, DiffusionConfig, LossWeighting, ModelConfig, Parametrisation, ReverseVariance,
     Sampler, ScheduleConfig, ScheduleKind, TrainConfig, TrainData, Trainer, UNetConfig,
 };
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -278,19 +279,6 @@ fn device(name: &str) -> Result<Device> {
             if cfg!(feature = "cuda") { ", cuda" } else { "" }
         ),
     }
-}
-
-fn bar(len: u64, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>8} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}",
-        )
-        .unwrap()
-        .progress_chars("=> "),
-    );
-    pb.set_prefix(what.to_string());
-    pb
 }
 
 fn main() -> ExitCode {
