@@ -246,6 +246,14 @@ fn same_seed_same_samples_different_seed_different_samples() {
 }
 
 #[test]
+fn ema_decay_warms_up_to_its_target() {
+    let c = TrainConfig { ema_decay: 0.999, ..TrainConfig::default() };
+    assert!((c.ema_decay_at(0) - 0.1).abs() < 1e-12);
+    assert!(c.ema_decay_at(100) < c.ema_decay_at(1000));
+    assert_eq!(c.ema_decay_at(1_000_000), 0.999);
+}
+
+#[test]
 fn lr_schedule_warms_up_then_decays() {
     let c =
         TrainConfig { steps: 1000, warmup_steps: 100, lr: 1e-3, min_lr_ratio: 0.1, ..TrainConfig::default() };
