@@ -399,7 +399,11 @@ fn score_cmd(a: ScoreArgs, dev: &Device) -> Result<()> {
         Some(s) => parse_shard(s).map_err(anyhow::Error::msg)?,
         None => (0, 1),
     };
-    let range = shard_range(n_train, i, n);
+    // Shards own whole scoring batches (aligned to --images-per-batch from image 0), so every
+    // image is scored in the same batch composition sharded or not: the merge is bit-exact.
+    let per_batch = a.scoring.images_per_batch.max(1);
+    let batches = shard_range(n_train.div_ceil(per_batch), i, n);
+    let range = (batches.start * per_batch)..(batches.end * per_batch).min(n_train);
     let cols = range.len();
     let scores = score(&trained, &curv, &queries, range, &a.scoring, dev)?;
     write_matrix(&a.out, &scores[0], qn, cols)?;
