@@ -1,4 +1,4 @@
-//! The progress bar style shared by the binaries.
+//! What the binaries share: the progress-bar style and the error policy.
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -15,4 +15,16 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     );
     pb.set_prefix(what.to_string());
     pb
+}
+
+/// The binaries' error policy: success, or the whole error chain on one line of stderr
+/// (`error: ...`) and a non-zero exit code.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

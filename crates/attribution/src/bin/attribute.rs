@@ -15,7 +15,7 @@ use curvature::fit::{fit_correction, fit_factors, GgnKind};
 use curvature::{EigenCurvature, KfacApprox, LayerInfo};
 use data::write_png_grid;
 use diffusion::checkpoint::write_atomic;
-use diffusion::progress::bar;
+use diffusion::progress::{bar, exit_code};
 use diffusion::run::{load_trained, DataSpec, RunConfig, TrainedModel};
 use diffusion::tap::{layer_names, Tap};
 use diffusion::train::checkpoint_dir;
@@ -222,13 +222,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => demo(a, &dev),
         Command::Bench(a) => bench(a, &dev),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(result)
 }
 
 /// The covered layers of a model, from one recording forward pass.

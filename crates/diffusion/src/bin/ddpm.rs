@@ -11,7 +11,7 @@ use data::{load_mnist, write_png_grid, Split};
 use diffusion::checkpoint::write_atomic;
 use diffusion::elbo::elbo_bits_per_dim;
 use diffusion::eval::{default_classifier_path, evaluate_samples};
-use diffusion::progress::bar;
+use diffusion::progress::{bar, exit_code};
 use diffusion::run::{load_trained, DataSpec, RunConfig};
 use diffusion::train::checkpoint_dir;
 use diffusion::{
@@ -289,13 +289,7 @@ fn main() -> ExitCode {
         Command::Elbo(a) => elbo_cmd(a, &dev),
         Command::Bench(a) => bench(a, &dev),
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(result)
 }
 
 fn train(args: TrainArgs, dev: &Device) -> Result<()> {
