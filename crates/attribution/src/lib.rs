@@ -19,7 +19,12 @@ use diffusion::tap::Tap;
 use diffusion::Diffusion;
 use serde::{Deserialize, Serialize};
 
+pub mod baselines;
+pub mod fit;
+pub mod lds;
+pub mod measure;
 pub mod npy;
+pub mod plot;
 
 /// The function of the model whose change is attributed (spec p1 §1.3).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,6 +47,9 @@ pub struct DiffusionTask {
     pub diffusion: Diffusion,
     /// What is measured on queries.
     pub measurement: Measurement,
+    /// The output function of training examples: [`Measurement::Loss`] for influence functions
+    /// (their gradient is the training-loss gradient); D-TRAK uses [`Measurement::SquareNorm`].
+    pub train_output: Measurement,
     /// (t, noise) draws averaged per training gradient.
     pub train_draws: u64,
     /// (t, noise) draws averaged per query gradient.
@@ -86,8 +94,9 @@ impl DiffusionTask {
             for r in 0..draws {
                 let mut rng = stream(self.seed, (role_tag << 32) | r, id as u64);
                 let tt = timesteps(&mut rng, 1, self.diffusion.steps())[0];
-                t.push(match (role, self.measurement) {
-                    (Role::Query, Measurement::LossAtTime(fixed)) => fixed,
+                let output = if role == Role::Train { self.train_output } else { self.measurement };
+                t.push(match output {
+                    Measurement::LossAtTime(fixed) => fixed,
                     _ => tt,
                 });
                 eps.extend(normals(&mut rng, d));
@@ -99,9 +108,13 @@ impl DiffusionTask {
         let xt = self.diffusion.q_sample(x0, &t, eps.clone());
         let mut tap = Tap::recording();
         let y = model.forward_tapped(xt, Diffusion::t_tensor(&t, device), &mut tap);
-        let per_datum = match (role, self.measurement) {
-            (Role::Query, Measurement::SquareNorm) => y.square().mean_dim(1),
-            (Role::Query, Measurement::SimplifiedElbo) => {
+        let output = match role {
+            Role::Train => self.train_output,
+            Role::Query => self.measurement,
+        };
+        let per_datum = match output {
+            Measurement::SquareNorm => y.square().mean_dim(1),
+            Measurement::SimplifiedElbo => {
                 let w: Vec<f64> = t.iter().map(|&ti| self.diffusion.schedule.elbo_weight(ti)).collect();
                 (eps - y).square().mean_dim(1)
                     * self.diffusion.coef(&w, &(0..total).collect::<Vec<_>>(), device)

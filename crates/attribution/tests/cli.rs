@@ -212,3 +212,110 @@ fn shards_merge_exactly_and_bad_inputs_are_refused() {
     assert_eq!(before, std::fs::read(&full).unwrap(), "a failed command overwrote the scores");
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// Settings of a benchmark small enough for CI.
+const TINY_LDS: [&str; 22] = [
+    "--per-class",
+    "12",
+    "--steps",
+    "40",
+    "--subset-steps",
+    "20",
+    "--subsets",
+    "4",
+    "--seeds",
+    "2",
+    "--queries",
+    "3",
+    "--measure-draws",
+    "50",
+    "--train-draws",
+    "2",
+    "--query-draws",
+    "4",
+    "--factor-draws",
+    "1",
+    "--trak-dim",
+    "32",
+];
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap()
+}
+
+/// The whole evaluation at CI size: `attribute lds` (full model, queries, M x K retrained models,
+/// every method's scores, the report), a sharded rerun that reproduces the measurements exactly,
+/// `attribute retrain-top`, and refusals of inconsistent input.
+#[test]
+fn lds_benchmark_runs_end_to_end_and_shards_reproduce_it() {
+    let root: PathBuf = std::env::temp_dir().join(format!("attribute-lds-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (a, b) = (root.join("a"), root.join("b"));
+    let mut args = vec!["lds", "--out", s(&a)];
+    args.extend(TINY_LDS);
+    let (ok, err) = attribute(&args);
+    assert!(ok, "{err}");
+    let lds = read_json(&a.join("lds.json"));
+    let results = lds["results"].as_array().unwrap();
+    for method in ["ekfac", "kfac", "ekfac-reduce", "ekfac-ggn-loss", "trak", "dtrak", "grad-dot", "pixel"] {
+        let rows: Vec<_> = results.iter().filter(|r| r["method"] == method).collect();
+        assert!(!rows.is_empty(), "{method} missing");
+        for r in rows {
+            let per_query = r["per_query"].as_array().unwrap();
+            assert_eq!(per_query.len(), 3);
+            assert!(per_query.iter().all(|v| v.as_f64().is_some_and(|v| (-1.0..=1.0).contains(&v))), "{r}");
+        }
+    }
+    let (scores, rows, cols) = read_matrix(&a.join("scores").join("ekfac.lambda-1e-8.npy")).unwrap();
+    assert_eq!((rows, cols), (3, 24));
+    assert!(scores.iter().all(|v| v.is_finite()));
+    for f in ["lds.md", "lds.png", "queries.png", "timing.json"] {
+        assert!(a.join(f).exists(), "{f} missing");
+    }
+
+    // The same benchmark as two job-array shards plus a final unsharded call: identical models.
+    for shard in ["0/2", "1/2"] {
+        let mut args = vec!["lds", "--out", s(&b), "--shard", shard];
+        args.extend(TINY_LDS);
+        let (ok, err) = attribute(&args);
+        assert!(ok, "{err}");
+    }
+    let (ok, err) = attribute(&["lds", "--out", s(&b)]);
+    assert!(ok, "{err}");
+    for j in 0..4 {
+        for seed in 0..2 {
+            let m = format!("retrain/subset-{j:03}-seed-{seed}/measure.json");
+            assert_eq!(read_json(&a.join(&m)), read_json(&b.join(&m)), "{m}");
+        }
+    }
+    assert_eq!(read_json(&a.join("lds.json")), read_json(&b.join("lds.json")));
+
+    // Other settings in the same directory are refused; nothing is overwritten.
+    let before = std::fs::read(a.join("benchmark.json")).unwrap();
+    let (ok, err) = attribute(&["lds", "--out", s(&a), "--subsets", "5"]);
+    assert!(!ok && err.contains("other settings"), "{err}");
+    assert_eq!(std::fs::read(a.join("benchmark.json")).unwrap(), before);
+
+    // Retraining without top influences.
+    let (ok, err) = attribute(&[
+        "retrain-top",
+        "--out",
+        s(&a),
+        "--top-queries",
+        "2",
+        "--methods",
+        "ekfac,random",
+        "--fractions",
+        "0.1",
+    ]);
+    assert!(ok, "{err}");
+    let top = read_json(&a.join("retrain-top.json"));
+    assert_eq!(top.as_array().unwrap().len(), 2);
+    assert!(top[0]["mean"].as_f64().unwrap().is_finite());
+    let (ok, err) = attribute(&["retrain-top", "--out", s(&a), "--methods", "nope"]);
+    assert!(!ok && err.contains("unknown method"), "{err}");
+    let (ok, err) = attribute(&["retrain-top", "--out", s(&root.join("empty"))]);
+    assert!(!ok && err.contains("no benchmark"), "{err}");
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{load_module, stable_param_ids, write_atomic, CheckpointError};
 use crate::diffusion::{Diffusion, DiffusionConfig};
 use crate::model::{AnyDenoiser, ModelConfig};
-use crate::train::{checkpoint_dir, TrainConfig, TrainData};
+use crate::train::{checkpoint_dir, TrainConfig, TrainData, Trainer};
 
 /// Which images a run trains on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -25,11 +25,15 @@ pub struct DataSpec {
     pub per_class: Option<usize>,
     /// Seed of the subset selection.
     pub subset_seed: u64,
+    /// Keep only these indices of the selected images (after every other filter), e.g. a random
+    /// half of the training set for a retraining experiment. `None` = all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indices: Option<Vec<usize>>,
 }
 
 impl Default for DataSpec {
     fn default() -> Self {
-        Self { dir: None, classes: vec![], size: 28, per_class: None, subset_seed: 0 }
+        Self { dir: None, classes: vec![], size: 28, per_class: None, subset_seed: 0, indices: None }
     }
 }
 
@@ -45,6 +49,15 @@ impl DataSpec {
         }
         if self.size != ds.height || self.size != ds.width {
             ds = ds.resize_area(self.size, self.size);
+        }
+        if let Some(idx) = &self.indices {
+            if let Some(&bad) = idx.iter().find(|&&i| i >= ds.n) {
+                return Err(data::DataError::InvalidArgument(format!(
+                    "subset index {bad} is out of range for {} images",
+                    ds.n
+                )));
+            }
+            ds = ds.select(idx);
         }
         Ok(ds)
     }
@@ -121,4 +134,61 @@ pub fn load_trained(run_dir: &Path, device: &Device) -> Result<TrainedModel, Che
     let step = meta.get("step").and_then(|s| s.as_u64()).unwrap_or(0) as usize;
     let model = load_module(stable_param_ids(config.model.init(device)), &ckpt.join("ema.safetensors"))?;
     Ok(TrainedModel { diffusion: config.diffusion(), config, model, step })
+}
+
+/// Whether `run_dir` holds a finished training run of exactly `config` (same settings, final
+/// step reached).
+pub fn is_finished(run_dir: &Path, config: &RunConfig) -> bool {
+    RunConfig::load(run_dir).ok().as_ref() == Some(config)
+        && std::fs::read_to_string(checkpoint_dir(run_dir).join("state.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+            == Some(config.train.steps as u64)
+}
+
+/// Train the run `config` in `run_dir` to its last step: resumes from the run's checkpoint when
+/// one exists (refusing a directory that holds another run), checkpoints every
+/// `checkpoint_every` steps and at the end. `on_step` sees each step's minibatch loss.
+pub fn train_run(
+    config: &RunConfig,
+    run_dir: &Path,
+    checkpoint_every: usize,
+    device: &Device,
+    mut on_step: impl FnMut(usize, f32),
+) -> Result<(), CheckpointError> {
+    let ckpt = checkpoint_dir(run_dir);
+    match RunConfig::load(run_dir) {
+        Ok(existing) if existing != *config => {
+            return Err(CheckpointError::Mismatch {
+                path: RunConfig::path(run_dir),
+                message: "the directory holds a run with other settings".into(),
+            })
+        }
+        Ok(_) => {}
+        Err(_) => config.save(run_dir)?,
+    }
+    let (_, data) = config.train_data().map_err(|e| CheckpointError::Mismatch {
+        path: run_dir.to_path_buf(),
+        message: format!("loading training data: {e}"),
+    })?;
+    let diffusion = config.diffusion();
+    let trainer = Trainer::new(config.train.clone(), &diffusion, &data, device);
+    let init = |d: &Device| config.model.init(d);
+    let mut state =
+        if ckpt.join("state.json").exists() { trainer.load(&ckpt, init)? } else { trainer.init_state(init) };
+    while state.step < config.train.steps {
+        let loss = trainer.step(&mut state);
+        if !loss.is_finite() {
+            return Err(CheckpointError::Mismatch {
+                path: run_dir.to_path_buf(),
+                message: format!("training diverged (loss {loss} at step {})", state.step),
+            });
+        }
+        on_step(state.step, loss);
+        if state.step % checkpoint_every.max(1) == 0 || state.step == config.train.steps {
+            trainer.save(&state, &ckpt)?;
+        }
+    }
+    Ok(())
 }

@@ -168,7 +168,7 @@ impl TrainArgs {
             classes: self.classes.clone().unwrap_or_default(),
             size,
             per_class: self.per_class,
-            subset_seed: 0,
+            ..DataSpec::default()
         };
         RunConfig { model, diffusion, train, data }
     }
@@ -355,6 +355,9 @@ fn train(args: TrainArgs, dev: &Device) -> Result<()> {
     }
     pb.finish();
     eprintln!("trained in {:.1} s", started.elapsed().as_secs_f64());
+    if args.samples == 0 {
+        return Ok(());
+    }
     let model: AnyDenoiser = state.ema;
     let sampler = Sampler::Ancestral { variance: ReverseVariance::BetaTilde };
     let pb = bar(0, "sample");

@@ -1,26 +1,28 @@
 //! `attribute`: which training images made this sample? K-FAC / EK-FAC influence for DDPMs.
 
+mod benchmark;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use attribution::fit::{fit_curvature, CurvatureSettings};
 use attribution::npy::{read_matrix, write_matrix};
 use attribution::{parse_shard, shard_range, DiffusionTask, Measurement, Role, Scorer};
 use burn::module::{Module, ParamId};
 use burn::prelude::*;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use curvature::diffusion_batch::DiffusionBatch;
-use curvature::fit::{fit_correction, fit_factors, GgnKind};
+use curvature::fit::{fit_factors, GgnKind};
 use curvature::{EigenCurvature, KfacApprox, LayerInfo};
 use data::write_png_grid;
 use diffusion::checkpoint::write_atomic;
 use diffusion::progress::{bar, exit_code};
-use diffusion::run::{load_trained, DataSpec, RunConfig, TrainedModel};
+use diffusion::run::{is_finished, load_trained, train_run, DataSpec, RunConfig, TrainedModel};
 use diffusion::tap::{layer_names, Tap};
-use diffusion::train::checkpoint_dir;
 use diffusion::{
-    sample, AnyDenoiser, Denoiser, ModelConfig, ReverseVariance, Sampler, TrainConfig, Trainer, UNetConfig,
+    sample, AnyDenoiser, Denoiser, ModelConfig, ReverseVariance, Sampler, TrainConfig, UNetConfig,
 };
 
 const EXAMPLES: &str = "\
@@ -29,7 +31,10 @@ Examples:
   attribute fit --run runs/ddpm --out runs/ddpm/ekfac.safetensors
   attribute score --run runs/ddpm --factors runs/ddpm/ekfac.safetensors --queries q.npy --out scores.npy
   attribute score ... --shard 0/4 --out scores-0.npy   # one of 4 shards of the training set
-  attribute merge --out scores.npy scores-0.npy scores-1.npy scores-2.npy scores-3.npy";
+  attribute merge --out scores.npy scores-0.npy scores-1.npy scores-2.npy scores-3.npy
+  attribute lds --out runs/lds --jobs 2           # LDS benchmark: EK-FAC vs TRAK, D-TRAK, ... (resumable)
+  attribute lds --out runs/lds --shard 3/16       # one job-array task: train + measure its subset models
+  attribute retrain-top --out runs/lds            # retraining without top influences (after lds)";
 
 #[derive(Parser)]
 #[command(name = "attribute", version, about = "Influence-function data attribution for diffusion models", after_help = EXAMPLES)]
@@ -52,6 +57,142 @@ enum Command {
     /// Main job: train a small DDPM on the embedded two-class data, sample queries, fit EK-FAC,
     /// score the training set, write report.md and PNG rows of proponents/opponents.
     Demo(DemoArgs),
+    /// Linear datamodelling score of EK-FAC influence and the baselines: trains the full model,
+    /// samples queries, retrains M subsets x K seeds, scores every method, writes lds.md/png.
+    /// Resumable: rerun the same command after an interruption.
+    Lds(LdsArgs),
+    /// Retraining without top influences (needs a finished `lds` directory): removes each
+    /// method's top-k training images for some queries, retrains, reports the loss increase.
+    RetrainTop(RetrainTopArgs),
+}
+
+#[derive(Args)]
+struct LdsArgs {
+    /// Benchmark directory.
+    #[arg(long, default_value = "runs/lds")]
+    out: PathBuf,
+    /// Only train and measure shard i of n of the subset models, then exit (for job arrays).
+    #[arg(long)]
+    shard: Option<String>,
+    /// Train the subset models in this many parallel worker processes.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// MNIST IDX directory (default: the embedded subset).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Classes.
+    #[arg(long, value_delimiter = ',')]
+    classes: Option<Vec<u8>>,
+    /// Image side.
+    #[arg(long)]
+    size: Option<usize>,
+    /// Training images per class (N = classes x this).
+    #[arg(long)]
+    per_class: Option<usize>,
+    /// U-Net channels per level.
+    #[arg(long, value_delimiter = ',')]
+    channels: Option<Vec<usize>>,
+    /// Steps of the full model.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Steps of the subset models.
+    #[arg(long)]
+    subset_steps: Option<usize>,
+    /// M, random subsets.
+    #[arg(long)]
+    subsets: Option<usize>,
+    /// K, seeds per subset.
+    #[arg(long)]
+    seeds: Option<usize>,
+    /// Q, generated queries.
+    #[arg(long)]
+    queries: Option<usize>,
+    /// Draws per ground-truth measurement.
+    #[arg(long)]
+    measure_draws: Option<usize>,
+    /// Draws per training gradient.
+    #[arg(long)]
+    train_draws: Option<u64>,
+    /// Draws per query gradient.
+    #[arg(long)]
+    query_draws: Option<u64>,
+    /// Draws per example per curvature pass.
+    #[arg(long)]
+    factor_draws: Option<u64>,
+    /// TRAK projection dimension.
+    #[arg(long)]
+    trak_dim: Option<usize>,
+    /// Damping grid.
+    #[arg(long, value_delimiter = ',')]
+    lambda: Option<Vec<f64>>,
+}
+
+impl LdsArgs {
+    /// The settings: defaults with the flags applied; `None` when no setting flag was given.
+    fn config(&self) -> Option<benchmark::BenchmarkConfig> {
+        let mut c = benchmark::default_config();
+        let mut any = false;
+        macro_rules! set {
+            ($field:ident => $target:expr) => {
+                if let Some(v) = &self.$field {
+                    $target = v.clone();
+                    any = true;
+                }
+            };
+        }
+        if let Some(dir) = &self.data {
+            c.data.dir = Some(dir.clone());
+            any = true;
+        }
+        set!(classes => c.data.classes);
+        if let Some(v) = self.per_class {
+            c.data.per_class = Some(v);
+            any = true;
+        }
+        set!(steps => c.train.steps);
+        set!(subset_steps => c.subset_steps);
+        set!(subsets => c.subsets);
+        set!(seeds => c.seeds);
+        set!(queries => c.queries);
+        set!(measure_draws => c.measure_draws);
+        set!(train_draws => c.train_draws);
+        set!(query_draws => c.query_draws);
+        set!(factor_draws => c.factor_draws);
+        set!(trak_dim => c.trak_dim);
+        set!(lambda => c.lambdas);
+        if let ModelConfig::Unet(u) = &mut c.model {
+            set!(channels => u.channels);
+            if let Some(s) = self.size {
+                u.height = s;
+                u.width = s;
+                c.data.size = s;
+                any = true;
+            }
+        }
+        any.then_some(c)
+    }
+}
+
+#[derive(Args)]
+struct RetrainTopArgs {
+    /// Benchmark directory of a finished `attribute lds`.
+    #[arg(long, default_value = "runs/lds")]
+    out: PathBuf,
+    /// Use the first this many queries.
+    #[arg(long, default_value_t = 8)]
+    top_queries: usize,
+    /// Methods whose top influences are removed (`random` = control).
+    #[arg(long, value_delimiter = ',', default_value = "ekfac,dtrak,trak,random")]
+    methods: Vec<String>,
+    /// Removed fractions of the training set.
+    #[arg(long, value_delimiter = ',', default_value = "0.02,0.1")]
+    fractions: Vec<f64>,
+    /// Only train shard i of n of the retraining jobs, then exit.
+    #[arg(long)]
+    shard: Option<String>,
+    /// Train in this many parallel worker processes.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -221,6 +362,8 @@ fn main() -> ExitCode {
         Command::Merge(a) => merge_cmd(a),
         Command::Demo(a) => demo(a, &dev),
         Command::Bench(a) => bench(a, &dev),
+        Command::Lds(a) => lds_cmd(a, &dev),
+        Command::RetrainTop(a) => retrain_top_cmd(a, &dev),
     };
     exit_code(result)
 }
@@ -242,47 +385,33 @@ fn layer_infos(model: &AnyDenoiser, dev: &Device) -> Vec<LayerInfo> {
     acc.finish().layers.into_iter().map(|l| l.info).collect()
 }
 
+impl CurvatureArgs {
+    fn settings(&self) -> CurvatureSettings {
+        CurvatureSettings {
+            factor_draws: self.factor_draws,
+            approx: match self.approx {
+                ApproxArg::Expand => KfacApprox::Expand,
+                ApproxArg::Reduce => KfacApprox::Reduce,
+            },
+            ggn: match self.ggn {
+                GgnArg::Model => GgnKind::Model,
+                GgnArg::Loss => GgnKind::Loss,
+            },
+            ekfac: !self.no_ekfac,
+            batch: self.batch,
+            seed: self.factor_seed,
+        }
+    }
+}
+
 fn fit(trained: &TrainedModel, args: &CurvatureArgs, dev: &Device) -> Result<EigenCurvature> {
     let (_, data) = trained.config.train_data().context("loading training data")?;
-    let ad = dev.clone().autodiff();
-    let model = trained.model.clone().fork(&ad);
-    let names = layer_names(&model);
-    let name = |id: u64| names.get(&ParamId::from(id)).cloned().unwrap_or_default();
-    let examples: Vec<usize> = (0..data.n).collect();
-    let approx = match args.approx {
-        ApproxArg::Expand => KfacApprox::Expand,
-        ApproxArg::Reduce => KfacApprox::Reduce,
-    };
-    let ggn = match args.ggn {
-        GgnArg::Model => GgnKind::Model,
-        GgnArg::Loss => GgnKind::Loss,
-    };
-    let per_pass = data.n as u64 * args.factor_draws;
-    let mut rng = diffusion::rng::stream(args.factor_seed, 77, 0);
-    let batches = |pass| {
-        DiffusionBatch::batches(
-            &model,
-            &trained.diffusion,
-            &data,
-            &examples,
-            args.factor_draws,
-            args.factor_seed,
-            pass,
-            args.batch,
-            &ad,
-        )
-    };
-    let pb = bar(per_pass, "factors");
-    let factors = fit_factors(batches(0), approx, ggn, &mut rng, &name, |n| pb.inc(n as u64));
+    let passes = if args.no_ekfac { 1 } else { 2 };
+    let pb = bar(passes * data.n as u64 * args.factor_draws, "factors");
+    let fitted =
+        fit_curvature(&trained.model, &trained.diffusion, &data, &args.settings(), dev, |n| pb.inc(n as u64));
     pb.finish();
-    let kfac = factors.eigendecompose();
-    if args.no_ekfac {
-        return Ok(kfac);
-    }
-    let pb = bar(per_pass, "ekfac");
-    let ekfac = fit_correction(&kfac, batches(1), ggn, &mut rng, |n| pb.inc(n as u64));
-    pb.finish();
-    Ok(ekfac)
+    Ok(fitted.best())
 }
 
 fn fit_cmd(a: FitArgs, dev: &Device) -> Result<()> {
@@ -302,6 +431,7 @@ fn fit_cmd(a: FitArgs, dev: &Device) -> Result<()> {
 fn task(trained: &TrainedModel, s: &ScoringArgs) -> DiffusionTask {
     DiffusionTask {
         diffusion: trained.diffusion.clone(),
+        train_output: Measurement::Loss,
         measurement: match s.measurement {
             MeasurementArg::Loss => Measurement::Loss,
             MeasurementArg::SimplifiedElbo => Measurement::SimplifiedElbo,
@@ -462,22 +592,15 @@ fn demo(a: DemoArgs, dev: &Device) -> Result<()> {
         data: DataSpec { classes: vec![0, 1], size: 14, ..DataSpec::default() },
     };
     let t0 = Instant::now();
-    let reuse = RunConfig::load(&run).ok().as_ref() == Some(&config)
-        && checkpoint_dir(&run).join("state.json").exists()
-        && load_trained(&run, dev).map(|t| t.step == a.steps).unwrap_or(false);
+    let reuse = is_finished(&run, &config);
+    if !reuse && RunConfig::load(&run).is_ok_and(|c| c != config) {
+        // The demo's own model directory, made with other demo settings: start it afresh.
+        std::fs::remove_dir_all(&run).with_context(|| run.display().to_string())?;
+    }
     if !reuse {
-        config.save(&run)?;
-        let (_, data) = config.train_data()?;
-        let diffusion = config.diffusion();
-        let trainer = Trainer::new(config.train.clone(), &diffusion, &data, dev);
-        let mut state = trainer.init_state(|d| config.model.init(d));
         let pb = bar(config.train.steps as u64, "train");
-        while state.step < config.train.steps {
-            trainer.step(&mut state);
-            pb.inc(1);
-        }
+        train_run(&config, &run, 250, dev, |_, _| pb.inc(1))?;
         pb.finish();
-        trainer.save(&state, &checkpoint_dir(&run))?;
     }
     let train_secs = t0.elapsed().as_secs_f64();
     let trained = load_trained(&run, dev)?;
@@ -645,6 +768,7 @@ fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
     let task = DiffusionTask {
         diffusion: diffusion.clone(),
         measurement: Measurement::Loss,
+        train_output: Measurement::Loss,
         train_draws: a.draws,
         query_draws: a.draws,
         seed: 0,
@@ -721,4 +845,152 @@ fn run_jax_bench(a: &BenchArgs) -> Option<(f64, f64)> {
     let text = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value = serde_json::from_str(text.lines().last()?).ok()?;
     Some((v.get("fit_sec_per_batch_median")?.as_f64()?, v.get("score_sec_per_batch_median")?.as_f64()?))
+}
+
+/// Open the benchmark in `dir`: with the given settings, or with the stored ones when none given.
+fn open_benchmark(
+    dir: &Path,
+    config: Option<benchmark::BenchmarkConfig>,
+    dev: &Device,
+) -> Result<benchmark::Benchmark> {
+    let config = match config {
+        Some(c) => c,
+        None => {
+            let path = dir.join("benchmark.json");
+            match std::fs::read_to_string(&path) {
+                Ok(text) => serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not a benchmark file", path.display()))?,
+                Err(_) => benchmark::default_config(),
+            }
+        }
+    };
+    benchmark::Benchmark::open(dir, config, dev)
+}
+
+/// Run `args` (plus `--shard i/jobs`) in `jobs` worker processes of this binary and wait.
+fn run_workers(subcommand: &str, dir: &Path, jobs: usize, extra: &[String]) -> Result<()> {
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let children: Vec<_> = (0..jobs)
+        .map(|i| {
+            std::process::Command::new(&exe)
+                .arg(subcommand)
+                .arg("--out")
+                .arg(dir)
+                .arg("--shard")
+                .arg(format!("{i}/{jobs}"))
+                .args(extra)
+                .spawn()
+                .context("starting a worker process")
+        })
+        .collect::<Result<_>>()?;
+    let mut failed = 0;
+    for mut c in children {
+        if !c.wait().map(|s| s.success()).unwrap_or(false) {
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {jobs} worker processes failed (their errors are above)");
+    }
+    Ok(())
+}
+
+/// Add `secs` to stage `stage` in DIR/timing.json (so resumed runs sum up).
+fn add_time(dir: &Path, stage: &str, secs: f64) -> Result<()> {
+    let path = dir.join("timing.json");
+    let mut map: std::collections::BTreeMap<String, f64> =
+        std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    *map.entry(stage.to_string()).or_default() += secs;
+    write_atomic(&path, serde_json::to_string_pretty(&map)?.as_bytes())?;
+    Ok(())
+}
+
+fn timing_table(dir: &Path) -> String {
+    let map: std::collections::BTreeMap<String, f64> = std::fs::read_to_string(dir.join("timing.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let mut s = String::from("| stage | wall seconds |\n|---|---|\n");
+    for (k, v) in &map {
+        s.push_str(&format!("| {k} | {v:.1} |\n"));
+    }
+    s.push_str(&format!("| **total** | **{:.1}** |\n", map.values().sum::<f64>()));
+    s
+}
+
+fn lds_cmd(a: LdsArgs, dev: &Device) -> Result<()> {
+    let shard = a.shard.as_deref().map(parse_shard).transpose().map_err(anyhow::Error::msg)?;
+    let bench = open_benchmark(&a.out, a.config(), dev)?;
+    let timed = |stage: &str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+        let t = Instant::now();
+        f()?;
+        if shard.is_none() {
+            add_time(&a.out, stage, t.elapsed().as_secs_f64())?;
+        }
+        Ok(())
+    };
+    let mut queries = Vec::new();
+    timed("full model + queries", &mut || {
+        queries = bench.prepare()?;
+        Ok(())
+    })?;
+    if let Some(sh) = shard {
+        return bench.retrain(&queries, sh);
+    }
+    timed("subset models (train + measure)", &mut || {
+        if a.jobs > 1 {
+            run_workers("lds", &a.out, a.jobs, &[])
+        } else {
+            bench.retrain(&queries, (0, 1))
+        }
+    })?;
+    timed("attribution scores (all methods)", &mut || bench.scores(&queries))?;
+    let (results, ceiling) = bench.lds()?;
+    let md = bench.lds_report(&results, &ceiling, &timing_table(&a.out))?;
+    println!("{md}");
+    eprintln!("wrote {}", a.out.join("lds.md").display());
+    Ok(())
+}
+
+fn retrain_top_cmd(a: RetrainTopArgs, dev: &Device) -> Result<()> {
+    let shard = a.shard.as_deref().map(parse_shard).transpose().map_err(anyhow::Error::msg)?;
+    if !a.out.join("benchmark.json").exists() {
+        bail!("{}: no benchmark here; run `attribute lds --out {}` first", a.out.display(), a.out.display());
+    }
+    for m in &a.methods {
+        if m != "random"
+            && !benchmark::DAMPED_METHODS.contains(&m.as_str())
+            && !benchmark::PLAIN_METHODS.contains(&m.as_str())
+        {
+            bail!("unknown method '{m}'");
+        }
+    }
+    if let Some(f) = a.fractions.iter().find(|f| !(**f > 0.0 && **f < 1.0)) {
+        bail!("--fractions {f}: must be between 0 and 1");
+    }
+    let bench = open_benchmark(&a.out, None, dev)?;
+    let queries = bench.prepare()?;
+    if let Some(sh) = shard {
+        bench.retrain_top(&queries, a.top_queries, &a.methods, &a.fractions, sh)?;
+        return Ok(());
+    }
+    let t = Instant::now();
+    if a.jobs > 1 {
+        let extra = vec![
+            "--top-queries".to_string(),
+            a.top_queries.to_string(),
+            "--methods".into(),
+            a.methods.join(","),
+            "--fractions".into(),
+            a.fractions.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(","),
+        ];
+        run_workers("retrain-top", &a.out, a.jobs, &extra)?;
+    }
+    let md = bench
+        .retrain_top(&queries, a.top_queries, &a.methods, &a.fractions, (0, 1))?
+        .context("retraining jobs are missing")?;
+    add_time(&a.out, "retrain without top influences", t.elapsed().as_secs_f64())?;
+    println!("{md}");
+    eprintln!("wrote {}", a.out.join("retrain-top.md").display());
+    Ok(())
 }

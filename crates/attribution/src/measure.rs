@@ -1,0 +1,56 @@
+//! Ground-truth measurements with common random numbers (spec p1 §3.2): every model is measured
+//! on every query with the same fixed set of (t, noise) draws, so differences between models are
+//! not drowned in Monte-Carlo noise.
+
+use burn::prelude::*;
+
+use diffusion::model::Denoiser;
+use diffusion::rng::{normals, stream, timesteps};
+use diffusion::Diffusion;
+
+/// Stream label of the measurement draws.
+const MEASURE_STREAM: u64 = 0x3EA5;
+
+/// The diffusion loss `(1/D) ||eps - eps_theta(x_t, t)||^2` of each query `[Q, D]`, averaged over
+/// `draws` (t, noise) draws that depend only on `(seed, ids[q], draw)` (`ids` are the queries'
+/// global indices); forward passes only, `batch` data at a time.
+#[allow(clippy::too_many_arguments)]
+pub fn measure_loss<M: Denoiser>(
+    model: &M,
+    diffusion: &Diffusion,
+    queries: &[f32],
+    ids: &[usize],
+    draws: usize,
+    seed: u64,
+    batch: usize,
+    device: &Device,
+) -> Vec<f64> {
+    let d = model.data_dim();
+    let q = queries.len() / d;
+    assert_eq!(ids.len(), q, "one id per query");
+    let mut sums = vec![0f64; q];
+    // (query, draw) pairs in a fixed order; each query's draws come from its own stream.
+    let mut rngs: Vec<_> = ids.iter().map(|&id| stream(seed, MEASURE_STREAM, id as u64)).collect();
+    let pairs: Vec<usize> = (0..q).flat_map(|qi| std::iter::repeat_n(qi, draws)).collect();
+    for chunk in pairs.chunks(batch.max(1)) {
+        let b = chunk.len();
+        let mut x0 = Vec::with_capacity(b * d);
+        let mut eps = Vec::with_capacity(b * d);
+        let mut t = Vec::with_capacity(b);
+        for &qi in chunk {
+            let rng = &mut rngs[qi];
+            t.push(timesteps(rng, 1, diffusion.steps())[0]);
+            eps.extend(normals(rng, d));
+            x0.extend_from_slice(&queries[qi * d..(qi + 1) * d]);
+        }
+        let x0 = Tensor::<2>::from_data(TensorData::new(x0, [b, d]), device);
+        let eps = Tensor::<2>::from_data(TensorData::new(eps, [b, d]), device);
+        let xt = diffusion.q_sample(x0, &t, eps.clone());
+        let y = diffusion.predict_eps(model, xt, &t);
+        let per: Vec<f32> = (eps - y).square().mean_dim(1).into_data().try_to_vec::<f32>().expect("f32");
+        for (&qi, v) in chunk.iter().zip(per) {
+            sums[qi] += v as f64;
+        }
+    }
+    sums.into_iter().map(|s| s / draws as f64).collect()
+}
