@@ -116,7 +116,7 @@ impl BenchmarkConfig {
 pub fn default_lambda(method: &str, n: usize) -> Option<f64> {
     match method {
         "trak" | "dtrak" => Some(1e-6 / n as f64),
-        "grad-dot" | "pixel" => None,
+        "grad-dot" | "pixel" | "same-class" => None,
         _ => Some(1e-8),
     }
 }
@@ -124,7 +124,7 @@ pub fn default_lambda(method: &str, n: usize) -> Option<f64> {
 /// Methods with a damping grid, in report order.
 pub const DAMPED_METHODS: [&str; 6] = ["ekfac", "kfac", "ekfac-reduce", "ekfac-ggn-loss", "trak", "dtrak"];
 /// Methods without damping.
-pub const PLAIN_METHODS: [&str; 2] = ["grad-dot", "pixel"];
+pub const PLAIN_METHODS: [&str; 3] = ["grad-dot", "pixel", "same-class"];
 
 fn describe(method: &str) -> &'static str {
     match method {
@@ -136,6 +136,7 @@ fn describe(method: &str) -> &'static str {
         "dtrak" => "D-TRAK (projected square-norm gradients)",
         "grad-dot" => "gradient dot product (identity curvature)",
         "pixel" => "pixel cosine similarity (CLIP stand-in)",
+        "same-class" => "same-class indicator (diagnostic: class of the query's pixel nearest neighbour)",
         "random" => "random removal (control)",
         _ => "",
     }
@@ -329,8 +330,10 @@ impl Benchmark {
         self.dir.join("scores").join(name)
     }
 
-    /// Compute every method's score matrices (skipped when `scores/meta.json` exists).
+    /// Compute every method's score matrices (skipped when `scores/meta.json` exists; the cheap
+    /// data-only baselines are written whenever missing).
     pub fn scores(&self, queries: &[f32]) -> Result<()> {
+        self.data_only_scores(queries)?;
         let meta = self.dir.join("scores").join("meta.json");
         if meta.exists() {
             return Ok(());
@@ -434,9 +437,35 @@ impl Benchmark {
             time(&format!("score {name}"), t);
         }
         write("grad-dot", None, &grad_dot(q_loss, g_loss))?;
-        write("pixel", None, &pixel_cosine(queries, &ds.images, d))?;
         self.log("baselines scored");
         write_atomic(&meta, serde_json::to_string_pretty(&serde_json::Value::Object(timing))?.as_bytes())?;
+        Ok(())
+    }
+
+    /// Baselines that look only at pixels and labels: pixel cosine similarity, and a diagnostic
+    /// same-class indicator (1 for training images of the class of the query's most
+    /// pixel-similar training image), which tells how much of the LDS class composition alone
+    /// explains.
+    fn data_only_scores(&self, queries: &[f32]) -> Result<()> {
+        let (ds, _) = self.config.base_run().train_data()?;
+        let d = ds.pixels_per_image();
+        let q = queries.len() / d;
+        std::fs::create_dir_all(self.dir.join("scores"))?;
+        let pixel = pixel_cosine(queries, &ds.images, d);
+        if !self.score_path("pixel", None).exists() {
+            write_matrix(&self.score_path("pixel", None), &pixel, q, ds.n)?;
+        }
+        if !self.score_path("same-class", None).exists() {
+            let mut same = vec![0f32; q * ds.n];
+            for qi in 0..q {
+                let row = &pixel[qi * ds.n..(qi + 1) * ds.n];
+                let nn = (0..ds.n).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0);
+                for (n, v) in same[qi * ds.n..(qi + 1) * ds.n].iter_mut().enumerate() {
+                    *v = (ds.labels[n] == ds.labels[nn]) as u8 as f32;
+                }
+            }
+            write_matrix(&self.score_path("same-class", None), &same, q, ds.n)?;
+        }
         Ok(())
     }
 

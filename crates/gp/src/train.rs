@@ -1,0 +1,296 @@
+//! The outer loop: Adam ascent of the marginal likelihood on softplus-parametrised
+//! hyperparameters θ = softplus(u), as in the reference defaults (lr 0.1, β = (0.9, 0.999),
+//! ε = 1e-8, θ initialised at 1, 64 probes, 2000 random features, seed 12345).
+//!
+//! Warm start is state carried here from step to step ([`EstimatorState`]); the solver is told
+//! nothing about it beyond its `initial` argument.
+
+use std::time::Instant;
+
+use faer::{Mat, MatRef};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{GpError, Result};
+use crate::estimator::{exact_gradient, EstimatorKind, EstimatorState, ProbeDraws};
+use crate::features::RandomFeatures;
+use crate::kernel::{check_finite_slice, Hyperparameters, KernelKind, KernelSystem};
+use crate::solvers::{SolveOptions, Solver};
+
+/// Everything that defines a training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Kernel family (Matérn-3/2 by default).
+    pub kernel: KernelKind,
+    /// Linear solver (ignored by the exact estimator).
+    pub solver: Solver,
+    /// Gradient estimator.
+    pub estimator: EstimatorKind,
+    /// Freeze probe randomness and start each solve from the previous solution.
+    pub warm_start: bool,
+    /// Probe vectors s.
+    pub num_probes: usize,
+    /// Random Fourier features m (pathwise).
+    pub num_features: usize,
+    /// Adam learning rate.
+    pub learning_rate: f64,
+    /// Number of Adam steps.
+    pub steps: usize,
+    /// Solver tolerances and epoch budget.
+    pub solve_options: SolveOptions,
+    /// Seed of every random draw of the run.
+    pub seed: u64,
+    /// Lower clip on the noise scale σ after each step (0: off, the reference default).
+    pub min_noise_scale: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            kernel: KernelKind::Matern32,
+            solver: Solver::cg(),
+            estimator: EstimatorKind::Pathwise,
+            warm_start: false,
+            num_probes: 64,
+            num_features: 2000,
+            learning_rate: 0.1,
+            steps: 100,
+            solve_options: SolveOptions::default(),
+            seed: 12345,
+            min_noise_scale: 0.0,
+        }
+    }
+}
+
+/// One outer step, as logged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Zero-based step index.
+    pub step: usize,
+    /// Hyperparameters at which this step's gradient was taken.
+    pub hyper: Hyperparameters,
+    /// Solver epochs spent in this step.
+    pub solver_epochs: f64,
+    /// Solver iterations in this step.
+    pub solver_iterations: usize,
+    /// Relative residual of the y system at solver exit.
+    pub residual_y: f64,
+    /// Mean relative residual of the probe systems at solver exit.
+    pub residual_z: f64,
+    /// Whether the solver met its tolerances.
+    pub converged: bool,
+    /// Exact log marginal likelihood (exact estimator only, where it comes for free).
+    pub exact_mll: Option<f64>,
+    /// Seconds spent in the solver.
+    pub solver_seconds: f64,
+    /// Seconds for the whole update step (probes, solve, gradient, Adam).
+    pub step_seconds: f64,
+}
+
+/// The last solve of a run, kept for "free" pathwise predictions.
+#[derive(Clone, Debug)]
+pub struct LastSolve {
+    /// θ of the solve.
+    pub hyper: Hyperparameters,
+    /// `[α | U]`.
+    pub solution: Mat<f64>,
+    /// The RFF randomness of its probes (pathwise only).
+    pub features: Option<RandomFeatures>,
+}
+
+/// Result of [`train`].
+#[derive(Clone, Debug)]
+pub struct TrainOutcome {
+    /// Per-step log.
+    pub records: Vec<StepRecord>,
+    /// Hyperparameters after the last Adam step.
+    pub final_hyper: Hyperparameters,
+    /// Sum of solver epochs over all steps.
+    pub total_epochs: f64,
+    /// Sum of update-step times (excludes evaluation), seconds.
+    pub train_seconds: f64,
+    /// Sum of solver times, seconds.
+    pub solver_seconds: f64,
+    /// The last solve (absent for the exact estimator).
+    pub last_solve: Option<LastSolve>,
+}
+
+/// `log(1 + e^u)`, stable for large |u|.
+pub fn softplus(u: f64) -> f64 {
+    if u > 30.0 {
+        u
+    } else {
+        u.exp().ln_1p()
+    }
+}
+
+/// Inverse of [`softplus`]: `log(e^θ − 1)`.
+pub fn softplus_inverse(theta: f64) -> f64 {
+    if theta > 30.0 {
+        theta
+    } else {
+        theta.exp_m1().ln()
+    }
+}
+
+/// `dθ/du` of the softplus map.
+fn sigmoid(u: f64) -> f64 {
+    1.0 / (1.0 + (-u).exp())
+}
+
+/// Adam (Kingma & Ba) in ascent form, matching optax defaults.
+#[derive(Clone, Debug)]
+pub struct Adam {
+    learning_rate: f64,
+    first_moment: Vec<f64>,
+    second_moment: Vec<f64>,
+    step: i32,
+}
+
+impl Adam {
+    const BETA1: f64 = 0.9;
+    const BETA2: f64 = 0.999;
+    const EPS: f64 = 1e-8;
+
+    /// Adam for `dim` parameters.
+    pub fn new(dim: usize, learning_rate: f64) -> Self {
+        Adam { learning_rate, first_moment: vec![0.0; dim], second_moment: vec![0.0; dim], step: 0 }
+    }
+
+    /// One ascent step: `params += lr · m̂ / (√v̂ + ε)`.
+    pub fn ascend(&mut self, params: &mut [f64], gradient: &[f64]) {
+        self.step += 1;
+        let c1 = 1.0 - Self::BETA1.powi(self.step);
+        let c2 = 1.0 - Self::BETA2.powi(self.step);
+        for (((p, &g), m), v) in
+            params.iter_mut().zip(gradient).zip(&mut self.first_moment).zip(&mut self.second_moment)
+        {
+            *m = Self::BETA1 * *m + (1.0 - Self::BETA1) * g;
+            *v = Self::BETA2 * *v + (1.0 - Self::BETA2) * g * g;
+            *p += self.learning_rate * (*m / c1) / ((*v / c2).sqrt() + Self::EPS);
+        }
+    }
+}
+
+/// Checks training data: finite, consistent sizes, non-empty.
+pub fn validate_training_data(x: MatRef<'_, f64>, y: &[f64]) -> Result<()> {
+    if x.nrows() == 0 || x.ncols() == 0 {
+        return Err(GpError::InvalidArgument(format!(
+            "training inputs must be non-empty, got {} × {}",
+            x.nrows(),
+            x.ncols()
+        )));
+    }
+    if y.len() != x.nrows() {
+        return Err(GpError::DimensionMismatch {
+            what: "training targets vs training inputs".into(),
+            expected: x.nrows(),
+            found: y.len(),
+        });
+    }
+    crate::kernel::check_finite_mat(x, "training inputs")?;
+    check_finite_slice(y, "training targets")
+}
+
+/// Runs `config.steps` Adam steps from θ = 1 on training data `(x, y)`, calling `on_step` after
+/// each step.
+pub fn train(
+    x: MatRef<'_, f64>,
+    y: &[f64],
+    config: &TrainConfig,
+    mut on_step: impl FnMut(&StepRecord),
+) -> Result<TrainOutcome> {
+    validate_training_data(x, y)?;
+    if !(config.learning_rate.is_finite() && config.learning_rate > 0.0) {
+        return Err(GpError::InvalidArgument(format!(
+            "learning rate must be positive, got {}",
+            config.learning_rate
+        )));
+    }
+    let dim = x.ncols();
+    let mut params: Vec<f64> =
+        Hyperparameters::ones(dim).to_vec().into_iter().map(softplus_inverse).collect();
+    let mut adam = Adam::new(params.len(), config.learning_rate);
+    let mut state =
+        EstimatorState::new(config.estimator, config.num_probes, config.num_features, config.warm_start)?;
+    let mut probe_rng = ChaCha8Rng::seed_from_u64(config.seed);
+    // A separate stream for SGD mini-batches, so the probes do not depend on the solver.
+    let mut solver_rng = ChaCha8Rng::seed_from_u64(config.seed);
+    solver_rng.set_stream(1);
+    let mut records = Vec::with_capacity(config.steps);
+    let mut last_solve = None;
+    for step in 0..config.steps {
+        let started = Instant::now();
+        let hyper = Hyperparameters::from_slice(&params.iter().map(|&u| softplus(u)).collect::<Vec<_>>())?;
+        let system = KernelSystem::new(x, config.kernel, &hyper)?;
+        let (gradient, record_solver, exact_mll) = match config.estimator {
+            EstimatorKind::Exact => {
+                let (mll, gradient) = exact_gradient(&system, y)?;
+                (gradient, None, Some(mll))
+            }
+            EstimatorKind::Standard | EstimatorKind::Pathwise => {
+                state.begin_step(&system, &mut probe_rng)?;
+                let rhs = state.right_hand_sides(&system, y)?;
+                let solve_started = Instant::now();
+                let outcome = config.solver.solve(
+                    &system,
+                    rhs.as_ref(),
+                    state.initial_guess(),
+                    &config.solve_options,
+                    &mut solver_rng,
+                )?;
+                let solver_seconds = solve_started.elapsed().as_secs_f64();
+                let gradient = state.gradient(&system, outcome.solution.as_ref(), rhs.as_ref());
+                let features = match &state.draws {
+                    Some(ProbeDraws::Pathwise { features, .. }) => Some(features.clone()),
+                    _ => None,
+                };
+                let summary = (
+                    outcome.epochs,
+                    outcome.iterations,
+                    outcome.residual_y,
+                    outcome.residual_z,
+                    outcome.converged,
+                    solver_seconds,
+                );
+                last_solve =
+                    Some(LastSolve { hyper: hyper.clone(), solution: outcome.solution.clone(), features });
+                state.previous_solution = Some(outcome.solution);
+                (gradient, Some(summary), None)
+            }
+        };
+        let grad_theta = gradient.to_vec();
+        check_finite_slice(&grad_theta, "marginal-likelihood gradient")?;
+        let grad_u: Vec<f64> = grad_theta.iter().zip(&params).map(|(g, &u)| g * sigmoid(u)).collect();
+        adam.ascend(&mut params, &grad_u);
+        if config.min_noise_scale > 0.0 && softplus(params[0]) < config.min_noise_scale {
+            params[0] = softplus_inverse(config.min_noise_scale);
+        }
+        let (solver_epochs, solver_iterations, residual_y, residual_z, converged, solver_seconds) =
+            record_solver.unwrap_or((0.0, 0, 0.0, 0.0, true, 0.0));
+        let record = StepRecord {
+            step,
+            hyper,
+            solver_epochs,
+            solver_iterations,
+            residual_y,
+            residual_z,
+            converged,
+            exact_mll,
+            solver_seconds,
+            step_seconds: started.elapsed().as_secs_f64(),
+        };
+        on_step(&record);
+        records.push(record);
+    }
+    let final_hyper = Hyperparameters::from_slice(&params.iter().map(|&u| softplus(u)).collect::<Vec<_>>())?;
+    Ok(TrainOutcome {
+        total_epochs: records.iter().map(|r| r.solver_epochs).sum(),
+        train_seconds: records.iter().map(|r| r.step_seconds).sum(),
+        solver_seconds: records.iter().map(|r| r.solver_seconds).sum(),
+        records,
+        final_hyper,
+        last_solve,
+    })
+}
