@@ -561,6 +561,19 @@ impl Benchmark {
             pct(ceiling)
         ));
         bars.push(Bar { label: "exact retrain".into(), value: 100.0 * ceiling.mean, se: 100.0 * ceiling.se });
+        // Paired over queries (the same queries and subsets for every method), so the standard
+        // error of a difference is much smaller than either method's own.
+        if let Some(reference) = Self::best(results, "ekfac") {
+            md.push_str("Paired difference to EK-FAC (per query, each method at its best λ; % points, mean ± s.e.):\n\n| method | LDS(method) - LDS(EK-FAC) |\n|---|---|\n");
+            for method in DAMPED_METHODS.iter().chain(PLAIN_METHODS.iter()).filter(|m| **m != "ekfac") {
+                if let Some(b) = Self::best(results, method) {
+                    let d: Vec<f64> = b.per_query.iter().zip(&reference.per_query).map(|(x, y)| x - y).collect();
+                    let (m, se) = mean_se(&d);
+                    md.push_str(&format!("| {method} | {:+.1} ± {:.1} |\n", 100.0 * m, 100.0 * se));
+                }
+            }
+            md.push('\n');
+        }
         md.push_str("LDS (%) over the damping grid:\n\n| method |");
         for l in &c.lambdas {
             md.push_str(&format!(" {l:.0e} |"));
