@@ -567,7 +567,8 @@ impl Benchmark {
             md.push_str("Paired difference to EK-FAC (per query, each method at its best λ; % points, mean ± s.e.):\n\n| method | LDS(method) - LDS(EK-FAC) |\n|---|---|\n");
             for method in DAMPED_METHODS.iter().chain(PLAIN_METHODS.iter()).filter(|m| **m != "ekfac") {
                 if let Some(b) = Self::best(results, method) {
-                    let d: Vec<f64> = b.per_query.iter().zip(&reference.per_query).map(|(x, y)| x - y).collect();
+                    let d: Vec<f64> =
+                        b.per_query.iter().zip(&reference.per_query).map(|(x, y)| x - y).collect();
                     let (m, se) = mean_se(&d);
                     md.push_str(&format!("| {method} | {:+.1} ± {:.1} |\n", 100.0 * m, 100.0 * se));
                 }
