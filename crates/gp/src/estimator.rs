@@ -141,13 +141,7 @@ impl EstimatorState {
     /// The batched right-hand sides `[y | z_1 … z_s]` at the current θ.
     pub fn right_hand_sides(&self, system: &KernelSystem, y: &[f64]) -> Result<Mat<f64>> {
         let n = system.n();
-        if y.len() != n {
-            return Err(GpError::DimensionMismatch {
-                what: "targets vs inputs".into(),
-                expected: n,
-                found: y.len(),
-            });
-        }
+        system.check_targets(y)?;
         let draws = self.draws.as_ref().ok_or_else(|| {
             GpError::InvalidArgument("probe randomness not drawn (call begin_step first)".into())
         })?;
@@ -229,13 +223,7 @@ pub fn estimate_gradient(
 /// memory, O(n³) time). `y` must have one entry per training point.
 pub fn exact_gradient(system: &KernelSystem, y: &[f64]) -> Result<(f64, HyperGradient)> {
     let n = system.n();
-    if y.len() != n {
-        return Err(GpError::DimensionMismatch {
-            what: "targets vs inputs".into(),
-            expected: n,
-            found: y.len(),
-        });
-    }
+    system.check_targets(y)?;
     let llt = cholesky_with_jitter(&system.system_matrix(), "K + σ²I", MAX_RELATIVE_JITTER)?;
     let mut alpha = Mat::from_fn(n, 1, |i, _| y[i]);
     llt.solve_in_place(alpha.as_mut());

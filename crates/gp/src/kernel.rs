@@ -517,6 +517,30 @@ impl KernelSystem {
         self.points.coords.ncols()
     }
 
+    /// Refuse targets that are not one per training point.
+    pub fn check_targets(&self, y: &[f64]) -> Result<()> {
+        if y.len() != self.n() {
+            return Err(GpError::DimensionMismatch {
+                what: "targets vs inputs".into(),
+                expected: self.n(),
+                found: y.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuse test inputs of another dimension or with NaN / infinity.
+    pub fn check_test_inputs(&self, x_test: MatRef<'_, f64>) -> Result<()> {
+        if x_test.ncols() != self.dim() {
+            return Err(GpError::DimensionMismatch {
+                what: "test inputs vs training input dimension".into(),
+                expected: self.dim(),
+                found: x_test.ncols(),
+            });
+        }
+        check_finite_mat(x_test, "test inputs")
+    }
+
     /// The kernel family.
     pub fn kind(&self) -> KernelKind {
         self.kind

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{GpError, Result};
 use crate::features::RandomFeatures;
-use crate::kernel::{check_finite_mat, kernel_matrix, KernelSystem};
+use crate::kernel::{kernel_matrix, KernelSystem};
 use crate::solvers::{cholesky_with_jitter, MAX_RELATIVE_JITTER};
 
 /// Predictive mean and variance (of y, i.e. including the noise σ²) at test points.
@@ -61,14 +61,7 @@ pub fn predict_pathwise(
     features: &RandomFeatures,
     x_test: MatRef<'_, f64>,
 ) -> Result<Predictions> {
-    if x_test.ncols() != system.dim() {
-        return Err(GpError::DimensionMismatch {
-            what: "test inputs vs training input dimension".into(),
-            expected: system.dim(),
-            found: x_test.ncols(),
-        });
-    }
-    check_finite_mat(x_test, "test inputs")?;
+    system.check_test_inputs(x_test)?;
     let s = solution.ncols() - 1;
     let test_pts = system.scale_points(x_test);
     let m = test_pts.len();
@@ -88,21 +81,8 @@ pub fn predict_pathwise(
 /// Exact GP predictions by dense Cholesky of `K + σ²I` (O(n³); the oracle).
 pub fn predict_exact(system: &KernelSystem, y: &[f64], x_test: MatRef<'_, f64>) -> Result<Predictions> {
     let n = system.n();
-    if y.len() != n {
-        return Err(GpError::DimensionMismatch {
-            what: "targets vs inputs".into(),
-            expected: n,
-            found: y.len(),
-        });
-    }
-    if x_test.ncols() != system.dim() {
-        return Err(GpError::DimensionMismatch {
-            what: "test inputs vs training input dimension".into(),
-            expected: system.dim(),
-            found: x_test.ncols(),
-        });
-    }
-    check_finite_mat(x_test, "test inputs")?;
+    system.check_targets(y)?;
+    system.check_test_inputs(x_test)?;
     let llt = cholesky_with_jitter(&system.system_matrix(), "K + σ²I", MAX_RELATIVE_JITTER)?;
     let mut alpha = Mat::from_fn(n, 1, |i, _| y[i]);
     llt.solve_in_place(alpha.as_mut());

@@ -205,6 +205,26 @@ fn residual_summary(r: MatRef<'_, f64>) -> (f64, f64) {
     (norms[0], mean_z)
 }
 
+impl SolveOutcome {
+    /// The outcome of a solve that ended at `solution` with residual summary `(r_y, r_z)`.
+    fn finished(
+        solution: Mat<f64>,
+        epochs: f64,
+        iterations: usize,
+        summary: (f64, f64),
+        options: &SolveOptions,
+    ) -> Self {
+        Self {
+            solution,
+            epochs,
+            iterations,
+            residual_y: summary.0,
+            residual_z: summary.1,
+            converged: tolerances_met(summary, options),
+        }
+    }
+}
+
 fn tolerances_met(summary: (f64, f64), options: &SolveOptions) -> bool {
     summary.0 <= options.rtol_y && summary.1 <= options.rtol_z
 }
@@ -249,14 +269,7 @@ fn solve_cholesky(system: &KernelSystem, b: MatRef<'_, f64>, options: &SolveOpti
     let mut solution = b.to_owned();
     llt.solve_in_place(solution.as_mut());
     let summary = residual_summary(residual(system, b, solution.as_ref()).as_ref());
-    Ok(SolveOutcome {
-        solution,
-        epochs: 0.0,
-        iterations: 0,
-        residual_y: summary.0,
-        residual_z: summary.1,
-        converged: tolerances_met(summary, options),
-    })
+    Ok(SolveOutcome::finished(solution, 0.0, 0, summary, options))
 }
 
 /// Thin preconditioner GEMMs (n × rank × columns) only pay for threads when n is large.
@@ -406,14 +419,7 @@ fn solve_cg(
         rz = rz_new;
         summary = residual_summary(r.as_ref());
     }
-    Ok(SolveOutcome {
-        solution: v,
-        epochs,
-        iterations,
-        residual_y: summary.0,
-        residual_z: summary.1,
-        converged: tolerances_met(summary, options),
-    })
+    Ok(SolveOutcome::finished(v, epochs, iterations, summary, options))
 }
 
 /// Contiguous blocks `(start, len)`: ⌊n/B⌋ blocks of B rows, the last one taking the remainder.
@@ -509,14 +515,7 @@ fn solve_ap(
         iterations += 1;
         summary = residual_summary(r.as_ref());
     }
-    Ok(SolveOutcome {
-        solution: v,
-        epochs,
-        iterations,
-        residual_y: summary.0,
-        residual_z: summary.1,
-        converged: tolerances_met(summary, options),
-    })
+    Ok(SolveOutcome::finished(v, epochs, iterations, summary, options))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -583,12 +582,7 @@ fn solve_sgd<R: Rng>(
     // Report the exact residual, not the stale running estimate (one more epoch, counted).
     let summary = residual_summary(residual(system, b, v.as_ref()).as_ref());
     epochs += 1.0;
-    Ok(SolveOutcome {
-        solution: v,
-        epochs,
-        iterations,
-        residual_y: summary.0,
-        residual_z: summary.1,
-        converged: converged && tolerances_met(summary, options),
-    })
+    let mut outcome = SolveOutcome::finished(v, epochs, iterations, summary, options);
+    outcome.converged &= converged;
+    Ok(outcome)
 }

@@ -149,6 +149,14 @@ struct MeasureFile {
     loss: Vec<f64>,
 }
 
+impl MeasureFile {
+    /// The measurements stored in a model's run directory, if any.
+    fn read(run_dir: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(run_dir.join("measure.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
+
 /// A benchmark directory on a device.
 pub struct Benchmark {
     /// Directory.
@@ -157,6 +165,8 @@ pub struct Benchmark {
     pub config: BenchmarkConfig,
     device: Device,
     started: Instant,
+    /// N, loaded once at open (every stage needs it).
+    n_train: usize,
 }
 
 impl Benchmark {
@@ -177,7 +187,8 @@ impl Benchmark {
             std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
             write_atomic(&path, serde_json::to_string_pretty(&config)?.as_bytes())?;
         }
-        Ok(Self { dir: dir.to_path_buf(), config, device: device.clone(), started: Instant::now() })
+        let n_train = config.base_run().train_data().context("loading training data")?.0.n;
+        Ok(Self { dir: dir.to_path_buf(), config, device: device.clone(), started: Instant::now(), n_train })
     }
 
     fn log(&self, msg: &str) {
@@ -185,13 +196,13 @@ impl Benchmark {
     }
 
     /// Number of training images.
-    pub fn n_train(&self) -> Result<usize> {
-        Ok(self.config.base_run().train_data().context("loading training data")?.0.n)
+    pub fn n_train(&self) -> usize {
+        self.n_train
     }
 
     /// The M random subsets.
-    pub fn subsets(&self) -> Result<Vec<Vec<usize>>> {
-        Ok(random_subsets(self.n_train()?, self.config.subsets, self.config.alpha, self.config.seed))
+    pub fn subsets(&self) -> Vec<Vec<usize>> {
+        random_subsets(self.n_train(), self.config.subsets, self.config.alpha, self.config.seed)
     }
 
     fn train(&self, run: &RunConfig, dir: &Path, what: &str) -> Result<()> {
@@ -263,8 +274,7 @@ impl Benchmark {
             &self.device,
             None,
         );
-        // As if saved as PNG (spec p1 §1.3).
-        let q: Vec<f32> = x.iter().map(|&v| data::to_u8(v) as f32 / 255.0 * 2.0 - 1.0).collect();
+        let q = crate::quantise(&x);
         let d = trained.model.data_dim();
         write_matrix(&path, &q, self.config.queries, d)?;
         let side = self.config.data.size;
@@ -280,7 +290,7 @@ impl Benchmark {
     /// Train and measure the subset models of shard `i` of `n` (jobs are (subset, seed) pairs,
     /// dealt round-robin), skipping finished ones.
     pub fn retrain(&self, queries: &[f32], shard: (usize, usize)) -> Result<()> {
-        let subsets = self.subsets()?;
+        let subsets = self.subsets();
         let ids: Vec<usize> = (0..self.config.queries).collect();
         let jobs: Vec<(usize, usize)> =
             (0..subsets.len()).flat_map(|j| (0..self.config.seeds).map(move |s| (j, s))).collect();
@@ -302,11 +312,7 @@ impl Benchmark {
         let mut missing = 0;
         for j in 0..self.config.subsets {
             for (s, per_seed) in out.iter_mut().enumerate() {
-                let path = self.retrain_dir(j, s).join("measure.json");
-                match std::fs::read_to_string(&path)
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<MeasureFile>(&t).ok())
-                {
+                match MeasureFile::read(&self.retrain_dir(j, s)) {
                     Some(m) => per_seed.push(m.loss),
                     None => missing += 1,
                 }
@@ -447,6 +453,9 @@ impl Benchmark {
     /// pixel-similar training image), which tells how much of the LDS class composition alone
     /// explains.
     fn data_only_scores(&self, queries: &[f32]) -> Result<()> {
+        if self.score_path("pixel", None).exists() && self.score_path("same-class", None).exists() {
+            return Ok(());
+        }
         let (ds, _) = self.config.base_run().train_data()?;
         let d = ds.pixels_per_image();
         let q = queries.len() / d;
@@ -473,8 +482,8 @@ impl Benchmark {
     pub fn lds(&self) -> Result<(Vec<LdsResult>, LdsResult)> {
         let per_seed = self.measurements()?;
         let measured = seed_mean(&per_seed);
-        let subsets = self.subsets()?;
-        let n = self.n_train()?;
+        let subsets = self.subsets();
+        let n = self.n_train();
         let mut results = Vec::new();
         let grid = |m: &str| -> Vec<Option<f64>> {
             if PLAIN_METHODS.contains(&m) {
@@ -505,7 +514,7 @@ impl Benchmark {
 
     /// Write lds.json, lds.md and lds.png; returns the markdown.
     pub fn lds_report(&self, results: &[LdsResult], ceiling: &LdsResult, timing: &str) -> Result<String> {
-        let n = self.n_train()?;
+        let n = self.n_train();
         let c = &self.config;
         write_atomic(
             &self.dir.join("lds.json"),
@@ -639,7 +648,7 @@ impl Benchmark {
         shard: (usize, usize),
     ) -> Result<Option<String>> {
         let (results, _) = self.lds()?;
-        let n = self.n_train()?;
+        let n = self.n_train();
         let d = queries.len() / self.config.queries;
         let n_queries = n_queries.min(self.config.queries);
         let base_ids: Vec<usize> = (0..n_queries).collect();
@@ -691,11 +700,7 @@ impl Benchmark {
             for &k in &ks {
                 let mut inc = Vec::new();
                 for (qi, b) in base.iter().enumerate() {
-                    let path = self.top_dir(qi, m, k).join("measure.json");
-                    match std::fs::read_to_string(&path)
-                        .ok()
-                        .and_then(|t| serde_json::from_str::<MeasureFile>(&t).ok())
-                    {
+                    match MeasureFile::read(&self.top_dir(qi, m, k)) {
                         Some(f) => inc.push(f.loss[0] - b),
                         None => return Ok(None),
                     }

@@ -565,7 +565,7 @@ fn merge_cmd(a: MergeArgs) -> Result<()> {
 }
 
 /// 8-bit quantisation, as if the sample had been saved as a PNG (spec p1 §1.3).
-fn quantise(x: &[f32]) -> Vec<f32> {
+pub(crate) fn quantise(x: &[f32]) -> Vec<f32> {
     x.iter().map(|&v| data::to_u8(v) as f32 / 255.0 * 2.0 - 1.0).collect()
 }
 
@@ -898,18 +898,22 @@ fn run_workers(subcommand: &str, dir: &Path, jobs: usize, extra: &[String]) -> R
 /// Add `secs` to stage `stage` in DIR/timing.json (so resumed runs sum up).
 fn add_time(dir: &Path, stage: &str, secs: f64) -> Result<()> {
     let path = dir.join("timing.json");
-    let mut map: std::collections::BTreeMap<String, f64> =
-        std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let mut map = read_timing(dir);
     *map.entry(stage.to_string()).or_default() += secs;
     write_atomic(&path, serde_json::to_string_pretty(&map)?.as_bytes())?;
     Ok(())
 }
 
-fn timing_table(dir: &Path) -> String {
-    let map: std::collections::BTreeMap<String, f64> = std::fs::read_to_string(dir.join("timing.json"))
+/// Stage -> seconds from DIR/timing.json (empty when absent).
+fn read_timing(dir: &Path) -> std::collections::BTreeMap<String, f64> {
+    std::fs::read_to_string(dir.join("timing.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn timing_table(dir: &Path) -> String {
+    let map = read_timing(dir);
     let mut s = String::from("| stage | wall seconds |\n|---|---|\n");
     for (k, v) in &map {
         s.push_str(&format!("| {k} | {v:.1} |\n"));
