@@ -59,6 +59,14 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `attribute score --run RUN --factors F --queries Q --out OUT EXTRA...`.
+fn score(run: &Path, factors: &Path, queries: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
+    let mut args =
+        vec!["score", "--run", s(run), "--factors", s(factors), "--queries", s(queries), "--out", s(out)];
+    args.extend(extra);
+    attribute(&args)
+}
+
 #[test]
 fn shards_merge_exactly_and_bad_inputs_are_refused() {
     let root: PathBuf = std::env::temp_dir().join(format!("attribute-cli-{}", std::process::id()));
@@ -75,39 +83,15 @@ fn shards_merge_exactly_and_bad_inputs_are_refused() {
     let common =
         ["--train-draws", "2", "--query-draws", "2", "--lambda", "1e-3,1e-1", "--images-per-batch", "5"];
     let full = root.join("full.npy");
-    let mut args = vec![
-        "score",
-        "--run",
-        s(&run),
-        "--factors",
-        s(&factors),
-        "--queries",
-        s(&queries),
-        "--out",
-        s(&full),
-    ];
-    args.extend(common);
-    let (ok, err) = attribute(&args);
+    let (ok, err) = score(&run, &factors, &queries, &full, &common);
     assert!(ok, "{err}");
     let mut shards = Vec::new();
     for i in 0..3 {
         let out = root.join(format!("shard{i}.npy"));
         let shard = format!("{i}/3");
-        let mut args = vec![
-            "score",
-            "--run",
-            s(&run),
-            "--factors",
-            s(&factors),
-            "--queries",
-            s(&queries),
-            "--out",
-            s(&out),
-            "--shard",
-            &shard,
-        ];
-        args.extend(common);
-        let (ok, err) = attribute(&args);
+        let mut extra = vec!["--shard", shard.as_str()];
+        extra.extend(common);
+        let (ok, err) = score(&run, &factors, &queries, &out, &extra);
         assert!(ok, "{err}");
         shards.push(out);
     }
@@ -132,82 +116,30 @@ fn shards_merge_exactly_and_bad_inputs_are_refused() {
     // Queries of the wrong size.
     let bad_q = root.join("bad_q.npy");
     write_matrix(&bad_q, &vec![0.0; 2 * 49], 2, 49).unwrap();
-    let (ok, err) = attribute(&[
-        "score",
-        "--run",
-        s(&run),
-        "--factors",
-        s(&factors),
-        "--queries",
-        s(&bad_q),
-        "--out",
-        s(&full),
-    ]);
+    let (ok, err) = score(&run, &factors, &bad_q, &full, &[]);
     one_line(ok, &err, "49 pixels");
     // NaN in the queries.
     let nan_q = root.join("nan_q.npy");
     let mut qn = q.clone();
     qn[5] = f32::NAN;
     write_matrix(&nan_q, &qn, 3, 64).unwrap();
-    let (ok, err) = attribute(&[
-        "score",
-        "--run",
-        s(&run),
-        "--factors",
-        s(&factors),
-        "--queries",
-        s(&nan_q),
-        "--out",
-        s(&full),
-    ]);
+    let (ok, err) = score(&run, &factors, &nan_q, &full, &[]);
     one_line(ok, &err, "NaN");
     // Factors fitted for another model.
     let other = root.join("other");
     tiny_run(&other, vec![8, 8]);
     let other_f = root.join("other.safetensors");
     assert!(attribute(&["fit", "--run", s(&other), "--out", s(&other_f), "--factor-draws", "1"]).0);
-    let (ok, err) = attribute(&[
-        "score",
-        "--run",
-        s(&run),
-        "--factors",
-        s(&other_f),
-        "--queries",
-        s(&queries),
-        "--out",
-        s(&full),
-    ]);
+    let (ok, err) = score(&run, &other_f, &queries, &full, &[]);
     one_line(ok, &err, "another model");
     // A bad shard spec.
-    let (ok, err) = attribute(&[
-        "score",
-        "--run",
-        s(&run),
-        "--factors",
-        s(&factors),
-        "--queries",
-        s(&queries),
-        "--out",
-        s(&full),
-        "--shard",
-        "3/3",
-    ]);
+    let (ok, err) = score(&run, &factors, &queries, &full, &["--shard", "3/3"]);
     one_line(ok, &err, "--shard");
     // NaN in the gradients: a model whose weights were corrupted.
     let broken = root.join("broken");
     tiny_run(&broken, vec![8, 16]);
     corrupt_with_nan(&broken);
-    let (ok, err) = attribute(&[
-        "score",
-        "--run",
-        s(&broken),
-        "--factors",
-        s(&factors),
-        "--queries",
-        s(&queries),
-        "--out",
-        s(&full),
-    ]);
+    let (ok, err) = score(&broken, &factors, &queries, &full, &[]);
     one_line(ok, &err, "NaN");
     assert_eq!(before, std::fs::read(&full).unwrap(), "a failed command overwrote the scores");
     std::fs::remove_dir_all(&root).ok();

@@ -37,6 +37,47 @@ impl Default for DataSpec {
     }
 }
 
+/// The data-selection flags shared by the binaries that train models (`ddpm train`,
+/// `attribute lds`), flattened into their argument structs.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct DataArgs {
+    /// Directory with the MNIST IDX files (default: the embedded subset).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Comma-separated classes to keep (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Option<Vec<u8>>,
+    /// Image side after area downsampling.
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Keep at most this many images per class.
+    #[arg(long)]
+    pub per_class: Option<usize>,
+}
+
+impl DataArgs {
+    /// Whether any of the flags was given.
+    pub fn any(&self) -> bool {
+        self.data.is_some() || self.classes.is_some() || self.size.is_some() || self.per_class.is_some()
+    }
+
+    /// Override the fields of `spec` whose flag was given.
+    pub fn apply(&self, spec: &mut DataSpec) {
+        if let Some(dir) = &self.data {
+            spec.dir = Some(dir.clone());
+        }
+        if let Some(classes) = &self.classes {
+            spec.classes = classes.clone();
+        }
+        if let Some(size) = self.size {
+            spec.size = size;
+        }
+        if let Some(per_class) = self.per_class {
+            spec.per_class = Some(per_class);
+        }
+    }
+}
+
 impl DataSpec {
     /// Load the images this spec describes from the given split.
     pub fn load(&self, split: Split) -> Result<Dataset, data::DataError> {

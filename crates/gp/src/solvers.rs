@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{GpError, Result};
-use crate::kernel::{check_finite_mat, kernel_matmul, kernel_matrix, KernelSystem};
+use crate::kernel::{check_finite_mat, KernelSystem};
 
 /// Added to every column norm before normalising, as in the reference code (guards zero columns).
 const NORM_EPS: f64 = 1e-10;
@@ -446,18 +446,12 @@ fn solve_ap(
     }
     let (n, k) = (b.nrows(), b.ncols());
     let blocks = blocks(n, block_size);
-    let pts = system.points().view();
     let noise = system.noise_variance();
-    let signal = system.signal_variance();
     // Factor every diagonal block H_bb once per solve (rebuilt each outer step, as θ changes).
     let factors: Vec<Llt<f64>> = blocks
         .par_iter()
         .map(|&(start, len)| {
-            let block_pts = pts.rows(start, len);
-            let mut h_bb = kernel_matrix(system.kind(), signal, block_pts, block_pts);
-            for i in 0..len {
-                h_bb[(i, i)] += noise;
-            }
+            let h_bb = system.block_system_matrix(start, len);
             cholesky_with_jitter(&h_bb, "AP diagonal block of K + σ²I", MAX_RELATIVE_JITTER)
         })
         .collect::<Result<_>>()?;
@@ -501,16 +495,7 @@ fn solve_ap(
             }
         }
         // r −= K(X, X_b) Δ: one n × B kernel block.
-        kernel_matmul(
-            system.kind(),
-            signal,
-            pts,
-            pts.rows(start, len),
-            delta.as_ref(),
-            r.as_mut(),
-            Accum::Add,
-            -1.0,
-        );
+        system.block_columns_matmul_add(start, len, delta.as_ref(), r.as_mut(), -1.0);
         epochs += cost;
         iterations += 1;
         summary = residual_summary(r.as_ref());
@@ -555,8 +540,7 @@ fn solve_sgd<R: Rng>(
             break;
         }
         let rows = rand::seq::index::sample(rng, n, batch).into_vec();
-        let batch_pts = system.points().gather(&rows);
-        system.cross_matmul(batch_pts.view(), v.as_ref(), gradient.as_mut(), Accum::Replace, 1.0);
+        system.rows_matmul(&rows, v.as_ref(), gradient.as_mut());
         for j in 0..k {
             for (t, &i) in rows.iter().enumerate() {
                 let g = gradient[(t, j)] + noise * v[(i, j)] - b[(i, j)];

@@ -43,6 +43,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Lower clip on the noise scale σ after each step (0: off, the reference default).
     pub min_noise_scale: f64,
+    /// Form the dense kernel matrix once per outer step, so that solver epochs of CG are GEMMs
+    /// (memory 8 n² bytes; off by default: the products are matrix-free).
+    #[serde(default)]
+    pub cache_kernel: bool,
 }
 
 impl Default for TrainConfig {
@@ -59,6 +63,7 @@ impl Default for TrainConfig {
             solve_options: SolveOptions::default(),
             seed: 12345,
             min_noise_scale: 0.0,
+            cache_kernel: false,
         }
     }
 }
@@ -223,7 +228,10 @@ pub fn train(
     for step in 0..config.steps {
         let started = Instant::now();
         let hyper = Hyperparameters::from_slice(&params.iter().map(|&u| softplus(u)).collect::<Vec<_>>())?;
-        let system = KernelSystem::new(x, config.kernel, &hyper)?;
+        let mut system = KernelSystem::new(x, config.kernel, &hyper)?;
+        if config.cache_kernel && config.estimator != EstimatorKind::Exact {
+            system.cache_kernel();
+        }
         let (gradient, record_solver, exact_mll) = match config.estimator {
             EstimatorKind::Exact => {
                 let (mll, gradient) = exact_gradient(&system, y)?;

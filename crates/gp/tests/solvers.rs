@@ -120,6 +120,36 @@ fn small_config(solver: Solver, warm: bool) -> TrainConfig {
         solve_options: SolveOptions::default(),
         seed: 12345,
         min_noise_scale: 0.0,
+        cache_kernel: false,
+    }
+}
+
+/// The cached kernel matrix changes how products are computed, not what they are: one product
+/// agrees with the matrix-free one to rounding, and a CG outer loop follows the same path.
+#[test]
+fn cached_kernel_products_match_the_matrix_free_ones() {
+    let (system, y) = common::system(300, 4, KernelKind::Matern32, 0.3);
+    let v = right_hand_sides(&y, 5, 3);
+    let mut cached = system.clone();
+    cached.cache_kernel();
+    assert!(cached.is_cached() && !system.is_cached());
+    let (mut a, mut b) = (Mat::<f64>::zeros(300, 6), Mat::<f64>::zeros(300, 6));
+    system.apply(v.as_ref(), a.as_mut());
+    cached.apply(v.as_ref(), b.as_mut());
+    let scale = a.norm_max();
+    assert!((&a - &b).norm_max() <= 1e-12 * scale, "max difference {}", (&a - &b).norm_max());
+
+    // Every solver's products go through the cache: same iterations, same path.
+    let (x, y) = common::synthetic(200, 3, 17);
+    for solver in [Solver::cg(), Solver::ap(), Solver::sgd()] {
+        let config = TrainConfig { steps: 4, ..small_config(solver.clone(), true) };
+        let free = train(x.as_ref(), &y, &config, |_| {}).unwrap();
+        let dense = train(x.as_ref(), &y, &TrainConfig { cache_kernel: true, ..config }, |_| {}).unwrap();
+        for (f, d) in free.records.iter().zip(&dense.records) {
+            assert_eq!(f.solver_iterations, d.solver_iterations, "{solver:?} step {}", f.step);
+            let diff = (f.hyper.noise_scale - d.hyper.noise_scale).abs();
+            assert!(diff < 1e-8, "{solver:?} step {}: noise differs by {diff}", f.step);
+        }
     }
 }
 

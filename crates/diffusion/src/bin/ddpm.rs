@@ -12,7 +12,7 @@ use diffusion::checkpoint::write_atomic;
 use diffusion::elbo::elbo_bits_per_dim;
 use diffusion::eval::{default_classifier_path, evaluate_samples};
 use diffusion::progress::{bar, exit_code};
-use diffusion::run::{load_trained, DataSpec, RunConfig};
+use diffusion::run::{load_trained, DataArgs, DataSpec, RunConfig};
 use diffusion::train::checkpoint_dir;
 use diffusion::{
     sample, AnyDenoiser, DiffusionConfig, LossWeighting, ModelConfig, Parametrisation, ReverseVariance,
@@ -59,18 +59,8 @@ struct TrainArgs {
     /// Continue the run in --out from its last checkpoint, with its stored settings.
     #[arg(long)]
     resume: bool,
-    /// Directory with the MNIST IDX files (default: the embedded subset).
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Comma-separated classes to keep (default: all).
-    #[arg(long, value_delimiter = ',')]
-    classes: Option<Vec<u8>>,
-    /// Image side after area downsampling.
-    #[arg(long)]
-    size: Option<usize>,
-    /// Keep at most this many images per class.
-    #[arg(long)]
-    per_class: Option<usize>,
+    #[command(flatten)]
+    data: DataArgs,
     /// Optimisation steps.
     #[arg(long)]
     steps: Option<usize>,
@@ -117,10 +107,7 @@ struct TrainArgs {
 
 impl TrainArgs {
     fn any_setting(&self) -> bool {
-        self.data.is_some()
-            || self.classes.is_some()
-            || self.size.is_some()
-            || self.per_class.is_some()
+        self.data.any()
             || self.steps.is_some()
             || self.batch.is_some()
             || self.lr.is_some()
@@ -136,7 +123,10 @@ impl TrainArgs {
     }
 
     fn config(&self) -> RunConfig {
-        let size = self.size.unwrap_or(14);
+        // The default run: the embedded data at 14x14.
+        let mut data = DataSpec { size: 14, ..DataSpec::default() };
+        self.data.apply(&mut data);
+        let size = data.size;
         let model = ModelConfig::Unet(UNetConfig {
             height: size,
             width: size,
@@ -162,13 +152,6 @@ impl TrainArgs {
             ema_decay: self.ema.unwrap_or(0.995),
             seed: self.seed.unwrap_or(0),
             ..defaults
-        };
-        let data = DataSpec {
-            dir: self.data.clone(),
-            classes: self.classes.clone().unwrap_or_default(),
-            size,
-            per_class: self.per_class,
-            ..DataSpec::default()
         };
         RunConfig { model, diffusion, train, data }
     }

@@ -88,6 +88,10 @@ struct CommonArgs {
     /// Compute exact (Cholesky) test metrics at the final hyperparameters when n_train is at most this.
     #[arg(long, default_value_t = 5000)]
     exact_metrics_max_n: usize,
+    /// Form the dense kernel matrix once per outer step (8 n² bytes) so that each solver epoch
+    /// of CG is one GEMM; default: matrix-free products.
+    #[arg(long)]
+    cache_kernel: bool,
 }
 
 #[derive(Args, Debug)]
@@ -230,6 +234,7 @@ fn config_from(
         solve_options: SolveOptions { rtol_y: common.rtol, rtol_z: common.rtol, max_epochs },
         seed: common.seed,
         min_noise_scale: 0.0,
+        cache_kernel: common.cache_kernel,
     }
 }
 

@@ -19,7 +19,7 @@ use curvature::{EigenCurvature, KfacApprox, LayerInfo};
 use data::write_png_grid;
 use diffusion::checkpoint::write_atomic;
 use diffusion::progress::{bar, exit_code};
-use diffusion::run::{is_finished, load_trained, train_run, DataSpec, RunConfig, TrainedModel};
+use diffusion::run::{is_finished, load_trained, train_run, DataArgs, DataSpec, RunConfig, TrainedModel};
 use diffusion::tap::{layer_names, Tap};
 use diffusion::{
     sample, AnyDenoiser, Denoiser, ModelConfig, ReverseVariance, Sampler, TrainConfig, UNetConfig,
@@ -77,18 +77,8 @@ struct LdsArgs {
     /// Train the subset models in this many parallel worker processes.
     #[arg(long, default_value_t = 1)]
     jobs: usize,
-    /// MNIST IDX directory (default: the embedded subset).
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Classes.
-    #[arg(long, value_delimiter = ',')]
-    classes: Option<Vec<u8>>,
-    /// Image side.
-    #[arg(long)]
-    size: Option<usize>,
-    /// Training images per class (N = classes x this).
-    #[arg(long)]
-    per_class: Option<usize>,
+    #[command(flatten)]
+    data: DataArgs,
     /// U-Net channels per level.
     #[arg(long, value_delimiter = ',')]
     channels: Option<Vec<usize>>,
@@ -131,7 +121,8 @@ impl LdsArgs {
     /// The settings: defaults with the flags applied; `None` when no setting flag was given.
     fn config(&self) -> Option<benchmark::BenchmarkConfig> {
         let mut c = benchmark::default_config();
-        let mut any = false;
+        let mut any = self.data.any();
+        self.data.apply(&mut c.data);
         macro_rules! set {
             ($field:ident => $target:expr) => {
                 if let Some(v) = &self.$field {
@@ -139,15 +130,6 @@ impl LdsArgs {
                     any = true;
                 }
             };
-        }
-        if let Some(dir) = &self.data {
-            c.data.dir = Some(dir.clone());
-            any = true;
-        }
-        set!(classes => c.data.classes);
-        if let Some(v) = self.per_class {
-            c.data.per_class = Some(v);
-            any = true;
         }
         set!(steps => c.train.steps);
         set!(subset_steps => c.subset_steps);
@@ -162,12 +144,8 @@ impl LdsArgs {
         set!(lambda => c.lambdas);
         if let ModelConfig::Unet(u) = &mut c.model {
             set!(channels => u.channels);
-            if let Some(s) = self.size {
-                u.height = s;
-                u.width = s;
-                c.data.size = s;
-                any = true;
-            }
+            u.height = c.data.size;
+            u.width = c.data.size;
         }
         any.then_some(c)
     }
