@@ -595,22 +595,7 @@ impl KernelSystem {
 
     /// `out = H v` for `v` of size n × k (one solver epoch).
     pub fn apply(&self, v: MatRef<'_, f64>, mut out: MatMut<'_, f64>) {
-        match &self.cache {
-            Some(k) => matmul(out.rb_mut(), Accum::Replace, k.as_ref().as_ref(), v, 1.0, Par::rayon(0)),
-            None => {
-                let pts = self.points.view();
-                kernel_matmul(
-                    self.kind,
-                    self.signal_variance(),
-                    pts,
-                    pts,
-                    v,
-                    out.rb_mut(),
-                    Accum::Replace,
-                    1.0,
-                )
-            }
-        }
+        self.columns_matmul(0, self.n(), v, out.rb_mut(), Accum::Replace, 1.0);
         let noise = self.noise_variance();
         for j in 0..v.ncols() {
             for i in 0..v.nrows() {
@@ -653,26 +638,29 @@ impl KernelSystem {
         start: usize,
         len: usize,
         delta: MatRef<'_, f64>,
-        mut out: MatMut<'_, f64>,
+        out: MatMut<'_, f64>,
+        alpha: f64,
+    ) {
+        self.columns_matmul(start, len, delta, out, Accum::Add, alpha);
+    }
+
+    /// `out = accum(out) + alpha · K(X, X_b) v` for the columns `b = start..start + len`: one GEMM
+    /// against the cached matrix, or matrix-free tiles.
+    fn columns_matmul(
+        &self,
+        start: usize,
+        len: usize,
+        v: MatRef<'_, f64>,
+        out: MatMut<'_, f64>,
+        accum: Accum,
         alpha: f64,
     ) {
         match &self.cache {
-            Some(k) => {
-                let cols = k.as_ref().as_ref().subcols(start, len);
-                matmul(out.rb_mut(), Accum::Add, cols, delta, alpha, Par::rayon(0));
-            }
+            Some(k) => matmul(out, accum, k.as_ref().as_ref().subcols(start, len), v, alpha, Par::rayon(0)),
             None => {
                 let pts = self.points.view();
-                kernel_matmul(
-                    self.kind,
-                    self.signal_variance(),
-                    pts,
-                    pts.rows(start, len),
-                    delta,
-                    out,
-                    Accum::Add,
-                    alpha,
-                )
+                let cols = pts.rows(start, len);
+                kernel_matmul(self.kind, self.signal_variance(), pts, cols, v, out, accum, alpha)
             }
         }
     }
