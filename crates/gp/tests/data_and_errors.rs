@@ -182,3 +182,58 @@ fn igp_binary_fits_embedded_data_and_reports_bad_input_in_one_line() {
         assert!(!stderr.contains("panicked"), "{args:?} panicked");
     }
 }
+
+/// `igp bench` per solver into two directories, then `igp report` merges them: the summary has
+/// one speed-up row per variant and solver, the speed-up of standard/cold against itself is 1, and
+/// a file that is not a bench.json is refused in one line.
+#[test]
+fn igp_report_merges_bench_runs() {
+    let exe = env!("CARGO_BIN_EXE_igp");
+    let dir = std::env::temp_dir().join(format!("igp-report-{}", std::process::id()));
+    let tiny = ["--embedded", "--subsample", "120", "--steps", "2", "--probes", "4", "--features", "50"];
+    for solver in ["cg", "ap"] {
+        let out = std::process::Command::new(exe)
+            .args(["bench", "--datasets", "pol", "--solvers", solver, "--budgets", "3", "--out-dir"])
+            .arg(dir.join(solver))
+            .args(tiny)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "igp bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let md_path = dir.join("report.md");
+    let out = std::process::Command::new(exe)
+        .args(["report", "--out"])
+        .arg(&md_path)
+        .arg(dir.join("cg/bench.json"))
+        .arg(dir.join("ap/bench.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "igp report failed: {}", String::from_utf8_lossy(&out.stderr));
+    let md = std::fs::read_to_string(&md_path).unwrap();
+    for solver in ["cg", "ap"] {
+        let row = md
+            .lines()
+            .find(|l| l.starts_with(&format!("| {solver}, pathwise + warm start |")))
+            .unwrap_or_else(|| panic!("no {solver} row in:\n{md}"));
+        assert!(row.contains('x') && !row.contains("n/a"), "{row}");
+        assert!(md.lines().any(|l| l.starts_with(&format!("| {solver}, 3 |"))), "no early-stopping row");
+    }
+    // Standard/cold is its own reference: the table of all runs shows 1.0 for it.
+    let base_rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| pol | cg | standard | no |")).collect();
+    assert_eq!(base_rows.len(), 1, "{md}");
+    assert!(base_rows[0].trim_end().ends_with("| 1.0 | 1.0 |"), "{}", base_rows[0]);
+    // The exact baseline appears once although both benches ran it.
+    assert_eq!(md.lines().filter(|l| l.starts_with("| pol | 120 |")).count(), 1, "{md}");
+
+    let bad = std::process::Command::new(exe)
+        .args(["report", "--out"])
+        .arg(dir.join("x.md"))
+        .arg(&md_path)
+        .output();
+    let bad = bad.unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not a bench.json"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -18,7 +18,7 @@ use gp::uci;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,6 +50,22 @@ enum Command {
     #[command(after_help = "Example:\n  \
         igp bench --datasets pol --subsample 1000 --steps 30 --solvers cg,ap --budgets 10,20 --out-dir out")]
     Bench(BenchArgs),
+    /// Merge the bench.json files of several `bench` runs (e.g. one per dataset or solver) into
+    /// one markdown report: summary tables (speed-ups, ΔLLH, early-stopping residual ratios) and
+    /// every run.
+    #[command(after_help = "Example:\n  \
+        igp report --out crates/gp/results/n1000-steps100/report.md crates/gp/results/n1000-steps100/*/bench.json")]
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// bench.json files (gzipped ones too) written by `igp bench`.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Markdown output.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// Options shared by `fit` and `bench`.
@@ -152,7 +168,7 @@ struct BenchArgs {
 }
 
 /// Everything written for one run.
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Deserialize, Clone)]
 struct RunReport {
     dataset: String,
     data_source: String,
@@ -192,6 +208,7 @@ fn run() -> Result<()> {
     match cli.command {
         Command::Fit(args) => fit(args),
         Command::Bench(args) => bench(args),
+        Command::Report(args) => report(args),
     }
 }
 
@@ -391,7 +408,7 @@ fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-#[derive(Serialize, Default)]
+#[derive(Serialize, Deserialize, Default)]
 struct BenchResults {
     command: String,
     exact: Vec<RunReport>,
@@ -586,5 +603,168 @@ fn markdown(results: &BenchResults) -> String {
             fmt_opt(ratio, 2),
         ));
     }
+    md
+}
+
+/// Reads a bench.json (or bench.json.gz).
+fn read_bench(path: &Path) -> Result<BenchResults> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = if path.extension().is_some_and(|e| e == "gz") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(bytes.as_slice()), &mut text)
+            .with_context(|| format!("decompressing {}", path.display()))?;
+        text
+    } else {
+        String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", path.display()))?
+    };
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a bench.json of igp bench", path.display()))
+}
+
+fn report(args: ReportArgs) -> Result<()> {
+    let mut merged = BenchResults::default();
+    let mut commands = Vec::new();
+    for path in &args.inputs {
+        let part = read_bench(path)?;
+        commands.push(format!("`{}`", part.command));
+        // Every bench run repeats the exact baseline of its datasets; keep the first.
+        for e in part.exact {
+            if !merged.exact.iter().any(|m| m.dataset == e.dataset) {
+                merged.exact.push(e);
+            }
+        }
+        merged.tolerance.extend(part.tolerance);
+        merged.early_stopping.extend(part.early_stopping);
+    }
+    if merged.tolerance.is_empty() && merged.early_stopping.is_empty() {
+        bail!("no solver runs in {} input file(s)", args.inputs.len());
+    }
+    merged.command = std::env::args().collect::<Vec<_>>().join(" ");
+    let runs: String = commands.iter().map(|c| format!("- {c}\n")).collect();
+    let text = format!("{}\nBench runs merged here:\n\n{runs}\n{}", summary(&merged), markdown(&merged));
+    write_text_atomic(&args.out, &text)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// Datasets and solvers in first-seen order.
+fn seen<T: PartialEq + Clone>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::new();
+    for i in items {
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// The headline tables: speed-ups of each variant against standard/cold, ΔLLH of pathwise + warm
+/// start against the exact-gradient run, and early-stopping residual ratios (cold / warm).
+fn summary(r: &BenchResults) -> String {
+    let all = r.tolerance.iter().chain(&r.early_stopping);
+    let datasets = seen(all.clone().map(|x| x.dataset.clone()));
+    let solvers = seen(all.map(|x| x.config.solver.name().to_string()));
+    let find = |ds: &str, solver: &str, est: EstimatorKind, warm: bool| {
+        r.tolerance.iter().find(|x| {
+            x.dataset == ds
+                && x.config.solver.name() == solver
+                && x.config.estimator == est
+                && x.config.warm_start == warm
+        })
+    };
+    let header = |first: &str| {
+        let mut h = format!("| {first} |");
+        for ds in &datasets {
+            h.push_str(&format!(" {ds} |"));
+        }
+        h.push_str("\n|---|");
+        h.push_str(&"---|".repeat(datasets.len()));
+        h.push('\n');
+        h
+    };
+    let mut md = String::from("## Summary\n\n");
+    md.push_str(
+        "Speed-up to tolerance against standard estimator / cold start of the same solver: total solver \
+         epochs (wall time in brackets).\n\n",
+    );
+    md.push_str(&header("solver, variant"));
+    for solver in &solvers {
+        for (est, warm, label) in [
+            (EstimatorKind::Standard, true, "standard + warm start"),
+            (EstimatorKind::Pathwise, false, "pathwise"),
+            (EstimatorKind::Pathwise, true, "pathwise + warm start"),
+        ] {
+            md.push_str(&format!("| {solver}, {label} |"));
+            for ds in &datasets {
+                let cell = find(ds, solver, EstimatorKind::Standard, false)
+                    .zip(find(ds, solver, est, warm))
+                    .map(|(b, x)| {
+                        format!(
+                            "{:.1}x ({:.1}x)",
+                            b.total_solver_epochs / x.total_solver_epochs.max(1e-12),
+                            b.train_seconds / x.train_seconds.max(1e-12)
+                        )
+                    });
+                md.push_str(&format!(" {} |", cell.unwrap_or_else(|| "n/a".into())));
+            }
+            md.push('\n');
+        }
+    }
+    md.push_str(
+        "\nTest log-likelihood (exact, at the final θ) of pathwise + warm start minus that of the \
+         Cholesky exact-gradient run; in brackets, standard + cold.\n\n",
+    );
+    md.push_str(&header("solver"));
+    for solver in &solvers {
+        md.push_str(&format!("| {solver} |"));
+        for ds in &datasets {
+            let exact = r.exact.iter().find(|e| &e.dataset == ds).and_then(|e| e.exact_metrics);
+            let delta = |x: Option<&RunReport>| {
+                x.and_then(|x| x.exact_metrics)
+                    .zip(exact)
+                    .map(|(a, b)| format!("{:+.4}", a.log_likelihood - b.log_likelihood))
+                    .unwrap_or_else(|| "n/a".into())
+            };
+            md.push_str(&format!(
+                " {} ({}) |",
+                delta(find(ds, solver, EstimatorKind::Pathwise, true)),
+                delta(find(ds, solver, EstimatorKind::Standard, false))
+            ));
+        }
+        md.push('\n');
+    }
+    let budgets = seen(r.early_stopping.iter().map(|x| x.config.solve_options.max_epochs.to_string()));
+    if !budgets.is_empty() {
+        md.push_str(
+            "\nEarly stopping (pathwise estimator): mean relative residual r_y without / with warm start \
+             (the ratio), and the test LLH with warm start.\n\n",
+        );
+        md.push_str(&header("solver, budget (epochs per step)"));
+        for solver in &solvers {
+            for budget in &budgets {
+                md.push_str(&format!("| {solver}, {budget} |"));
+                for ds in &datasets {
+                    let get = |warm: bool| {
+                        r.early_stopping.iter().find(|x| {
+                            &x.dataset == ds
+                                && x.config.solver.name() == solver
+                                && x.config.solve_options.max_epochs.to_string() == *budget
+                                && x.config.warm_start == warm
+                        })
+                    };
+                    let cell = get(false).zip(get(true)).map(|(c, w)| {
+                        format!(
+                            "{:.1}x, LLH {}",
+                            c.mean_residual_y / w.mean_residual_y.max(1e-300),
+                            fmt_opt(w.exact_metrics.map(|m| m.log_likelihood), 3)
+                        )
+                    });
+                    md.push_str(&format!(" {} |", cell.unwrap_or_else(|| "n/a".into())));
+                }
+                md.push('\n');
+            }
+        }
+    }
+    md.push('\n');
     md
 }
