@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{load_module, stable_param_ids, write_atomic, CheckpointError};
 use crate::diffusion::{Diffusion, DiffusionConfig};
 use crate::model::{AnyDenoiser, ModelConfig};
-use crate::train::{checkpoint_dir, TrainConfig, TrainData, Trainer};
+use crate::train::{checkpoint_dir, TrainConfig, TrainData, TrainState, Trainer};
 
 /// Which images a run trains on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -188,16 +188,44 @@ pub fn is_finished(run_dir: &Path, config: &RunConfig) -> bool {
             == Some(config.train.steps as u64)
 }
 
+/// Progress of [`train_run`], for logs and progress bars.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum TrainEvent {
+    /// Training (re)starts at `step`, with the model's parameter count and the training-set size.
+    Started {
+        /// First step to take (non-zero when resuming).
+        step: usize,
+        /// Trainable parameters.
+        params: usize,
+        /// Training images.
+        images: usize,
+    },
+    /// A step was taken; `loss` is its minibatch loss.
+    Step {
+        /// Steps taken so far.
+        step: usize,
+        /// Minibatch loss of this step.
+        loss: f32,
+    },
+    /// A checkpoint for `step` was written.
+    Checkpoint {
+        /// Steps taken so far.
+        step: usize,
+    },
+}
+
 /// Train the run `config` in `run_dir` to its last step: resumes from the run's checkpoint when
 /// one exists (refusing a directory that holds another run), checkpoints every
-/// `checkpoint_every` steps and at the end. `on_step` sees each step's minibatch loss.
+/// `checkpoint_every` steps and at the end. `on_event` sees the start, every step and every
+/// checkpoint; an error it returns stops training. Returns the final state (the EMA weights are
+/// the model to sample from).
 pub fn train_run(
     config: &RunConfig,
     run_dir: &Path,
     checkpoint_every: usize,
     device: &Device,
-    mut on_step: impl FnMut(usize, f32),
-) -> Result<(), CheckpointError> {
+    mut on_event: impl FnMut(TrainEvent) -> Result<(), CheckpointError>,
+) -> Result<TrainState<AnyDenoiser>, CheckpointError> {
     let ckpt = checkpoint_dir(run_dir);
     match RunConfig::load(run_dir) {
         Ok(existing) if existing != *config => {
@@ -209,7 +237,7 @@ pub fn train_run(
         Ok(_) => {}
         Err(_) => config.save(run_dir)?,
     }
-    let (_, data) = config.train_data().map_err(|e| CheckpointError::Mismatch {
+    let (ds, data) = config.train_data().map_err(|e| CheckpointError::Mismatch {
         path: run_dir.to_path_buf(),
         message: format!("loading training data: {e}"),
     })?;
@@ -218,18 +246,23 @@ pub fn train_run(
     let init = |d: &Device| config.model.init(d);
     let mut state =
         if ckpt.join("state.json").exists() { trainer.load(&ckpt, init)? } else { trainer.init_state(init) };
+    on_event(TrainEvent::Started { step: state.step, params: state.model.num_params(), images: ds.n })?;
     while state.step < config.train.steps {
         let loss = trainer.step(&mut state);
         if !loss.is_finite() {
             return Err(CheckpointError::Mismatch {
                 path: run_dir.to_path_buf(),
-                message: format!("training diverged (loss {loss} at step {})", state.step),
+                message: format!(
+                    "training diverged (loss {loss} at step {}); lower the learning rate",
+                    state.step
+                ),
             });
         }
-        on_step(state.step, loss);
+        on_event(TrainEvent::Step { step: state.step, loss })?;
         if state.step % checkpoint_every.max(1) == 0 || state.step == config.train.steps {
             trainer.save(&state, &ckpt)?;
+            on_event(TrainEvent::Checkpoint { step: state.step })?;
         }
     }
-    Ok(())
+    Ok(state)
 }

@@ -236,6 +236,25 @@ fn residual(system: &KernelSystem, b: MatRef<'_, f64>, v: MatRef<'_, f64>) -> Ma
     Mat::from_fn(b.nrows(), b.ncols(), |i, j| b[(i, j)] - hv[(i, j)])
 }
 
+/// Start point and residual of CG and AP: zero (residual b, no cost), or the warm start `v0`
+/// (one epoch for its residual). A warm-started column whose residual is larger than `b` itself
+/// starts at zero instead: under a small epoch budget and a badly conditioned system (σ → 0) an
+/// unfinished solution can be worse than nothing after θ moves, and carrying it over lets the
+/// error grow from step to step.
+fn start_point(system: &KernelSystem, b: MatRef<'_, f64>, v0: Option<Mat<f64>>) -> (Mat<f64>, Mat<f64>, f64) {
+    let Some(mut v) = v0 else {
+        return (Mat::<f64>::zeros(b.nrows(), b.ncols()), b.to_owned(), 0.0);
+    };
+    let mut r = residual(system, b, v.as_ref());
+    for j in 0..b.ncols() {
+        if r.col(j).norm_l2() > b.col(j).norm_l2() {
+            v.col_mut(j).fill(0.0);
+            r.col_mut(j).copy_from(b.col(j));
+        }
+    }
+    (v, r, 1.0)
+}
+
 /// Cholesky factor of `matrix`, retrying with diagonal jitter `10^k · mean(diag)` for
 /// k = −10 … log10(`max_relative_jitter`) when the plain factorisation fails.
 pub fn cholesky_with_jitter(matrix: &Mat<f64>, what: &str, max_relative_jitter: f64) -> Result<Llt<f64>> {
@@ -379,15 +398,7 @@ fn solve_cg(
         Some(p) => p.apply(r),
         None => r.to_owned(),
     };
-    let mut epochs = 0.0;
-    let (mut v, mut r) = match v0 {
-        Some(v0) => {
-            epochs += 1.0;
-            let r = residual(system, b, v0.as_ref());
-            (v0, r)
-        }
-        None => (Mat::<f64>::zeros(n, k), b.to_owned()),
-    };
+    let (mut v, mut r, mut epochs) = start_point(system, b, v0);
     let mut z = precondition(r.as_ref());
     let mut p = z.clone();
     let mut rz = column_dots(r.as_ref(), z.as_ref());
@@ -455,15 +466,7 @@ fn solve_ap(
             cholesky_with_jitter(&h_bb, "AP diagonal block of K + σ²I", MAX_RELATIVE_JITTER)
         })
         .collect::<Result<_>>()?;
-    let mut epochs = 0.0;
-    let (mut v, mut r) = match v0 {
-        Some(v0) => {
-            epochs += 1.0;
-            let r = residual(system, b, v0.as_ref());
-            (v0, r)
-        }
-        None => (Mat::<f64>::zeros(n, k), b.to_owned()),
-    };
+    let (mut v, mut r, mut epochs) = start_point(system, b, v0);
     let mut iterations = 0;
     let mut summary = residual_summary(r.as_ref());
     loop {

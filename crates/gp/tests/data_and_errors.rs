@@ -191,11 +191,15 @@ fn igp_report_merges_bench_runs() {
     let exe = env!("CARGO_BIN_EXE_igp");
     let dir = std::env::temp_dir().join(format!("igp-report-{}", std::process::id()));
     let tiny = ["--embedded", "--subsample", "120", "--steps", "2", "--probes", "4", "--features", "50"];
-    for solver in ["cg", "ap"] {
+    // cg, ap, and a rerun of cg's early-stopping runs only, which must replace the first ones.
+    for (name, solver, extra) in
+        [("cg", "cg", None), ("ap", "ap", None), ("cg-es", "cg", Some("--skip-tolerance"))]
+    {
         let out = std::process::Command::new(exe)
             .args(["bench", "--datasets", "pol", "--solvers", solver, "--budgets", "3", "--out-dir"])
-            .arg(dir.join(solver))
+            .arg(dir.join(name))
             .args(tiny)
+            .args(extra)
             .output()
             .unwrap();
         assert!(out.status.success(), "igp bench failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -206,6 +210,7 @@ fn igp_report_merges_bench_runs() {
         .arg(&md_path)
         .arg(dir.join("cg/bench.json"))
         .arg(dir.join("ap/bench.json"))
+        .arg(dir.join("cg-es/bench.json"))
         .output()
         .unwrap();
     assert!(out.status.success(), "igp report failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -222,7 +227,9 @@ fn igp_report_merges_bench_runs() {
     let base_rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| pol | cg | standard | no |")).collect();
     assert_eq!(base_rows.len(), 1, "{md}");
     assert!(base_rows[0].trim_end().ends_with("| 1.0 | 1.0 |"), "{}", base_rows[0]);
-    // The exact baseline appears once although both benches ran it.
+    // The rerun replaced cg's early-stopping runs instead of adding to them.
+    assert_eq!(md.lines().filter(|l| l.starts_with("| pol | cg | 3 | no |")).count(), 1, "{md}");
+    // The exact baseline appears once although every bench ran it.
     assert_eq!(md.lines().filter(|l| l.starts_with("| pol | 120 |")).count(), 1, "{md}");
 
     let bad = std::process::Command::new(exe)

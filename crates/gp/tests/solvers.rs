@@ -196,3 +196,25 @@ fn same_seed_gives_identical_runs() {
     let other = train(x.as_ref(), &y, &TrainConfig { seed: 1, ..config }, |_| {}).unwrap();
     assert_ne!(other.final_hyper, a.final_hyper, "a different seed should change the run");
 }
+
+/// A warm start worse than zero (residual above ‖b‖, as after θ moved under a tiny epoch budget)
+/// is dropped column by column: the solver then starts at zero instead of carrying the error.
+#[test]
+fn a_warm_start_worse_than_zero_is_dropped() {
+    let (system, y) = common::system(150, 3, KernelKind::Matern32, 0.1);
+    let b = right_hand_sides(&y, 3, 5);
+    let options = SolveOptions { rtol_y: 1e-12, rtol_z: 1e-12, max_epochs: 1.0 };
+    // Column 0 is a terrible start, the others are the exact solution.
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let exact = Solver::Cholesky.solve(&system, b.as_ref(), None, &options, &mut rng).unwrap().solution;
+    let start =
+        Mat::from_fn(150, 4, |i, j| if j == 0 { 1e3 * ((i % 7) as f64 - 3.0) } else { exact[(i, j)] });
+    for solver in [Solver::cg(), Solver::ap()] {
+        // The budget of one epoch is spent on the start's residual: no iteration follows.
+        let out = solver.solve(&system, b.as_ref(), Some(start.as_ref()), &options, &mut rng).unwrap();
+        assert_eq!(out.iterations, 0, "{solver:?}");
+        assert!((0..150).all(|i| out.solution[(i, 0)] == 0.0), "{solver:?}: bad column kept");
+        assert!((out.residual_y - 1.0).abs() < 1e-9, "{solver:?}: r_y {}", out.residual_y);
+        assert!(out.residual_z < 1e-8, "{solver:?}: good columns dropped (r_z {})", out.residual_z);
+    }
+}

@@ -4,15 +4,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use burn::prelude::*;
 use clap::{Args, Parser, Subcommand};
 use data::{load_mnist, write_png_grid, Split};
-use diffusion::checkpoint::write_atomic;
+use diffusion::checkpoint::{write_atomic, CheckpointError};
 use diffusion::elbo::elbo_bits_per_dim;
 use diffusion::eval::{default_classifier_path, evaluate_samples};
 use diffusion::progress::{bar, exit_code};
-use diffusion::run::{load_trained, DataArgs, DataSpec, RunConfig};
+use diffusion::run::{load_trained, train_run, DataArgs, DataSpec, RunConfig, TrainEvent};
 use diffusion::train::checkpoint_dir;
 use diffusion::{
     sample, AnyDenoiser, DiffusionConfig, LossWeighting, ModelConfig, Parametrisation, ReverseVariance,
@@ -296,52 +296,45 @@ fn train(args: TrainArgs, dev: &Device) -> Result<()> {
         c.save(&args.out)?;
         c
     };
-    let (ds, data) = config.train_data().context("loading training data")?;
-    let diffusion = config.diffusion();
-    let trainer = Trainer::new(config.train.clone(), &diffusion, &data, dev);
-    let init = |d: &Device| config.model.init(d);
-    let mut state =
-        if args.resume && ckpt.exists() { trainer.load(&ckpt, init)? } else { trainer.init_state(init) };
-    eprintln!(
-        "training {} on {} images {}x{} ({} params) from step {} to {}",
-        match &config.model {
-            ModelConfig::Unet(_) => "U-Net",
-            ModelConfig::Mlp(_) => "MLP",
-        },
-        ds.n,
-        ds.height,
-        ds.width,
-        state.model.num_params(),
-        state.step,
-        config.train.steps
-    );
     let pb = bar(config.train.steps as u64, "train");
-    pb.set_position(state.step as u64);
     let started = Instant::now();
     let mut smoothed = None::<f32>;
     let mut log = String::new();
-    while state.step < config.train.steps {
-        let loss = trainer.step(&mut state);
-        if !loss.is_finite() {
-            bail!("loss became {loss} at step {}; lower --lr", state.step);
+    let log_path = args.out.join("train_log.jsonl");
+    let state = train_run(&config, &args.out, args.checkpoint_every, dev, |event| {
+        match event {
+            TrainEvent::Started { step, params, images } => {
+                let [h, w] = [config.data.size; 2];
+                let kind = match &config.model {
+                    ModelConfig::Unet(_) => "U-Net",
+                    ModelConfig::Mlp(_) => "MLP",
+                };
+                let last = config.train.steps;
+                eprintln!(
+                    "training {kind} on {images} images {h}x{w} ({params} params) from step {step} to {last}"
+                );
+                pb.set_position(step as u64);
+            }
+            TrainEvent::Step { step, loss } => {
+                let s = smoothed.map_or(loss, |s| 0.98 * s + 0.02 * loss);
+                smoothed = Some(s);
+                pb.set_message(format!("loss {s:.4}"));
+                pb.inc(1);
+                if step % 50 == 0 {
+                    log.push_str(&format!("{{\"step\":{step},\"loss\":{s:.6}}}\n"));
+                }
+            }
+            TrainEvent::Checkpoint { .. } => append(&log_path, &std::mem::take(&mut log))?,
         }
-        smoothed = Some(smoothed.map_or(loss, |s| 0.98 * s + 0.02 * loss));
-        pb.set_message(format!("loss {:.4}", smoothed.unwrap()));
-        pb.inc(1);
-        if state.step % 50 == 0 {
-            log.push_str(&format!("{{\"step\":{},\"loss\":{:.6}}}\n", state.step, smoothed.unwrap()));
-        }
-        if state.step % args.checkpoint_every == 0 || state.step == config.train.steps {
-            trainer.save(&state, &ckpt)?;
-            append(&args.out.join("train_log.jsonl"), &std::mem::take(&mut log))?;
-        }
-    }
+        Ok(())
+    })?;
     pb.finish();
     eprintln!("trained in {:.1} s", started.elapsed().as_secs_f64());
     if args.samples == 0 {
         return Ok(());
     }
     let model: AnyDenoiser = state.ema;
+    let diffusion = config.diffusion();
     let sampler = Sampler::Ancestral { variance: ReverseVariance::BetaTilde };
     let pb = bar(0, "sample");
     let x = sample(&model, &diffusion, &sampler, args.samples, 1, dev, Some(&pb));
@@ -353,15 +346,12 @@ fn train(args: TrainArgs, dev: &Device) -> Result<()> {
     Ok(())
 }
 
-fn append(path: &Path, text: &str) -> Result<()> {
+/// Append `text` to the file at `path` (the training log, written at each checkpoint).
+fn append(path: &Path, text: &str) -> Result<(), CheckpointError> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| path.display().to_string())?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
+    let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+    f.write_all(text.as_bytes()).map_err(io)
 }
 
 fn sample_cmd(args: SampleArgs, dev: &Device) -> Result<()> {

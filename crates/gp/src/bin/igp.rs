@@ -60,7 +60,8 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct ReportArgs {
-    /// bench.json files (gzipped ones too) written by `igp bench`.
+    /// bench.json files (gzipped ones too) written by `igp bench`. A run in a later file replaces
+    /// a run of the same dataset and configuration in an earlier one.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// Markdown output.
@@ -633,8 +634,17 @@ fn report(args: ReportArgs) -> Result<()> {
                 merged.exact.push(e);
             }
         }
-        merged.tolerance.extend(part.tolerance);
-        merged.early_stopping.extend(part.early_stopping);
+        // A later input replaces a run of the same configuration (a rerun after a fix).
+        for (runs, new) in
+            [(&mut merged.tolerance, part.tolerance), (&mut merged.early_stopping, part.early_stopping)]
+        {
+            for run in new {
+                match runs.iter_mut().find(|r| r.dataset == run.dataset && r.config == run.config) {
+                    Some(old) => *old = run,
+                    None => runs.push(run),
+                }
+            }
+        }
     }
     if merged.tolerance.is_empty() && merged.early_stopping.is_empty() {
         bail!("no solver runs in {} input file(s)", args.inputs.len());

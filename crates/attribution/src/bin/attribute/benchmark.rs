@@ -210,7 +210,7 @@ impl Benchmark {
             return Ok(());
         }
         let t = Instant::now();
-        train_run(run, dir, 500, &self.device, |_, _| {}).with_context(|| format!("training {what}"))?;
+        train_run(run, dir, 500, &self.device, |_| Ok(())).with_context(|| format!("training {what}"))?;
         self.log(&format!(
             "trained {what} ({} steps) in {:.1} s",
             run.train.steps,

@@ -19,7 +19,9 @@ use curvature::{EigenCurvature, KfacApprox, LayerInfo};
 use data::write_png_grid;
 use diffusion::checkpoint::write_atomic;
 use diffusion::progress::{bar, exit_code};
-use diffusion::run::{is_finished, load_trained, train_run, DataArgs, DataSpec, RunConfig, TrainedModel};
+use diffusion::run::{
+    is_finished, load_trained, train_run, DataArgs, DataSpec, RunConfig, TrainEvent, TrainedModel,
+};
 use diffusion::tap::{layer_names, Tap};
 use diffusion::{
     sample, AnyDenoiser, Denoiser, ModelConfig, ReverseVariance, Sampler, TrainConfig, UNetConfig,
@@ -577,7 +579,12 @@ fn demo(a: DemoArgs, dev: &Device) -> Result<()> {
     }
     if !reuse {
         let pb = bar(config.train.steps as u64, "train");
-        train_run(&config, &run, 250, dev, |_, _| pb.inc(1))?;
+        train_run(&config, &run, 250, dev, |e| {
+            if let TrainEvent::Step { .. } = e {
+                pb.inc(1);
+            }
+            Ok(())
+        })?;
         pb.finish();
     }
     let train_secs = t0.elapsed().as_secs_f64();
