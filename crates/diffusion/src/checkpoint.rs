@@ -41,6 +41,9 @@ pub enum CheckpointError {
         /// What went wrong.
         message: String,
     },
+    /// A run could not go on: its training data did not load, or training diverged.
+    #[error("{0}")]
+    Run(String),
 }
 
 /// `path` with `.tmp` appended (same directory, so the final rename is atomic).

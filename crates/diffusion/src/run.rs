@@ -237,10 +237,8 @@ pub fn train_run(
         Ok(_) => {}
         Err(_) => config.save(run_dir)?,
     }
-    let (ds, data) = config.train_data().map_err(|e| CheckpointError::Mismatch {
-        path: run_dir.to_path_buf(),
-        message: format!("loading training data: {e}"),
-    })?;
+    let (ds, data) =
+        config.train_data().map_err(|e| CheckpointError::Run(format!("loading training data: {e}")))?;
     let diffusion = config.diffusion();
     let trainer = Trainer::new(config.train.clone(), &diffusion, &data, device);
     let init = |d: &Device| config.model.init(d);
@@ -250,13 +248,10 @@ pub fn train_run(
     while state.step < config.train.steps {
         let loss = trainer.step(&mut state);
         if !loss.is_finite() {
-            return Err(CheckpointError::Mismatch {
-                path: run_dir.to_path_buf(),
-                message: format!(
-                    "training diverged (loss {loss} at step {}); lower the learning rate",
-                    state.step
-                ),
-            });
+            return Err(CheckpointError::Run(format!(
+                "training diverged (loss {loss} at step {}); lower the learning rate",
+                state.step
+            )));
         }
         on_event(TrainEvent::Step { step: state.step, loss })?;
         if state.step % checkpoint_every.max(1) == 0 || state.step == config.train.steps {
