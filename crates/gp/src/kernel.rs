@@ -371,37 +371,51 @@ unsafe fn values_and_weights_avx2(kind: KernelKind, buf: &mut [f64], weights: &m
     values_and_weights_generic(kind, buf, weights)
 }
 
-/// Kernel values `s² k(r)` from clipped squared distances, in place (SIMD when available).
-pub fn kernel_values_in_place(kind: KernelKind, signal_variance: f64, buf: &mut [f64]) {
+/// The widest vector extension the CPU has, among those the kernel passes are built for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+enum SimdLevel {
+    Avx512,
+    Avx2,
+    Baseline,
+}
+
+fn simd_level() -> SimdLevel {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq") {
-            // SAFETY: the required CPU features were detected just above.
-            return unsafe { values_in_place_avx512(kind, signal_variance, buf) };
+            return SimdLevel::Avx512;
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the required CPU features were detected just above.
-            return unsafe { values_in_place_avx2(kind, signal_variance, buf) };
+            return SimdLevel::Avx2;
         }
     }
-    values_in_place_generic(kind, signal_variance, buf)
+    SimdLevel::Baseline
+}
+
+/// Kernel values `s² k(r)` from clipped squared distances, in place (SIMD when available).
+pub fn kernel_values_in_place(kind: KernelKind, signal_variance: f64, buf: &mut [f64]) {
+    match simd_level() {
+        // SAFETY: `simd_level` detected the CPU features each copy is compiled for.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { values_in_place_avx512(kind, signal_variance, buf) },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { values_in_place_avx2(kind, signal_variance, buf) },
+        _ => values_in_place_generic(kind, signal_variance, buf),
+    }
 }
 
 /// Unit kernel values (in place of the squared distances) and derivative weights.
 pub fn kernel_values_and_weights(kind: KernelKind, buf: &mut [f64], weights: &mut [f64]) {
     assert_eq!(buf.len(), weights.len());
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq") {
-            // SAFETY: the required CPU features were detected just above.
-            return unsafe { values_and_weights_avx512(kind, buf, weights) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the required CPU features were detected just above.
-            return unsafe { values_and_weights_avx2(kind, buf, weights) };
-        }
+    match simd_level() {
+        // SAFETY: `simd_level` detected the CPU features each copy is compiled for.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => unsafe { values_and_weights_avx512(kind, buf, weights) },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => unsafe { values_and_weights_avx2(kind, buf, weights) },
+        _ => values_and_weights_generic(kind, buf, weights),
     }
-    values_and_weights_generic(kind, buf, weights)
 }
 
 /// Fills `out` (a.len × b.len) with `K(a, b) = s² k(r)`; `out` must have unit row stride.

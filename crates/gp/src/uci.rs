@@ -134,7 +134,8 @@ pub fn load(name: &str, data_dir: Option<&Path>) -> Result<UciDataset> {
     Ok(UciDataset { name: name.to_string(), source, x, y, test_mask })
 }
 
-fn read_gz(path: &Path) -> Result<String> {
+/// Reads a gzip-compressed text file.
+pub fn read_gz(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|source| GpError::Io { path: path.to_path_buf(), source })?;
     gunzip(&bytes, path)
 }

@@ -304,14 +304,14 @@ fn train(args: TrainArgs, dev: &Device) -> Result<()> {
     let state = train_run(&config, &args.out, args.checkpoint_every, dev, |event| {
         match event {
             TrainEvent::Started { step, params, images } => {
-                let [h, w] = [config.data.size; 2];
+                let side = config.data.size;
                 let kind = match &config.model {
                     ModelConfig::Unet(_) => "U-Net",
                     ModelConfig::Mlp(_) => "MLP",
                 };
                 let last = config.train.steps;
                 eprintln!(
-                    "training {kind} on {images} images {h}x{w} ({params} params) from step {step} to {last}"
+                    "training {kind} on {images} images {side}x{side} ({params} params) from step {step} to {last}"
                 );
                 pb.set_position(step as u64);
             }

@@ -609,14 +609,10 @@ fn markdown(results: &BenchResults) -> String {
 
 /// Reads a bench.json (or bench.json.gz).
 fn read_bench(path: &Path) -> Result<BenchResults> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let text = if path.extension().is_some_and(|e| e == "gz") {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(bytes.as_slice()), &mut text)
-            .with_context(|| format!("decompressing {}", path.display()))?;
-        text
+        uci::read_gz(path)?
     } else {
-        String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", path.display()))?
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
     };
     serde_json::from_str(&text)
         .with_context(|| format!("{} is not a bench.json of igp bench", path.display()))
