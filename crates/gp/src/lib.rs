@@ -10,10 +10,12 @@
 //! - [`features`]: random Fourier features, used to draw prior function samples;
 //! - [`solvers`]: the solvers, all with one signature ([`solvers::Solver::solve`]);
 //! - [`estimator`]: exact, standard and pathwise gradient estimators and their warm-start state;
-//! - [`train`]: the outer loop (Adam on softplus-parametrised hyperparameters);
+//! - [`train`]: the outer loop (Adam on softplus-parametrised hyperparameters), resumable from a
+//!   [`checkpoint`];
 //! - [`predict`]: predictive mean and variance (pathwise samples or exact Cholesky) and metrics;
 //! - [`uci`]: the UCI loader, z-scoring and centred nearest-neighbour subsampling.
 
+pub mod checkpoint;
 pub mod error;
 pub mod estimator;
 pub mod features;

@@ -12,6 +12,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{DataFingerprint, TrainCheckpoint};
 use crate::error::{GpError, Result};
 use crate::estimator::{exact_gradient, EstimatorKind, EstimatorState, ProbeDraws};
 use crate::features::RandomFeatures;
@@ -145,12 +146,12 @@ fn sigmoid(u: f64) -> f64 {
 }
 
 /// Adam (Kingma & Ba) in ascent form, matching optax defaults.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Adam {
-    learning_rate: f64,
-    first_moment: Vec<f64>,
-    second_moment: Vec<f64>,
-    step: i32,
+    pub(crate) learning_rate: f64,
+    pub(crate) first_moment: Vec<f64>,
+    pub(crate) second_moment: Vec<f64>,
+    pub(crate) step: i32,
 }
 
 impl Adam {
@@ -199,61 +200,117 @@ pub fn validate_training_data(x: MatRef<'_, f64>, y: &[f64]) -> Result<()> {
 }
 
 /// Runs `config.steps` Adam steps from θ = 1 on training data `(x, y)`, calling `on_step` after
-/// each step.
+/// each step. The same as driving a [`Trainer`] to the end.
 pub fn train(
     x: MatRef<'_, f64>,
     y: &[f64],
     config: &TrainConfig,
     mut on_step: impl FnMut(&StepRecord),
 ) -> Result<TrainOutcome> {
-    validate_training_data(x, y)?;
-    if !(config.learning_rate.is_finite() && config.learning_rate > 0.0) {
-        return Err(GpError::InvalidArgument(format!(
-            "learning rate must be positive, got {}",
-            config.learning_rate
-        )));
+    let mut trainer = Trainer::new(x, y, config.clone())?;
+    while !trainer.is_done() {
+        on_step(trainer.step()?);
     }
-    let dim = x.ncols();
-    let mut params: Vec<f64> =
-        Hyperparameters::ones(dim).to_vec().into_iter().map(softplus_inverse).collect();
-    let mut adam = Adam::new(params.len(), config.learning_rate);
-    let mut state =
-        EstimatorState::new(config.estimator, config.num_probes, config.num_features, config.warm_start)?;
-    let mut probe_rng = ChaCha8Rng::seed_from_u64(config.seed);
-    // A separate stream for SGD mini-batches, so the probes do not depend on the solver.
-    let mut solver_rng = ChaCha8Rng::seed_from_u64(config.seed);
-    solver_rng.set_stream(1);
-    let mut records = Vec::with_capacity(config.steps);
-    let mut last_solve = None;
-    for step in 0..config.steps {
+    trainer.finish()
+}
+
+/// A training run in progress: θ (in softplus space), Adam's moments, the estimator's carried
+/// state (frozen probes and the previous solution, for warm starts) and both random streams.
+/// [`Trainer::checkpoint`] captures all of it, so a run resumed with [`Trainer::resume`] takes
+/// exactly the steps the uninterrupted run would have taken.
+pub struct Trainer<'a> {
+    x: MatRef<'a, f64>,
+    y: &'a [f64],
+    config: TrainConfig,
+    params: Vec<f64>,
+    adam: Adam,
+    state: EstimatorState,
+    probe_rng: ChaCha8Rng,
+    solver_rng: ChaCha8Rng,
+    records: Vec<StepRecord>,
+}
+
+impl<'a> Trainer<'a> {
+    /// A fresh run at θ = 1 (validates the data and the configuration).
+    pub fn new(x: MatRef<'a, f64>, y: &'a [f64], config: TrainConfig) -> Result<Self> {
+        validate_training_data(x, y)?;
+        if !(config.learning_rate.is_finite() && config.learning_rate > 0.0) {
+            return Err(GpError::InvalidArgument(format!(
+                "learning rate must be positive, got {}",
+                config.learning_rate
+            )));
+        }
+        let params: Vec<f64> =
+            Hyperparameters::ones(x.ncols()).to_vec().into_iter().map(softplus_inverse).collect();
+        let adam = Adam::new(params.len(), config.learning_rate);
+        let state =
+            EstimatorState::new(config.estimator, config.num_probes, config.num_features, config.warm_start)?;
+        let probe_rng = ChaCha8Rng::seed_from_u64(config.seed);
+        // A separate stream for SGD mini-batches, so the probes do not depend on the solver.
+        let mut solver_rng = ChaCha8Rng::seed_from_u64(config.seed);
+        solver_rng.set_stream(1);
+        Ok(Trainer {
+            x,
+            y,
+            records: Vec::with_capacity(config.steps),
+            config,
+            params,
+            adam,
+            state,
+            probe_rng,
+            solver_rng,
+        })
+    }
+
+    /// The run's configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Steps taken so far (the records of each).
+    pub fn records(&self) -> &[StepRecord] {
+        &self.records
+    }
+
+    /// Whether all `config.steps` steps have been taken.
+    pub fn is_done(&self) -> bool {
+        self.records.len() >= self.config.steps
+    }
+
+    /// The current hyperparameters θ = softplus(u).
+    pub fn hyperparameters(&self) -> Result<Hyperparameters> {
+        Hyperparameters::from_slice(&self.params.iter().map(|&u| softplus(u)).collect::<Vec<_>>())
+    }
+
+    /// Takes one outer step: probes, solve, gradient estimate, Adam. Returns its record.
+    pub fn step(&mut self) -> Result<&StepRecord> {
+        let config = &self.config;
+        let step = self.records.len();
         let started = Instant::now();
-        let hyper = Hyperparameters::from_slice(&params.iter().map(|&u| softplus(u)).collect::<Vec<_>>())?;
-        let mut system = KernelSystem::new(x, config.kernel, &hyper)?;
+        let hyper = self.hyperparameters()?;
+        let mut system = KernelSystem::new(self.x, config.kernel, &hyper)?;
         if config.cache_kernel && config.estimator != EstimatorKind::Exact {
             system.cache_kernel();
         }
+        let state = &mut self.state;
         let (gradient, record_solver, exact_mll) = match config.estimator {
             EstimatorKind::Exact => {
-                let (mll, gradient) = exact_gradient(&system, y)?;
+                let (mll, gradient) = exact_gradient(&system, self.y)?;
                 (gradient, None, Some(mll))
             }
             EstimatorKind::Standard | EstimatorKind::Pathwise => {
-                state.begin_step(&system, &mut probe_rng)?;
-                let rhs = state.right_hand_sides(&system, y)?;
+                state.begin_step(&system, &mut self.probe_rng)?;
+                let rhs = state.right_hand_sides(&system, self.y)?;
                 let solve_started = Instant::now();
                 let outcome = config.solver.solve(
                     &system,
                     rhs.as_ref(),
                     state.initial_guess(),
                     &config.solve_options,
-                    &mut solver_rng,
+                    &mut self.solver_rng,
                 )?;
                 let solver_seconds = solve_started.elapsed().as_secs_f64();
                 let gradient = state.gradient(&system, outcome.solution.as_ref(), rhs.as_ref());
-                let features = match &state.draws {
-                    Some(ProbeDraws::Pathwise { features, .. }) => Some(features.clone()),
-                    _ => None,
-                };
                 let summary = (
                     outcome.epochs,
                     outcome.iterations,
@@ -262,22 +319,20 @@ pub fn train(
                     outcome.converged,
                     solver_seconds,
                 );
-                last_solve =
-                    Some(LastSolve { hyper: hyper.clone(), solution: outcome.solution.clone(), features });
                 state.previous_solution = Some(outcome.solution);
                 (gradient, Some(summary), None)
             }
         };
         let grad_theta = gradient.to_vec();
         check_finite_slice(&grad_theta, "marginal-likelihood gradient")?;
-        let grad_u: Vec<f64> = grad_theta.iter().zip(&params).map(|(g, &u)| g * sigmoid(u)).collect();
-        adam.ascend(&mut params, &grad_u);
-        if config.min_noise_scale > 0.0 && softplus(params[0]) < config.min_noise_scale {
-            params[0] = softplus_inverse(config.min_noise_scale);
+        let grad_u: Vec<f64> = grad_theta.iter().zip(&self.params).map(|(g, &u)| g * sigmoid(u)).collect();
+        self.adam.ascend(&mut self.params, &grad_u);
+        if config.min_noise_scale > 0.0 && softplus(self.params[0]) < config.min_noise_scale {
+            self.params[0] = softplus_inverse(config.min_noise_scale);
         }
         let (solver_epochs, solver_iterations, residual_y, residual_z, converged, solver_seconds) =
             record_solver.unwrap_or((0.0, 0, 0.0, 0.0, true, 0.0));
-        let record = StepRecord {
+        self.records.push(StepRecord {
             step,
             hyper,
             solver_epochs,
@@ -288,17 +343,94 @@ pub fn train(
             exact_mll,
             solver_seconds,
             step_seconds: started.elapsed().as_secs_f64(),
-        };
-        on_step(&record);
-        records.push(record);
+        });
+        Ok(self.records.last().expect("just pushed"))
     }
-    let final_hyper = Hyperparameters::from_slice(&params.iter().map(|&u| softplus(u)).collect::<Vec<_>>())?;
-    Ok(TrainOutcome {
-        total_epochs: records.iter().map(|r| r.solver_epochs).sum(),
-        train_seconds: records.iter().map(|r| r.step_seconds).sum(),
-        solver_seconds: records.iter().map(|r| r.solver_seconds).sum(),
-        records,
-        final_hyper,
-        last_solve,
-    })
+
+    /// Everything needed to continue this run later (see [`TrainCheckpoint::save`]).
+    pub fn checkpoint(&self) -> TrainCheckpoint {
+        TrainCheckpoint {
+            config: self.config.clone(),
+            data: DataFingerprint::of(self.x, self.y),
+            params: self.params.clone(),
+            adam: self.adam.clone(),
+            probe_rng_word_pos: self.probe_rng.get_word_pos(),
+            solver_rng_word_pos: self.solver_rng.get_word_pos(),
+            draws: self.state.draws.clone(),
+            previous_solution: self.state.previous_solution.clone(),
+            records: self.records.clone(),
+        }
+    }
+
+    /// Continues the run stored in `checkpoint` on the same data. `config` must equal the stored
+    /// configuration except for `steps` (a run may be extended) and `cache_kernel` (which changes
+    /// only how products are computed).
+    pub fn resume(
+        x: MatRef<'a, f64>,
+        y: &'a [f64],
+        config: TrainConfig,
+        checkpoint: TrainCheckpoint,
+    ) -> Result<Self> {
+        let mut trainer = Trainer::new(x, y, config)?;
+        let comparable = TrainConfig {
+            steps: trainer.config.steps,
+            cache_kernel: trainer.config.cache_kernel,
+            ..checkpoint.config.clone()
+        };
+        if comparable != trainer.config {
+            return Err(GpError::InvalidArgument(format!(
+                "checkpoint was written by another configuration (stored: {})",
+                serde_json::to_string(&checkpoint.config).unwrap_or_default()
+            )));
+        }
+        let data = DataFingerprint::of(x, y);
+        if data != checkpoint.data {
+            return Err(GpError::InvalidArgument(format!(
+                "checkpoint was written for other training data (stored: n {}, d {}, hash {:016x}; \
+                 given: n {}, d {}, hash {:016x})",
+                checkpoint.data.n, checkpoint.data.dim, checkpoint.data.hash, data.n, data.dim, data.hash
+            )));
+        }
+        if checkpoint.params.len() != trainer.params.len() {
+            return Err(GpError::DimensionMismatch {
+                what: "checkpoint hyperparameters".into(),
+                expected: trainer.params.len(),
+                found: checkpoint.params.len(),
+            });
+        }
+        trainer.params = checkpoint.params;
+        trainer.adam = checkpoint.adam;
+        trainer.adam.learning_rate = trainer.config.learning_rate;
+        trainer.probe_rng.set_word_pos(checkpoint.probe_rng_word_pos);
+        trainer.solver_rng.set_word_pos(checkpoint.solver_rng_word_pos);
+        trainer.state.draws = checkpoint.draws;
+        trainer.state.previous_solution = checkpoint.previous_solution;
+        trainer.records = checkpoint.records;
+        Ok(trainer)
+    }
+
+    /// Ends the run: totals, final θ and the last solve (for free pathwise predictions).
+    pub fn finish(self) -> Result<TrainOutcome> {
+        let final_hyper = self.hyperparameters()?;
+        let last_solve = match (self.records.last(), self.state.previous_solution) {
+            (Some(last), Some(solution)) => Some(LastSolve {
+                hyper: last.hyper.clone(),
+                solution,
+                features: match self.state.draws {
+                    Some(ProbeDraws::Pathwise { features, .. }) => Some(features),
+                    _ => None,
+                },
+            }),
+            _ => None,
+        };
+        let records = self.records;
+        Ok(TrainOutcome {
+            total_epochs: records.iter().map(|r| r.solver_epochs).sum(),
+            train_seconds: records.iter().map(|r| r.step_seconds).sum(),
+            solver_seconds: records.iter().map(|r| r.solver_seconds).sum(),
+            records,
+            final_hyper,
+            last_solve,
+        })
+    }
 }

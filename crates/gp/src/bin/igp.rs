@@ -9,11 +9,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use gp::checkpoint::TrainCheckpoint;
 use gp::estimator::EstimatorKind;
 use gp::kernel::{KernelKind, KernelSystem};
 use gp::predict::{metrics, predict_exact, predict_pathwise, Metrics};
 use gp::solvers::{SolveOptions, Solver};
-use gp::train::{train, StepRecord, TrainConfig, TrainOutcome};
+use gp::train::{StepRecord, TrainConfig, TrainOutcome, Trainer};
 use gp::uci;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
     after_help = "Examples:\n  \
         igp fit --dataset pol --split 0 --solver cg --estimator pathwise --warm-start --subsample 1000\n  \
         igp fit --dataset pol --solver ap --estimator standard --max-epochs 20 --steps 30 --out fit.json\n  \
+        igp fit --dataset pol --solver cg --warm-start --cache-kernel --checkpoint pol.ckpt [--resume]\n  \
         igp bench --datasets pol,elevators,bike --subsample 1000 --steps 30 --out-dir crates/gp/results\n\n\
         Data: <dir>/uci/<name>/{data.csv.gz,test_mask.csv.gz}, with <dir> from --data-dir, $SHARED_DATA_DIR \
         or ../shared/data; without any, pol comes from a 600-row embedded subset."
@@ -137,8 +139,25 @@ struct FitArgs {
     /// Do not print one line per outer step.
     #[arg(long)]
     quiet: bool,
+    /// Save the run's complete state here (safetensors) after every --checkpoint-every steps, so
+    /// that `--resume` can continue it exactly.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Steps between checkpoints.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_every: u64,
+    /// Continue the run stored in --checkpoint (same data and settings; --steps may be larger).
+    #[arg(long, requires = "checkpoint")]
+    resume: bool,
     #[command(flatten)]
     common: CommonArgs,
+}
+
+/// Where `run_one` saves and resumes from.
+struct CheckpointPlan<'a> {
+    path: &'a Path,
+    every: usize,
+    resume: bool,
 }
 
 #[derive(Args, Debug)]
@@ -286,6 +305,7 @@ fn run_one(
     subsample: Option<usize>,
     config: &TrainConfig,
     print_steps: bool,
+    checkpoint: Option<CheckpointPlan<'_>>,
 ) -> Result<RunReport> {
     let split = &data.split;
     let bar = ProgressBar::new(config.steps as u64);
@@ -300,13 +320,33 @@ fn run_one(
         config.estimator,
         if config.warm_start { "warm" } else { "cold" }
     ));
-    let outcome: TrainOutcome = train(split.x_train.as_ref(), &split.y_train, config, |r| {
+    let (x, y) = (split.x_train.as_ref(), &split.y_train[..]);
+    let mut trainer = match &checkpoint {
+        Some(plan) if plan.resume => {
+            let stored = TrainCheckpoint::load(plan.path)?;
+            let trainer = Trainer::resume(x, y, config.clone(), stored)
+                .with_context(|| format!("cannot resume from {}", plan.path.display()))?;
+            bar.suspend(|| eprintln!("resuming {} at step {}", plan.path.display(), trainer.records().len()));
+            bar.set_position(trainer.records().len() as u64);
+            trainer
+        }
+        _ => Trainer::new(x, y, config.clone())?,
+    };
+    while !trainer.is_done() {
+        let r = trainer.step()?;
         bar.inc(1);
         bar.set_message(format!("epochs {:.1} r_y {:.1e}", r.solver_epochs, r.residual_y));
         if print_steps {
             bar.suspend(|| eprintln!("{}", format_step(r)));
         }
-    })?;
+        if let Some(plan) = &checkpoint {
+            let done = trainer.records().len();
+            if done % plan.every == 0 || trainer.is_done() {
+                trainer.checkpoint().save(plan.path)?;
+            }
+        }
+    }
+    let outcome: TrainOutcome = trainer.finish()?;
     bar.finish_and_clear();
     let n = split.x_train.nrows();
     let (exact_metrics, exact_metrics_seconds) = if n <= common.exact_metrics_max_n {
@@ -356,6 +396,19 @@ fn run_one(
 }
 
 fn fit(args: FitArgs) -> Result<()> {
+    let plan = args.checkpoint.as_deref().map(|path| CheckpointPlan {
+        path,
+        every: args.checkpoint_every as usize,
+        resume: args.resume,
+    });
+    if let Some(plan) = &plan {
+        if !plan.resume && plan.path.exists() {
+            bail!(
+                "checkpoint {} already exists: pass --resume to continue it, or remove it to start over",
+                plan.path.display()
+            );
+        }
+    }
     let solver = Solver::from_name(&args.solver)?;
     let data = prepare_data(&args.dataset, &args.common, args.subsample)?;
     let config = config_from(&args.common, solver, args.estimator, args.warm_start, args.max_epochs);
@@ -372,7 +425,7 @@ fn fit(args: FitArgs) -> Result<()> {
         config.warm_start,
         config.solve_options.max_epochs
     );
-    let report = run_one(&args.dataset, &data, &args.common, args.subsample, &config, !args.quiet)?;
+    let report = run_one(&args.dataset, &data, &args.common, args.subsample, &config, !args.quiet, plan)?;
     let fmt_metrics = |m: &Option<Metrics>| {
         m.map(|m| format!("rmse {:.4} llh {:.4}", m.rmse, m.log_likelihood)).unwrap_or_else(|| "n/a".into())
     };
@@ -467,14 +520,15 @@ fn bench(args: BenchArgs) -> Result<()> {
             Ok(())
         };
         let exact = config_from(common, Solver::Cholesky, EstimatorKind::Exact, false, 0.0);
-        let report = run_one(name, &data, common, Some(args.subsample), &exact, false)?;
+        let report = run_one(name, &data, common, Some(args.subsample), &exact, false, None)?;
         record("exact", report, &mut results)?;
         if !args.skip_tolerance {
             for solver in &solvers {
                 for estimator in [EstimatorKind::Standard, EstimatorKind::Pathwise] {
                     for warm in [false, true] {
                         let config = config_from(common, solver.clone(), estimator, warm, args.max_epochs);
-                        let report = run_one(name, &data, common, Some(args.subsample), &config, false)?;
+                        let report =
+                            run_one(name, &data, common, Some(args.subsample), &config, false, None)?;
                         record("tolerance", report, &mut results)?;
                     }
                 }
@@ -484,7 +538,7 @@ fn bench(args: BenchArgs) -> Result<()> {
             for &budget in &budgets {
                 for warm in [false, true] {
                     let config = config_from(common, solver.clone(), EstimatorKind::Pathwise, warm, budget);
-                    let report = run_one(name, &data, common, Some(args.subsample), &config, false)?;
+                    let report = run_one(name, &data, common, Some(args.subsample), &config, false, None)?;
                     record("early", report, &mut results)?;
                 }
             }
