@@ -7,6 +7,7 @@
 //! checkpoint.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use faer::{Mat, MatRef};
@@ -71,6 +72,24 @@ pub struct TrainCheckpoint {
     pub previous_solution: Option<Mat<f64>>,
     /// Per-step log so far.
     pub records: Vec<StepRecord>,
+}
+
+/// Writes `bytes` to `path` through `<path>.tmp` and a rename, creating the parent directory, so
+/// that a crash never leaves a torn file (checkpoints here, JSON results in `igp`).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GpError + '_ {
+        move |source| GpError::Io { path: path.to_path_buf(), source }
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    file.write_all(bytes).map_err(io(&tmp))?;
+    file.sync_all().ok();
+    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 const FORMAT: &str = "igp-train-checkpoint-1";
@@ -154,11 +173,7 @@ impl TrainCheckpoint {
         let meta = HashMap::from([("igp".to_string(), header)]);
         let bytes = safetensors::serialize(views, &Some(meta))
             .map_err(|e| GpError::InvalidArgument(format!("checkpoint: {e}")))?;
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        std::fs::write(&tmp, bytes).map_err(|source| GpError::Io { path: tmp.clone(), source })?;
-        std::fs::rename(&tmp, path).map_err(|source| GpError::Io { path: path.to_path_buf(), source })
+        write_atomic(path, &bytes)
     }
 
     /// Reads a checkpoint written by [`TrainCheckpoint::save`]; a file that is not one, or is
@@ -264,13 +279,15 @@ impl TrainCheckpoint {
         let position = |s: &str, what: &str| {
             s.parse::<u128>().map_err(|e| bad(format!("{what} random stream position '{s}': {e}")))
         };
+        let config = header.config;
+        let learning_rate = config.learning_rate;
         Ok(TrainCheckpoint {
             probe_rng_word_pos: position(&header.probe_rng_word_pos, "probe")?,
             solver_rng_word_pos: position(&header.solver_rng_word_pos, "solver")?,
-            config: header.config,
+            config,
             data: header.data,
             params,
-            adam: Adam { learning_rate: 0.0, first_moment, second_moment, step: header.adam_step },
+            adam: Adam { learning_rate, first_moment, second_moment, step: header.adam_step },
             draws,
             previous_solution,
             records,

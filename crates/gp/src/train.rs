@@ -400,7 +400,6 @@ impl<'a> Trainer<'a> {
         }
         trainer.params = checkpoint.params;
         trainer.adam = checkpoint.adam;
-        trainer.adam.learning_rate = trainer.config.learning_rate;
         trainer.probe_rng.set_word_pos(checkpoint.probe_rng_word_pos);
         trainer.solver_rng.set_word_pos(checkpoint.solver_rng_word_pos);
         trainer.state.draws = checkpoint.draws;

@@ -3,7 +3,6 @@
 //! `igp fit` runs one configuration; `igp bench` runs the grid of solvers × estimators × warm start
 //! (to tolerance) and the early-stopping grid, and writes a markdown table.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -450,16 +449,7 @@ fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 }
 
 fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(text.as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
-    file.sync_all().ok();
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+    Ok(gp::checkpoint::write_atomic(path, text.as_bytes())?)
 }
 
 #[derive(Serialize, Deserialize, Default)]
