@@ -226,6 +226,16 @@ pub fn train_run(
     device: &Device,
     mut on_event: impl FnMut(TrainEvent) -> Result<(), CheckpointError>,
 ) -> Result<TrainState<AnyDenoiser>, CheckpointError> {
+    if config.train.microbatches > 1 {
+        if let ModelConfig::Unet(unet) = &config.model {
+            if unet.dropout > 0.0 {
+                return Err(CheckpointError::Run(
+                    "concurrent microbatches need dropout 0 (its masks come from one shared random stream)"
+                        .into(),
+                ));
+            }
+        }
+    }
     let ckpt = checkpoint_dir(run_dir);
     match RunConfig::load(run_dir) {
         Ok(existing) if existing != *config => {

@@ -2,7 +2,8 @@
 
 mod common;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use diffusion::checkpoint::{load_module, save_module, stable_param_ids, CheckpointError};
 use diffusion::elbo::negative_elbo_nats;
@@ -262,4 +263,73 @@ fn lr_schedule_warms_up_then_decays() {
     assert!((c.lr_at(100) - 1e-3).abs() < 1e-12);
     assert!((c.lr_at(999) - 1e-4).abs() < 1e-6);
     assert!((1..1000).all(|s| s < 100 || c.lr_at(s) <= c.lr_at(s - 1) + 1e-15));
+}
+
+#[test]
+fn narrowing_upsample_is_opt_in_and_removes_exactly_the_expected_weights() {
+    // A config written before the field existed builds the channel-keeping net.
+    let json = r#"{"image_channels":1,"height":8,"width":8,"channels":[8,16],"blocks_per_level":1,
+        "groups":4,"dropout":0.0}"#;
+    let keep: diffusion::UNetConfig = serde_json::from_str(json).unwrap();
+    assert!(!keep.upsample_to_level_channels);
+    let narrow = diffusion::UNetConfig { upsample_to_level_channels: true, ..keep.clone() };
+    let (a, b) = (keep.init(&dev()), narrow.init(&dev()));
+    // Upsampling conv 16->16 becomes 16->8 (2320 -> 1160 weights), and the level-0 up block takes
+    // 8+8 instead of 16+8 channels: GroupNorm 48 -> 32, conv1 1736 -> 1160, 1x1 skip 200 -> 136.
+    assert_eq!(a.num_params() - b.num_params(), 1160 + 16 + 576 + 64);
+    let x = Tensor::<2>::zeros([2, 64], &dev());
+    let t = Tensor::<1>::from_floats([3.0, 700.0], &dev());
+    assert_eq!(b.forward_tapped(x, t, &mut diffusion::tap::Tap::off()).dims(), [2, 64]);
+}
+
+/// Global L2 norm of `a - b` (or of `a` alone), over every parameter of `model`.
+fn gradient_distance<M: Module>(model: &M, a: &GradientsParams, b: Option<&GradientsParams>) -> f64 {
+    struct Dist<'g>(&'g GradientsParams, Option<&'g GradientsParams>, f64);
+    impl ModuleVisitor for Dist<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            let a = self.0.get::<D>(param.id).expect("gradient of every parameter");
+            let d = match self.1 {
+                Some(b) => a - b.get::<D>(param.id).expect("gradient of every parameter"),
+                None => a,
+            };
+            self.2 += d.square().sum().into_scalar::<f64>();
+        }
+    }
+    let mut dist = Dist(a, b, 0.0);
+    model.visit(&mut dist);
+    dist.2.sqrt()
+}
+
+#[test]
+fn concurrent_microbatches_give_the_full_batch_gradient_deterministically() {
+    let (data, diff, cfg) = tiny_run(3);
+    let model_cfg = common::tiny_unet();
+    let one = Trainer::new(cfg.clone(), &diff, &data, &dev());
+    // Three uneven slices of 16 (5, 5, 6): the size weighting matters.
+    let three = Trainer::new(TrainConfig { microbatches: 3, ..cfg.clone() }, &diff, &data, &dev());
+    let state = one.init_state(|d| model_cfg.init(d));
+    let idx = one.batch_indices(0);
+    let mut rng = stream(9, 0, 0);
+    let t = timesteps(&mut rng, idx.len(), diff.steps());
+    let eps = Tensor::<2>::from_data(
+        TensorData::new(normals(&mut rng, idx.len() * data.dim), [idx.len(), data.dim]),
+        &one.device,
+    );
+    let x0 = data.batch(&idx, &one.device);
+    let (loss_1, g_1) = one.batch_gradients(&state.model, x0.clone(), &t, eps.clone());
+    let (loss_3, g_3) = three.batch_gradients(&state.model, x0.clone(), &t, eps.clone());
+    let (loss_3b, g_3b) = three.batch_gradients(&state.model, x0, &t, eps);
+    assert!((loss_1 - loss_3).abs() <= 1e-5 * loss_1.abs(), "loss {loss_1} vs {loss_3}");
+    let rel = gradient_distance(&state.model, &g_1, Some(&g_3)) / gradient_distance(&state.model, &g_1, None);
+    assert!(rel < 1e-5, "gradient differs by {rel} (relative)");
+    assert_eq!(loss_3, loss_3b);
+    assert_eq!(gradient_distance(&state.model, &g_3, Some(&g_3b)), 0.0, "not deterministic");
+
+    // Whole steps: same seed, same weights, run after run.
+    let run = || {
+        let mut s = three.init_state(|d| model_cfg.init(d));
+        let losses: Vec<f32> = (0..3).map(|_| three.step(&mut s)).collect();
+        (losses, param_values(&s.model))
+    };
+    assert_eq!(run(), run());
 }

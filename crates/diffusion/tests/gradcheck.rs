@@ -67,8 +67,19 @@ impl ModuleMapper for Shift {
 
 #[test]
 fn unet_parameter_gradient_matches_finite_differences() {
+    check_unet_parameter_gradient(common::tiny_unet());
+}
+
+#[test]
+fn unet_with_narrowing_upsample_gradient_matches_finite_differences() {
+    let diffusion::ModelConfig::Unet(mut cfg) = common::tiny_unet() else { unreachable!("tiny U-Net") };
+    cfg.upsample_to_level_channels = true;
+    check_unet_parameter_gradient(diffusion::ModelConfig::Unet(cfg));
+}
+
+fn check_unet_parameter_gradient(config: diffusion::ModelConfig) {
     let p = problem();
-    let model = common::tiny_unet().init(&dev().autodiff());
+    let model = config.init(&dev().autodiff());
     let loss = p.diff.loss(&model, p.x0.clone(), &p.t, p.eps.clone(), &mut Tap::off());
     let grads = loss.backward();
     // <grad, direction>, with the same directions as Shift draws.

@@ -82,6 +82,9 @@ struct TrainArgs {
     /// Residual blocks per level.
     #[arg(long)]
     blocks: Option<usize>,
+    /// The upsampling conv outputs the channels of the level it upsamples into (cheaper net).
+    #[arg(long)]
+    upsample_to_level_channels: bool,
     /// Dropout in residual blocks.
     #[arg(long)]
     dropout: Option<f64>,
@@ -97,6 +100,10 @@ struct TrainArgs {
     /// Seed of every random draw.
     #[arg(long)]
     seed: Option<u64>,
+    /// Split each batch into this many microbatches whose passes run concurrently (fills the
+    /// serial stretches of the CPU ops; needs --dropout 0).
+    #[arg(long)]
+    microbatches: Option<usize>,
     /// Write a checkpoint every this many steps.
     #[arg(long, default_value_t = 250)]
     checkpoint_every: usize,
@@ -115,11 +122,13 @@ impl TrainArgs {
             || self.ema.is_some()
             || self.channels.is_some()
             || self.blocks.is_some()
+            || self.upsample_to_level_channels
             || self.dropout.is_some()
             || self.schedule.is_some()
             || self.parametrisation.is_some()
             || self.weighting.is_some()
             || self.seed.is_some()
+            || self.microbatches.is_some()
     }
 
     fn config(&self) -> RunConfig {
@@ -133,6 +142,7 @@ impl TrainArgs {
             channels: self.channels.clone().unwrap_or_else(|| vec![16, 32]),
             blocks_per_level: self.blocks.unwrap_or(1),
             dropout: self.dropout.unwrap_or(0.0),
+            upsample_to_level_channels: self.upsample_to_level_channels,
             ..UNetConfig::default()
         });
         let diffusion = DiffusionConfig {
@@ -151,6 +161,7 @@ impl TrainArgs {
             warmup_steps: self.warmup.unwrap_or(defaults.warmup_steps),
             ema_decay: self.ema.unwrap_or(0.995),
             seed: self.seed.unwrap_or(0),
+            microbatches: self.microbatches.unwrap_or(1),
             ..defaults
         };
         RunConfig { model, diffusion, train, data }
@@ -430,8 +441,8 @@ fn elbo_cmd(args: ElboArgs, dev: &Device) -> Result<()> {
 
 fn bench(args: BenchArgs, dev: &Device) -> Result<()> {
     let mut rows = vec![
-        "| size | batch | params | Rust burn-flex s/step | JAX s/step | Rust/JAX throughput |".to_string(),
-        "|---|---|---|---|---|---|".to_string(),
+        "| size | batch | params | Rust s/step, 1 pass | Rust s/step, 2 concurrent microbatches | JAX s/step | Rust/JAX throughput (1 pass) | Rust/JAX throughput (2 microbatches) |".to_string(),
+        "|---|---|---|---|---|---|---|---|".to_string(),
     ];
     for &size in &args.sizes {
         let config = ModelConfig::Unet(UNetConfig { height: size, width: size, ..UNetConfig::default() });
@@ -443,28 +454,37 @@ fn bench(args: BenchArgs, dev: &Device) -> Result<()> {
             .map(|v| v.clamp(-1.0, 1.0))
             .collect();
         let data = TrainData::new(rows_data, n, size * size);
-        let train = TrainConfig { batch_size: args.batch, steps: 1000, ..TrainConfig::default() };
-        let trainer = Trainer::new(train, &diffusion, &data, dev);
-        let mut state = trainer.init_state(|d| config.init(d));
-        let params = state.model.num_params();
-        for _ in 0..2 {
-            trainer.step(&mut state);
-        }
-        let mut times = Vec::new();
-        for _ in 0..args.steps {
-            let t = Instant::now();
-            trainer.step(&mut state);
-            times.push(t.elapsed().as_secs_f64());
-        }
-        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let rust = times[times.len() / 2];
-        let jax = if args.no_jax { None } else { run_jax(size, args.batch, args.steps) };
-        let (jax_s, ratio) = match jax {
-            Some(j) => (format!("{j:.3}"), format!("{:.2}x", j / rust)),
-            None => ("n/a".into(), "n/a".into()),
+        // Median seconds per step of the same network and data, one pass or concurrent passes.
+        let time_steps = |microbatches: usize| {
+            let train =
+                TrainConfig { batch_size: args.batch, steps: 1000, microbatches, ..TrainConfig::default() };
+            let trainer = Trainer::new(train, &diffusion, &data, dev);
+            let mut state = trainer.init_state(|d| config.init(d));
+            for _ in 0..2 {
+                trainer.step(&mut state);
+            }
+            let mut times: Vec<f64> = (0..args.steps)
+                .map(|_| {
+                    let t = Instant::now();
+                    trainer.step(&mut state);
+                    t.elapsed().as_secs_f64()
+                })
+                .collect();
+            times.sort_by(|a, b| a.total_cmp(b));
+            (times[times.len() / 2], state.model.num_params())
         };
-        eprintln!("size {size}: rust {rust:.3} s/step, jax {jax_s}");
-        rows.push(format!("| {size}x{size} | {} | {params} | {rust:.3} | {jax_s} | {ratio} |", args.batch));
+        let (rust, params) = time_steps(1);
+        let (rust2, _) = time_steps(2);
+        let jax = if args.no_jax { None } else { run_jax(size, args.batch, args.steps) };
+        let (jax_s, ratio, ratio2) = match jax {
+            Some(j) => (format!("{j:.3}"), format!("{:.2}x", j / rust), format!("{:.2}x", j / rust2)),
+            None => ("n/a".into(), "n/a".into(), "n/a".into()),
+        };
+        eprintln!("size {size}: rust {rust:.3} s/step (2 microbatches {rust2:.3}), jax {jax_s}");
+        rows.push(format!(
+            "| {size}x{size} | {} | {params} | {rust:.3} | {rust2:.3} | {jax_s} | {ratio} | {ratio2} |",
+            args.batch
+        ));
     }
     let table = rows.join("\n");
     println!("{table}");
