@@ -42,7 +42,7 @@ pub struct TrainConfig {
     pub ema_decay: f64,
     /// Seed of every random draw of the run.
     pub seed: u64,
-    /// Each batch is split into this many equal microbatches whose forward and backward passes
+    /// Each batch is split into this many near-equal microbatches whose forward and backward passes
     /// run concurrently on the rayon pool; their gradients are combined, weighted by size, before
     /// clipping. Burn's CPU ops have serial stretches (a 28x28 U-Net step keeps 1.3 of 2 cores
     /// busy), which a second pass fills. Same objective as one pass over the batch, same numbers up
