@@ -235,12 +235,17 @@ impl<'a> Trainer<'a> {
         t: &[usize],
         eps: Tensor<2>,
     ) -> (f32, GradientsParams) {
+        // One forward/backward pass over a slice holding `weight` of the batch (1.0 is exact, so
+        // the single-pass path gives the same numbers as an unweighted loss).
+        let pass = |model: &M, x: Tensor<2>, t: &[usize], e: Tensor<2>, weight: f64| {
+            let loss = self.diffusion.loss(model, x, t, e, &mut Tap::off()).mul_scalar(weight);
+            let value: f32 = loss.clone().into_scalar();
+            (value, GradientsParams::from_grads(loss.backward(), model))
+        };
         let n = t.len();
         let parts = self.config.microbatches.clamp(1, n.max(1));
         if parts == 1 {
-            let loss = self.diffusion.loss(model, x0, t, eps, &mut Tap::off());
-            let value: f32 = loss.clone().into_scalar();
-            return (value, GradientsParams::from_grads(loss.backward(), model));
+            return pass(model, x0, t, eps, 1.0);
         }
         // Contiguous, near-equal slices; each pass runs on its own copy of the parameters as
         // fresh autodiff leaves (same ParamIds), so the passes build disjoint graphs that burn
@@ -254,14 +259,8 @@ impl<'a> Trainer<'a> {
                 (copy, x, e, &t[a..b], (b - a) as f64 / n as f64)
             })
             .collect();
-        let passes: Vec<(f32, GradientsParams)> = jobs
-            .into_par_iter()
-            .map(|(copy, x, e, t, weight)| {
-                let loss = self.diffusion.loss(&copy, x, t, e, &mut Tap::off()).mul_scalar(weight);
-                let value: f32 = loss.clone().into_scalar();
-                (value, GradientsParams::from_grads(loss.backward(), &copy))
-            })
-            .collect();
+        let passes: Vec<(f32, GradientsParams)> =
+            jobs.into_par_iter().map(|(copy, x, e, t, weight)| pass(&copy, x, t, e, weight)).collect();
         // Combined in a fixed order, so the result does not depend on thread timing.
         let mut passes = passes.into_iter();
         let (mut value, mut total) = passes.next().expect("at least two passes");
