@@ -7,20 +7,20 @@ use npyz::WriterBuilder;
 /// Write a row-major f32 matrix `[rows, cols]` as `.npy` (temp file + rename).
 pub fn write_matrix(path: &Path, data: &[f32], rows: usize, cols: usize) -> std::io::Result<()> {
     assert_eq!(data.len(), rows * cols);
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    {
-        let file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        let mut w = npyz::WriteOptions::<f32>::new()
-            .default_dtype()
-            .shape(&[rows as u64, cols as u64])
-            .writer(file)
-            .begin_nd()?;
-        w.extend(data.iter().copied())?;
-        w.finish()?;
-    }
-    std::fs::rename(&tmp, path)
+    data::atomic::write_atomic_with(
+        path,
+        |tmp| {
+            let file = std::io::BufWriter::new(std::fs::File::create(tmp)?);
+            let mut w = npyz::WriteOptions::<f32>::new()
+                .default_dtype()
+                .shape(&[rows as u64, cols as u64])
+                .writer(file)
+                .begin_nd()?;
+            w.extend(data.iter().copied())?;
+            w.finish()
+        },
+        |_, e| e,
+    )
 }
 
 /// Read a 2-D f32 `.npy` file: (data, rows, cols).

@@ -139,7 +139,9 @@ pub fn write_bar_chart(
     fmt: impl Fn(f64, f64) -> String,
 ) -> std::io::Result<()> {
     let img = bar_chart(title, bars, fmt);
-    let tmp = path.with_extension("png.tmp");
-    img.save_with_format(&tmp, image::ImageFormat::Png).map_err(std::io::Error::other)?;
-    std::fs::rename(&tmp, path)
+    data::atomic::write_atomic_with(
+        path,
+        |tmp| img.save_with_format(tmp, image::ImageFormat::Png).map_err(std::io::Error::other),
+        |_, e| e,
+    )
 }

@@ -76,12 +76,8 @@ impl EigenCurvature {
         let meta = HashMap::from([("curvature".to_string(), serde_json::to_string(&header).unwrap())]);
         let out = safetensors::serialize(views, &Some(meta))
             .map_err(|e| CurvatureIoError::Format { path: path.to_path_buf(), message: e.to_string() })?;
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        std::fs::write(&tmp, out).map_err(|source| CurvatureIoError::Io { path: tmp.clone(), source })?;
-        std::fs::rename(&tmp, path)
-            .map_err(|source| CurvatureIoError::Io { path: path.to_path_buf(), source })
+        let io = |p: &Path, source| CurvatureIoError::Io { path: p.to_path_buf(), source };
+        data::atomic::write_atomic_with(path, |tmp| std::fs::write(tmp, &out).map_err(|e| io(tmp, e)), io)
     }
 
     /// Read from `path`; if `expected` is given, every layer's name and shape must match it.

@@ -1,12 +1,14 @@
 //! Shared data loading for the workspace: MNIST and Fashion-MNIST from IDX
 //! files (raw or gzip), a small MNIST subset embedded in the binary so that
 //! everything runs on a fresh clone, dataset manipulation (subsets, class
-//! filters, exact area resampling) and PNG grid output.
+//! filters, exact area resampling), PNG grid output and atomic (temp file +
+//! rename) writes used by every crate.
 //!
 //! Pixels are `f32` in [-1, 1] (`x / 255 * 2 - 1`), row-major, one channel.
 
 #![warn(missing_docs)]
 
+pub mod atomic;
 mod dataset;
 mod error;
 mod idx;

@@ -1,6 +1,6 @@
 //! Writing image grids as PNG.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::DataError;
 
@@ -78,29 +78,22 @@ pub fn write_png_grid(
         }
     }
 
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|source| DataError::Io { path: parent.to_path_buf(), source })?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    if let Err(source) = image::save_buffer_with_format(
-        &tmp,
-        &buf,
-        gw32,
-        gh32,
-        image::ExtendedColorType::L8,
-        image::ImageFormat::Png,
-    ) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(match source {
-            image::ImageError::IoError(source) => DataError::Io { path: tmp, source },
-            source => DataError::Png { path: path.to_path_buf(), source },
-        });
-    }
-    std::fs::rename(&tmp, path).map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        DataError::Io { path: path.to_path_buf(), source }
-    })
+    crate::atomic::write_atomic_with(
+        path,
+        |tmp| {
+            image::save_buffer_with_format(
+                tmp,
+                &buf,
+                gw32,
+                gh32,
+                image::ExtendedColorType::L8,
+                image::ImageFormat::Png,
+            )
+            .map_err(|source| match source {
+                image::ImageError::IoError(source) => DataError::Io { path: tmp.to_path_buf(), source },
+                source => DataError::Png { path: path.to_path_buf(), source },
+            })
+        },
+        |p, source| DataError::Io { path: p.to_path_buf(), source },
+    )
 }

@@ -46,28 +46,31 @@ pub enum CheckpointError {
     Run(String),
 }
 
-/// `path` with `.tmp` appended (same directory, so the final rename is atomic).
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
+fn io_error(path: &Path, source: std::io::Error) -> CheckpointError {
+    CheckpointError::Io { path: path.to_path_buf(), source }
 }
 
-/// Write bytes to `path` atomically (temp file + rename).
+/// Write bytes to `path` atomically (temp file + rename; creates the parent directory).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).map_err(|source| CheckpointError::Io { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, path).map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })
+    data::atomic::write_atomic_with(
+        path,
+        |tmp| std::fs::write(tmp, bytes).map_err(|e| io_error(tmp, e)),
+        io_error,
+    )
 }
 
 /// Save a module's parameters to a safetensors file, atomically.
 pub fn save_module<M: Module>(module: &M, path: &Path) -> Result<(), CheckpointError> {
-    let tmp = tmp_path(path);
-    let mut store = SafetensorsStore::from_file(&tmp).overwrite(true);
-    module
-        .save_into(&mut store)
-        .map_err(|e| CheckpointError::Format { path: tmp.clone(), message: e.to_string() })?;
-    std::fs::rename(&tmp, path).map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })
+    data::atomic::write_atomic_with(
+        path,
+        |tmp| {
+            let mut store = SafetensorsStore::from_file(tmp).overwrite(true);
+            module
+                .save_into(&mut store)
+                .map_err(|e| CheckpointError::Format { path: tmp.to_path_buf(), message: e.to_string() })
+        },
+        io_error,
+    )
 }
 
 /// Load parameters from a safetensors file into `module`; every tensor must match by name and

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use faer::{Mat, MatRef};
 use safetensors::tensor::{Dtype, TensorView};
@@ -77,19 +77,20 @@ pub struct TrainCheckpoint {
 /// Writes `bytes` to `path` through `<path>.tmp` and a rename, creating the parent directory, so
 /// that a crash never leaves a torn file (checkpoints here, JSON results in `igp`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GpError + '_ {
-        move |source| GpError::Io { path: path.to_path_buf(), source }
+    fn io(path: &Path, source: std::io::Error) -> GpError {
+        GpError::Io { path: path.to_path_buf(), source }
     }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    file.write_all(bytes).map_err(io(&tmp))?;
-    file.sync_all().ok();
-    std::fs::rename(&tmp, path).map_err(io(path))
+    data::atomic::write_atomic_with(
+        path,
+        |tmp| {
+            let mut file = std::fs::File::create(tmp).map_err(|e| io(tmp, e))?;
+            file.write_all(bytes).map_err(|e| io(tmp, e))?;
+            // Durability is a bonus; the rename is what keeps the old file safe.
+            file.sync_all().ok();
+            Ok(())
+        },
+        io,
+    )
 }
 
 const FORMAT: &str = "igp-train-checkpoint-1";
