@@ -21,6 +21,13 @@ pub trait Denoiser: Module + Clone + core::fmt::Debug + Send {
     fn forward(&self, x: Tensor<2>, t: Tensor<1>) -> Tensor<2> {
         self.forward_tapped(x, t, &mut Tap::off())
     }
+
+    /// Whether a training forward pass draws random numbers (dropout). Such passes cannot run as
+    /// concurrent microbatches: the draws come from one device-wide stream, so which pass gets
+    /// which mask would depend on thread timing.
+    fn draws_randomness(&self) -> bool {
+        false
+    }
 }
 
 /// MLP denoiser hyper-parameters (for 1-D/2-D toy data and fast ablations).
@@ -132,6 +139,13 @@ impl Denoiser for AnyDenoiser {
         match self {
             AnyDenoiser::Unet(m) => m.forward_tapped(x, t, tap),
             AnyDenoiser::Mlp(m) => m.forward_tapped(x, t, tap),
+        }
+    }
+
+    fn draws_randomness(&self) -> bool {
+        match self {
+            AnyDenoiser::Unet(m) => m.draws_randomness(),
+            AnyDenoiser::Mlp(m) => m.draws_randomness(),
         }
     }
 }

@@ -46,8 +46,10 @@ pub struct TrainConfig {
     /// run concurrently on the rayon pool; their gradients are combined, weighted by size, before
     /// clipping. Burn's CPU ops have serial stretches (a 28x28 U-Net step keeps 1.3 of 2 cores
     /// busy), which a second pass fills. Same objective as one pass over the batch, same numbers up
-    /// to float rounding, deterministic. Needs dropout 0: dropout masks come from one device-wide
-    /// random stream that concurrent passes would race for. Absent in older configs (= 1).
+    /// to float rounding, deterministic. A model with dropout runs in one pass regardless
+    /// ([`Denoiser::draws_randomness`]): its masks come from one device-wide random stream that
+    /// concurrent passes would race for (`ddpm train` refuses the combination outright). Absent in
+    /// older configs (= 1).
     #[serde(default = "one")]
     pub microbatches: usize,
 }
@@ -243,7 +245,9 @@ impl<'a> Trainer<'a> {
             (value, GradientsParams::from_grads(loss.backward(), model))
         };
         let n = t.len();
-        let parts = self.config.microbatches.clamp(1, n.max(1));
+        // A model that draws randomness (dropout) runs in one pass whatever `microbatches` says:
+        // concurrent passes would take its masks from the shared stream in thread-timing order.
+        let parts = if model.draws_randomness() { 1 } else { self.config.microbatches.clamp(1, n.max(1)) };
         if parts == 1 {
             return pass(model, x0, t, eps, 1.0);
         }

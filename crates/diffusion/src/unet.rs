@@ -192,6 +192,11 @@ impl Denoiser for UNet {
         self.shape.iter().product()
     }
 
+    fn draws_randomness(&self) -> bool {
+        // Every residual block is built with the same dropout probability.
+        self.mid.dropout.prob > 0.0
+    }
+
     fn forward_tapped(&self, x: Tensor<2>, t: Tensor<1>, tap: &mut Tap) -> Tensor<2> {
         let [c, h, w] = self.shape;
         let n = x.dims()[0];
