@@ -14,9 +14,9 @@ pub fn tmp_path(path: &Path) -> PathBuf {
 /// Writes `path` atomically: creates its parent directory, lets `write` fill [`tmp_path`]`(path)`,
 /// then renames the temp file onto `path`.
 ///
-/// If `write` or the rename fails, the temp file is removed and `path` keeps its old content (or stays absent).
-/// `io_error` turns an I/O failure on the path it names (the parent directory or `path`) into the
-/// caller's error type, so each crate keeps its own error enum.
+/// If `write` or the rename fails, the temp file is removed and `path` keeps its old content (or
+/// stays absent). `io_error` turns an I/O failure on the path it names (the parent directory or
+/// `path`) into the caller's error type, so each crate keeps its own error enum.
 pub fn write_atomic_with<T, E>(
     path: &Path,
     write: impl FnOnce(&Path) -> Result<T, E>,
