@@ -8,7 +8,7 @@
 
 #![warn(missing_docs)]
 
-pub mod atomic;
+pub use foundation::atomic;
 mod dataset;
 mod error;
 mod idx;

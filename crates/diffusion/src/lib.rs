@@ -12,14 +12,14 @@ pub mod diffusion;
 pub mod elbo;
 pub mod ema;
 pub mod eval;
-pub mod layers;
+pub use foundation::layers;
 pub mod model;
 pub mod progress;
-pub mod rng;
+pub use foundation::rng;
 pub mod run;
 pub mod sample;
 pub mod schedule;
-pub mod tap;
+pub use foundation::tap;
 pub mod train;
 pub mod unet;
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use data::atomic::{tmp_path, write_atomic_with};
+use foundation::atomic::{tmp_path, write_atomic_with};
 
 /// A fresh scratch directory for one test (removed first, so reruns start clean).
 fn scratch(name: &str) -> PathBuf {
