@@ -34,9 +34,52 @@ pub fn write_atomic_with<T, E>(
             return Err(e);
         }
     };
+    // The content reaches the disk before the rename makes it visible, so a power loss cannot
+    // leave a renamed but empty file.
+    if let Err(e) = sync_file(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_error(&tmp, e));
+    }
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         io_error(path, e)
     })?;
+    // Best effort: make the rename itself durable (not every file system lets a directory be
+    // opened and synced).
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let _ = sync_dir(parent);
+    }
     Ok(value)
+}
+
+/// Writes `bytes` to `path` atomically; I/O failures are reported as [`IoError`].
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
+    write_atomic_with(path, |tmp| std::fs::write(tmp, bytes).map_err(|e| IoError::new(tmp, e)), IoError::new)
+}
+
+/// Flushes a file's content to disk.
+pub fn sync_file(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
+}
+
+/// Flushes a directory's entries (renames, new files) to disk.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The workspace's one I/O error: what failed, on which path.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct IoError {
+    /// The file or directory involved.
+    pub path: PathBuf,
+    /// The underlying error.
+    pub source: std::io::Error,
+}
+
+impl IoError {
+    /// An error on `path`.
+    pub fn new(path: &Path, source: std::io::Error) -> Self {
+        Self { path: path.to_path_buf(), source }
+    }
 }

@@ -1,10 +1,12 @@
 //! What every system of the workspace stands on: seeded random streams with one registry of
-//! purposes ([`rng`]), the one atomic (temp file + fsync + rename) writer ([`atomic`]), and the
-//! hook point of curvature code, the [`tap::Tap`] and the tapped layers ([`layers`]).
+//! purposes ([`rng`]), the one atomic (temp file + fsync + rename) writer and I/O error
+//! ([`atomic`]), progress reporting as a trait ([`progress`]), and the hook point of curvature
+//! code, the [`tap::Tap`] and the tapped layers ([`layers`]).
 
 #![warn(missing_docs)]
 
 pub mod atomic;
 pub mod layers;
+pub mod progress;
 pub mod rng;
 pub mod tap;
