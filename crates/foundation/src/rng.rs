@@ -29,18 +29,101 @@ pub fn timesteps(rng: &mut impl Rng, n: usize, steps: usize) -> Vec<usize> {
     (0..n).map(|_| rng.gen_range(0..steps)).collect()
 }
 
-/// Purpose labels for [`stream`].
+/// The one registry of what random streams are for. Every seeded draw in the workspace names its
+/// purpose here, so two uses can never pick the same stream label by accident; [`Purpose::label`]
+/// keeps the numbers the code used before the registry existed, so stored runs reproduce bit for
+/// bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    /// Minibatch order (index: epoch).
+    TrainOrder,
+    /// Timesteps and noise of a training step (index: step).
+    TrainNoise,
+    /// Sampling noise (index: number of samples).
+    Sample,
+    /// ELBO estimation (index: first example of a batch).
+    Elbo,
+    /// Dropout masks (index: step).
+    Dropout,
+    /// Parameter initialisation.
+    Init,
+    /// Draw `draw` of a training example's (t, noise) for attribution gradients (index: example).
+    TrainGradient {
+        /// Which Monte-Carlo draw.
+        draw: u64,
+    },
+    /// Draw `draw` of a query's (t, noise) for attribution gradients (index: query).
+    QueryGradient {
+        /// Which Monte-Carlo draw.
+        draw: u64,
+    },
+    /// Draw `draw` of curvature-fitting pass `pass` (0: factors, 1: eigenvalue correction; index:
+    /// example). Pass 1 shares its labels with [`Purpose::TrainGradient`], as it always has: the
+    /// correction pass sees the same (t, noise) draws as the training gradients.
+    CurvatureDraw {
+        /// Fitting pass.
+        pass: u64,
+        /// Which Monte-Carlo draw.
+        draw: u64,
+    },
+    /// Pseudo-target sampling while fitting curvature factors.
+    CurvatureTargets,
+    /// Ground-truth measurement draws (index: query).
+    Measurement,
+    /// TRAK's random projection (index: block of parameters).
+    RandomProjection,
+    /// LDS subsets (index: subset).
+    LdsSubsets,
+    /// Tie-breaking order of the retrain-top experiment (index: query).
+    RetrainTopOrder,
+    /// Synthetic data of `attribute bench`.
+    AttributeBenchData,
+    /// Synthetic data of `ddpm bench` (index: image size).
+    DdpmBenchData,
+}
+
+impl Purpose {
+    /// The stream label passed to [`stream`] as its first label.
+    pub const fn label(self) -> u64 {
+        match self {
+            Purpose::TrainOrder => 1,
+            Purpose::TrainNoise => 2,
+            Purpose::Sample => 3,
+            Purpose::Elbo => 4,
+            Purpose::Dropout => 5,
+            Purpose::Init => 6,
+            Purpose::TrainGradient { draw } => (1 << 32) | draw,
+            Purpose::QueryGradient { draw } => (2 << 32) | draw,
+            Purpose::CurvatureDraw { pass, draw } => (pass << 32) | draw,
+            Purpose::CurvatureTargets => 77,
+            Purpose::Measurement => 0x3EA5,
+            Purpose::RandomProjection => 0x7A4C,
+            Purpose::LdsSubsets => 0x5B5E7,
+            Purpose::RetrainTopOrder => 0x7A4D,
+            Purpose::AttributeBenchData => 5,
+            Purpose::DdpmBenchData => 99,
+        }
+    }
+}
+
+/// The stream for `purpose` and `index` under the user seed `seed`.
+pub fn stream_for(seed: u64, purpose: Purpose, index: u64) -> ChaCha8Rng {
+    stream(seed, purpose.label(), index)
+}
+
+/// Purpose labels for [`stream`] (the diffusion training labels of [`Purpose`], as constants).
 pub mod purpose {
+    use super::Purpose;
     /// Minibatch order.
-    pub const ORDER: u64 = 1;
+    pub const ORDER: u64 = Purpose::TrainOrder.label();
     /// Timesteps and noise of a training step.
-    pub const TRAIN_NOISE: u64 = 2;
+    pub const TRAIN_NOISE: u64 = Purpose::TrainNoise.label();
     /// Sampling noise.
-    pub const SAMPLE: u64 = 3;
+    pub const SAMPLE: u64 = Purpose::Sample.label();
     /// ELBO estimation.
-    pub const ELBO: u64 = 4;
-    /// Dropout (burn's device RNG is reseeded from this each step).
-    pub const DROPOUT: u64 = 5;
+    pub const ELBO: u64 = Purpose::Elbo.label();
+    /// Dropout.
+    pub const DROPOUT: u64 = Purpose::Dropout.label();
     /// Model initialisation.
-    pub const INIT: u64 = 6;
+    pub const INIT: u64 = Purpose::Init.label();
 }
