@@ -9,7 +9,7 @@
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use diffusion::rng::stream;
+use foundation::rng::{stream_for, Purpose};
 
 /// `m` random subsets of `0..n`, each of size `round(alpha * n)`, sorted; subset j depends only on
 /// `(seed, j)`, so growing `m` keeps the earlier subsets.
@@ -18,7 +18,7 @@ pub fn random_subsets(n: usize, m: usize, alpha: f64, seed: u64) -> Vec<Vec<usiz
     (0..m)
         .map(|j| {
             let mut idx: Vec<usize> = (0..n).collect();
-            idx.shuffle(&mut stream(seed, 0x5B5E7, j as u64));
+            idx.shuffle(&mut stream_for(seed, Purpose::LdsSubsets, j as u64));
             let mut s = idx[..size].to_vec();
             s.sort_unstable();
             s
@@ -26,59 +26,7 @@ pub fn random_subsets(n: usize, m: usize, alpha: f64, seed: u64) -> Vec<Vec<usiz
         .collect()
 }
 
-/// Ranks (1-based) with ties given their average rank.
-pub fn ranks(x: &[f64]) -> Vec<f64> {
-    let mut order: Vec<usize> = (0..x.len()).collect();
-    order.sort_by(|&a, &b| x[a].total_cmp(&x[b]));
-    let mut r = vec![0.0; x.len()];
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && x[order[j + 1]] == x[order[i]] {
-            j += 1;
-        }
-        let avg = (i + j) as f64 / 2.0 + 1.0;
-        for &o in &order[i..=j] {
-            r[o] = avg;
-        }
-        i = j + 1;
-    }
-    r
-}
-
-/// Pearson correlation; 0 when either side is constant.
-pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len(), "pearson: lengths differ");
-    let n = a.len() as f64;
-    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
-        sab += (x - ma) * (y - mb);
-        saa += (x - ma) * (x - ma);
-        sbb += (y - mb) * (y - mb);
-    }
-    if saa == 0.0 || sbb == 0.0 {
-        0.0
-    } else {
-        sab / (saa * sbb).sqrt()
-    }
-}
-
-/// Spearman rank correlation (Pearson of average ranks).
-pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
-    pearson(&ranks(a), &ranks(b))
-}
-
-/// Mean and standard error of the mean.
-pub fn mean_se(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    if v.len() < 2 {
-        return (mean, f64::NAN);
-    }
-    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, (var / n).sqrt())
-}
+pub use foundation::stats::{mean_se, pearson, ranks, spearman};
 
 /// Predicted measurement change of every (subset, query): `sum_{n not in S_j} scores[q][n]`,
 /// as `[M][Q]`. `scores` is row-major `[Q, n_train]`.

@@ -1,7 +1,7 @@
 //! What every system of the workspace stands on: seeded random streams with one registry of
 //! purposes ([`rng`]), the one atomic (temp file + fsync + rename) writer and I/O error
-//! ([`atomic`]), progress reporting as a trait ([`progress`]), and the hook point of curvature
-//! code, the [`tap::Tap`] and the tapped layers ([`layers`]).
+//! ([`atomic`]), progress reporting as a trait ([`progress`]), summary statistics ([`stats`]),
+//! and the hook point of curvature code, the [`tap::Tap`] and the tapped layers ([`layers`]).
 
 #![warn(missing_docs)]
 
@@ -9,4 +9,5 @@ pub mod atomic;
 pub mod layers;
 pub mod progress;
 pub mod rng;
+pub mod stats;
 pub mod tap;

@@ -80,6 +80,8 @@ pub enum Purpose {
     AttributeBenchData,
     /// Synthetic data of `ddpm bench` (index: image size).
     DdpmBenchData,
+    /// Bootstrap resampling of `foundation::stats::bootstrap_ci` (index: 0).
+    Bootstrap,
 }
 
 impl Purpose {
@@ -102,6 +104,7 @@ impl Purpose {
             Purpose::RetrainTopOrder => 0x7A4D,
             Purpose::AttributeBenchData => 5,
             Purpose::DdpmBenchData => 99,
+            Purpose::Bootstrap => 0xB0075,
         }
     }
 }
