@@ -18,24 +18,27 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use attribution::baselines::{grad_dot, pixel_cosine, RandomProjection, TrakScorer};
-use attribution::fit::{fit_curvature, CurvatureSettings};
-use attribution::lds::{
-    lds_per_query, mean_se, random_subsets, removal_predictions, seed_ceiling, seed_mean, LdsResult,
-};
-use attribution::measure::measure_loss;
-use attribution::npy::{read_matrix, write_matrix};
-use attribution::plot::{write_bar_chart, Bar};
-use attribution::{DiffusionTask, Measurement, Role, Scorer};
 use burn::prelude::*;
 use curvature::fit::GgnKind;
 use curvature::KfacApprox;
-use diffusion::checkpoint::write_atomic;
 use diffusion::run::{is_finished, load_trained, train_run, DataSpec, RunConfig};
 use diffusion::{
     sample, Denoiser, DiffusionConfig, ModelConfig, ReverseVariance, Sampler, TrainConfig, UNetConfig,
 };
+use foundation::atomic::write_bytes;
+use foundation::progress::Progress;
+use foundation::rng::{stream_for, Purpose};
+use foundation::stats::mean_se;
 use serde::{Deserialize, Serialize};
+
+use crate::baselines::{grad_dot, pixel_cosine, RandomProjection, TrakScorer};
+use crate::fit::{fit_curvature, CurvatureSettings};
+use crate::lds::{lds_per_query, random_subsets, removal_predictions, seed_ceiling, seed_mean, LdsResult};
+use crate::measure::measure_loss;
+use crate::npy::{read_matrix, write_matrix};
+use crate::plot::{write_bar_chart, Bar};
+use crate::scoring::quantise;
+use crate::{DiffusionTask, Measurement, Role, Scorer};
 
 /// Everything that defines a benchmark.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -75,6 +78,27 @@ pub struct BenchmarkConfig {
 }
 
 impl BenchmarkConfig {
+    /// Checks the settings (once, when a benchmark is opened).
+    pub fn validate(&self) -> Result<()> {
+        if self.subsets < 2 || self.seeds == 0 || self.queries == 0 {
+            bail!("an LDS needs at least 2 subsets, 1 seed and 1 query");
+        }
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            bail!("subset fraction {}: must be between 0 and 1", self.alpha);
+        }
+        if self.measure_draws == 0 || self.train_draws == 0 || self.query_draws == 0 || self.factor_draws == 0
+        {
+            bail!("draw counts must be at least 1");
+        }
+        if self.trak_dim == 0 || self.train.steps == 0 || self.subset_steps == 0 {
+            bail!("--trak-dim, --steps and --subset-steps must be at least 1");
+        }
+        if let Some(l) = self.lambdas.iter().find(|l| !(l.is_finite() && **l > 0.0)) {
+            bail!("--lambda {l}: damping must be a positive number");
+        }
+        Ok(())
+    }
+
     /// The run of the model trained on all images.
     pub fn base_run(&self) -> RunConfig {
         RunConfig {
@@ -87,12 +111,12 @@ impl BenchmarkConfig {
 
     /// The damping grid of `method` (the configured grid plus the method's default), ascending;
     /// empty for methods without damping.
-    pub fn method_lambdas(&self, method: &str, n: usize) -> Vec<f64> {
-        if PLAIN_METHODS.contains(&method) {
+    pub fn method_lambdas(&self, method: Method, n: usize) -> Vec<f64> {
+        if !method.is_damped() {
             return vec![];
         }
         let mut l = self.lambdas.clone();
-        if let Some(d) = default_lambda(method, n) {
+        if let Some(d) = method.default_lambda(n) {
             if !l.contains(&d) {
                 l.push(d);
             }
@@ -111,34 +135,126 @@ impl BenchmarkConfig {
     }
 }
 
-/// The damping each method is reported at "untuned" (spec p1 §1.6, §2): 1e-8 for the K-FAC
-/// family, TRAK's 1e-6 on the summed kernel (1e-6 / N in our mean scale) for TRAK and D-TRAK.
-pub fn default_lambda(method: &str, n: usize) -> Option<f64> {
-    match method {
-        "trak" | "dtrak" => Some(1e-6 / n as f64),
-        "grad-dot" | "pixel" | "same-class" => None,
-        _ => Some(1e-8),
+/// An attribution method of the benchmark (its name is the file stem of its scores).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// EK-FAC influence (GGN^model, K-FAC-expand).
+    Ekfac,
+    /// K-FAC influence (no eigenvalue correction).
+    Kfac,
+    /// EK-FAC with K-FAC-reduce.
+    EkfacReduce,
+    /// EK-FAC with GGN^loss (empirical Fisher).
+    EkfacGgnLoss,
+    /// TRAK: projected loss gradients.
+    Trak,
+    /// D-TRAK: projected square-norm gradients.
+    Dtrak,
+    /// Gradient dot product (identity curvature).
+    GradDot,
+    /// Pixel cosine similarity.
+    Pixel,
+    /// Diagnostic: same class as the query's pixel nearest neighbour.
+    SameClass,
+    /// Random removal: the control of the retraining experiment (has no scores).
+    Random,
+}
+
+impl Method {
+    /// Methods with a damping grid, in report order.
+    pub const DAMPED: [Method; 6] =
+        [Method::Ekfac, Method::Kfac, Method::EkfacReduce, Method::EkfacGgnLoss, Method::Trak, Method::Dtrak];
+    /// Methods without damping.
+    pub const PLAIN: [Method; 3] = [Method::GradDot, Method::Pixel, Method::SameClass];
+    /// Every method with scores, in report order.
+    pub const SCORED: [Method; 9] = [
+        Method::Ekfac,
+        Method::Kfac,
+        Method::EkfacReduce,
+        Method::EkfacGgnLoss,
+        Method::Trak,
+        Method::Dtrak,
+        Method::GradDot,
+        Method::Pixel,
+        Method::SameClass,
+    ];
+    /// Every method, `random` last.
+    pub const ALL: [Method; 10] = [
+        Method::Ekfac,
+        Method::Kfac,
+        Method::EkfacReduce,
+        Method::EkfacGgnLoss,
+        Method::Trak,
+        Method::Dtrak,
+        Method::GradDot,
+        Method::Pixel,
+        Method::SameClass,
+        Method::Random,
+    ];
+
+    /// The name on the command line, in file names and reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Method::Ekfac => "ekfac",
+            Method::Kfac => "kfac",
+            Method::EkfacReduce => "ekfac-reduce",
+            Method::EkfacGgnLoss => "ekfac-ggn-loss",
+            Method::Trak => "trak",
+            Method::Dtrak => "dtrak",
+            Method::GradDot => "grad-dot",
+            Method::Pixel => "pixel",
+            Method::SameClass => "same-class",
+            Method::Random => "random",
+        }
+    }
+
+    /// Whether the method has a damping grid.
+    pub fn is_damped(self) -> bool {
+        Self::DAMPED.contains(&self)
+    }
+
+    /// The damping the method is reported at "untuned" (spec p1 §1.6, §2): 1e-8 for the K-FAC
+    /// family, TRAK's 1e-6 on the summed kernel (1e-6 / N in our mean scale) for TRAK and
+    /// D-TRAK; `None` for methods without damping.
+    pub fn default_lambda(self, n: usize) -> Option<f64> {
+        match self {
+            Method::Trak | Method::Dtrak => Some(1e-6 / n as f64),
+            Method::GradDot | Method::Pixel | Method::SameClass | Method::Random => None,
+            _ => Some(1e-8),
+        }
+    }
+
+    /// One line for reports.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Method::Ekfac => "EK-FAC influence (GGN^model, expand)",
+            Method::Kfac => "K-FAC influence (no eigenvalue correction)",
+            Method::EkfacReduce => "EK-FAC, K-FAC-reduce",
+            Method::EkfacGgnLoss => "EK-FAC, GGN^loss (empirical Fisher)",
+            Method::Trak => "TRAK (projected loss gradients)",
+            Method::Dtrak => "D-TRAK (projected square-norm gradients)",
+            Method::GradDot => "gradient dot product (identity curvature)",
+            Method::Pixel => "pixel cosine similarity (CLIP stand-in)",
+            Method::SameClass => {
+                "same-class indicator (diagnostic: class of the query's pixel nearest neighbour)"
+            }
+            Method::Random => "random removal (control)",
+        }
     }
 }
 
-/// Methods with a damping grid, in report order.
-pub const DAMPED_METHODS: [&str; 6] = ["ekfac", "kfac", "ekfac-reduce", "ekfac-ggn-loss", "trak", "dtrak"];
-/// Methods without damping.
-pub const PLAIN_METHODS: [&str; 3] = ["grad-dot", "pixel", "same-class"];
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
-fn describe(method: &str) -> &'static str {
-    match method {
-        "ekfac" => "EK-FAC influence (GGN^model, expand)",
-        "kfac" => "K-FAC influence (no eigenvalue correction)",
-        "ekfac-reduce" => "EK-FAC, K-FAC-reduce",
-        "ekfac-ggn-loss" => "EK-FAC, GGN^loss (empirical Fisher)",
-        "trak" => "TRAK (projected loss gradients)",
-        "dtrak" => "D-TRAK (projected square-norm gradients)",
-        "grad-dot" => "gradient dot product (identity curvature)",
-        "pixel" => "pixel cosine similarity (CLIP stand-in)",
-        "same-class" => "same-class indicator (diagnostic: class of the query's pixel nearest neighbour)",
-        "random" => "random removal (control)",
-        _ => "",
+impl std::str::FromStr for Method {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Method::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| format!("unknown method '{s}'"))
     }
 }
 
@@ -157,21 +273,27 @@ impl MeasureFile {
     }
 }
 
-/// A benchmark directory on a device.
-pub struct Benchmark {
+/// A benchmark directory on a device; progress messages go to `progress`.
+pub struct Benchmark<'p> {
     /// Directory.
     pub dir: PathBuf,
     /// Settings.
     pub config: BenchmarkConfig,
     device: Device,
-    started: Instant,
+    progress: &'p dyn Progress,
     /// N, loaded once at open (every stage needs it).
     n_train: usize,
 }
 
-impl Benchmark {
+impl<'p> Benchmark<'p> {
     /// Open (or create) `dir` with `config`; refuses a directory made with other settings.
-    pub fn open(dir: &Path, config: BenchmarkConfig, device: &Device) -> Result<Self> {
+    pub fn open(
+        dir: &Path,
+        config: BenchmarkConfig,
+        device: &Device,
+        progress: &'p dyn Progress,
+    ) -> Result<Self> {
+        config.validate()?;
         let path = dir.join("benchmark.json");
         if path.exists() {
             let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
@@ -185,14 +307,36 @@ impl Benchmark {
             }
         } else {
             std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
-            write_atomic(&path, serde_json::to_string_pretty(&config)?.as_bytes())?;
+            write_bytes(&path, serde_json::to_string_pretty(&config)?.as_bytes())?;
         }
         let n_train = config.base_run().train_data().context("loading training data")?.0.n;
-        Ok(Self { dir: dir.to_path_buf(), config, device: device.clone(), started: Instant::now(), n_train })
+        Ok(Self { dir: dir.to_path_buf(), config, device: device.clone(), progress, n_train })
+    }
+
+    /// Open the benchmark in `dir`: with `config`, or with the stored settings when `None` (the
+    /// defaults when the directory holds none).
+    pub fn open_or_stored(
+        dir: &Path,
+        config: Option<BenchmarkConfig>,
+        device: &Device,
+        progress: &'p dyn Progress,
+    ) -> Result<Self> {
+        let config = match config {
+            Some(c) => c,
+            None => {
+                let path = dir.join("benchmark.json");
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => serde_json::from_str(&text)
+                        .with_context(|| format!("{}: not a benchmark file", path.display()))?,
+                    Err(_) => default_config(),
+                }
+            }
+        };
+        Self::open(dir, config, device, progress)
     }
 
     fn log(&self, msg: &str) {
-        eprintln!("[{:7.1} s] {msg}", self.started.elapsed().as_secs_f64());
+        self.progress.message(msg);
     }
 
     /// Number of training images.
@@ -205,9 +349,11 @@ impl Benchmark {
         random_subsets(self.n_train(), self.config.subsets, self.config.alpha, self.config.seed)
     }
 
-    fn train(&self, run: &RunConfig, dir: &Path, what: &str) -> Result<()> {
+    /// Trains `run` in `dir` unless it is finished there (resuming a partial run); returns
+    /// whether it trained.
+    fn train(&self, run: &RunConfig, dir: &Path, what: &str) -> Result<bool> {
         if is_finished(dir, run) {
-            return Ok(());
+            return Ok(false);
         }
         let t = Instant::now();
         train_run(run, dir, 500, &self.device, |_| Ok(())).with_context(|| format!("training {what}"))?;
@@ -216,7 +362,7 @@ impl Benchmark {
             run.train.steps,
             t.elapsed().as_secs_f64()
         ));
-        Ok(())
+        Ok(true)
     }
 
     /// Measure the queries on the model in `run_dir` once (kept in `run_dir/measure.json`).
@@ -245,7 +391,7 @@ impl Benchmark {
         );
         let file =
             MeasureFile { draws: self.config.measure_draws, seed: self.config.seed, loss: loss.clone() };
-        write_atomic(&path, serde_json::to_string(&file)?.as_bytes())?;
+        write_bytes(&path, serde_json::to_string(&file)?.as_bytes())?;
         Ok(loss)
     }
 
@@ -274,7 +420,7 @@ impl Benchmark {
             &self.device,
             None,
         );
-        let q = crate::quantise(&x);
+        let q = quantise(&x);
         let d = trained.model.data_dim();
         write_matrix(&path, &q, self.config.queries, d)?;
         let side = self.config.data.size;
@@ -294,14 +440,22 @@ impl Benchmark {
         let ids: Vec<usize> = (0..self.config.queries).collect();
         let jobs: Vec<(usize, usize)> =
             (0..subsets.len()).flat_map(|j| (0..self.config.seeds).map(move |s| (j, s))).collect();
+        let (mut mine, mut trained) = (0, 0);
         for (k, &(j, s)) in jobs.iter().enumerate() {
             if k % shard.1 != shard.0 {
                 continue;
             }
+            mine += 1;
             let dir = self.retrain_dir(j, s);
             let run = self.config.subset_run(&subsets[j], self.config.subset_steps, s as u64);
-            self.train(&run, &dir, &format!("subset {j} seed {s} ({}/{})", k + 1, jobs.len()))?;
+            trained +=
+                self.train(&run, &dir, &format!("subset {j} seed {s} ({}/{})", k + 1, jobs.len()))? as usize;
             self.measure(&dir, queries, &ids)?;
+        }
+        if trained == 0 && mine > 0 {
+            self.log(&format!(
+                "all {mine} subset models of this shard are already trained; nothing to continue"
+            ));
         }
         Ok(())
     }
@@ -328,7 +482,7 @@ impl Benchmark {
         Ok(out)
     }
 
-    fn score_path(&self, method: &str, lambda: Option<f64>) -> PathBuf {
+    fn score_path(&self, method: Method, lambda: Option<f64>) -> PathBuf {
         let name = match lambda {
             Some(l) => format!("{method}.lambda-{l:e}.npy"),
             None => format!("{method}.npy"),
@@ -391,10 +545,10 @@ impl Benchmark {
         time("gradients (square norm)", t);
         self.log("gradients done");
 
-        let write = |method: &str, lambda: Option<f64>, s: &[f32]| -> Result<()> {
+        let write = |method: Method, lambda: Option<f64>, s: &[f32]| -> Result<()> {
             write_matrix(&self.score_path(method, lambda), s, q, n).map_err(Into::into)
         };
-        let write_grid = |method: &str, lambdas: &[f64], s: Vec<Vec<f32>>| -> Result<()> {
+        let write_grid = |method: Method, lambdas: &[f64], s: Vec<Vec<f32>>| -> Result<()> {
             for (l, sc) in lambdas.iter().zip(&s) {
                 write(method, Some(*l), sc)?;
             }
@@ -403,9 +557,9 @@ impl Benchmark {
 
         // K-FAC family.
         let fits = [
-            ("ekfac", KfacApprox::Expand, GgnKind::Model),
-            ("ekfac-reduce", KfacApprox::Reduce, GgnKind::Model),
-            ("ekfac-ggn-loss", KfacApprox::Expand, GgnKind::Loss),
+            (Method::Ekfac, KfacApprox::Expand, GgnKind::Model),
+            (Method::EkfacReduce, KfacApprox::Reduce, GgnKind::Model),
+            (Method::EkfacGgnLoss, KfacApprox::Expand, GgnKind::Loss),
         ];
         for (name, approx, ggn) in fits {
             let t = Instant::now();
@@ -420,10 +574,10 @@ impl Benchmark {
                 fit_curvature(&trained.model, &trained.diffusion, &data, &settings, &self.device, |_| {});
             time(&format!("fit {name}"), t);
             let t = Instant::now();
-            if name == "ekfac" {
-                let grid = c.method_lambdas("kfac", n);
+            if name == Method::Ekfac {
+                let grid = c.method_lambdas(Method::Kfac, n);
                 let scorer = Scorer::new(&fitted.kfac, q_loss.clone(), grid.clone());
-                write_grid("kfac", &grid, scorer.score(g_loss.clone()))?;
+                write_grid(Method::Kfac, &grid, scorer.score(g_loss.clone()))?;
             }
             let ekfac = fitted.ekfac.expect("EK-FAC fitted");
             let grid = c.method_lambdas(name, n);
@@ -434,7 +588,7 @@ impl Benchmark {
         }
 
         // TRAK and D-TRAK: projected gradients, kernel inverse for the whole grid.
-        for (name, g, qg) in [("trak", &g_loss, &q_loss), ("dtrak", &g_sq, &q_sq)] {
+        for (name, g, qg) in [(Method::Trak, &g_loss, &q_loss), (Method::Dtrak, &g_sq, &q_sq)] {
             let t = Instant::now();
             let proj = RandomProjection { dim: c.trak_dim, seed: c.seed + 4 };
             let grid = c.method_lambdas(name, n);
@@ -442,9 +596,9 @@ impl Benchmark {
             write_grid(name, &grid, scorer.score(proj.project(qg.clone())))?;
             time(&format!("score {name}"), t);
         }
-        write("grad-dot", None, &grad_dot(q_loss, g_loss))?;
+        write(Method::GradDot, None, &grad_dot(q_loss, g_loss))?;
         self.log("baselines scored");
-        write_atomic(&meta, serde_json::to_string_pretty(&serde_json::Value::Object(timing))?.as_bytes())?;
+        write_bytes(&meta, serde_json::to_string_pretty(&serde_json::Value::Object(timing))?.as_bytes())?;
         Ok(())
     }
 
@@ -453,7 +607,8 @@ impl Benchmark {
     /// pixel-similar training image), which tells how much of the LDS class composition alone
     /// explains.
     fn data_only_scores(&self, queries: &[f32]) -> Result<()> {
-        if self.score_path("pixel", None).exists() && self.score_path("same-class", None).exists() {
+        if self.score_path(Method::Pixel, None).exists() && self.score_path(Method::SameClass, None).exists()
+        {
             return Ok(());
         }
         let (ds, _) = self.config.base_run().train_data()?;
@@ -461,10 +616,10 @@ impl Benchmark {
         let q = queries.len() / d;
         std::fs::create_dir_all(self.dir.join("scores"))?;
         let pixel = pixel_cosine(queries, &ds.images, d);
-        if !self.score_path("pixel", None).exists() {
-            write_matrix(&self.score_path("pixel", None), &pixel, q, ds.n)?;
+        if !self.score_path(Method::Pixel, None).exists() {
+            write_matrix(&self.score_path(Method::Pixel, None), &pixel, q, ds.n)?;
         }
-        if !self.score_path("same-class", None).exists() {
+        if !self.score_path(Method::SameClass, None).exists() {
             let mut same = vec![0f32; q * ds.n];
             for qi in 0..q {
                 let row = &pixel[qi * ds.n..(qi + 1) * ds.n];
@@ -473,7 +628,7 @@ impl Benchmark {
                     *v = (ds.labels[n] == ds.labels[nn]) as u8 as f32;
                 }
             }
-            write_matrix(&self.score_path("same-class", None), &same, q, ds.n)?;
+            write_matrix(&self.score_path(Method::SameClass, None), &same, q, ds.n)?;
         }
         Ok(())
     }
@@ -485,14 +640,14 @@ impl Benchmark {
         let subsets = self.subsets();
         let n = self.n_train();
         let mut results = Vec::new();
-        let grid = |m: &str| -> Vec<Option<f64>> {
-            if PLAIN_METHODS.contains(&m) {
+        let grid = |m: Method| -> Vec<Option<f64>> {
+            if !m.is_damped() {
                 vec![None]
             } else {
                 self.config.method_lambdas(m, n).into_iter().map(Some).collect()
             }
         };
-        for method in DAMPED_METHODS.iter().chain(PLAIN_METHODS.iter()) {
+        for method in Method::SCORED {
             for lambda in grid(method) {
                 let path = self.score_path(method, lambda);
                 let (scores, _, cols) = read_matrix(&path).with_context(|| path.display().to_string())?;
@@ -500,7 +655,7 @@ impl Benchmark {
                     bail!("{}: {cols} columns, expected {n}", path.display());
                 }
                 let predicted = removal_predictions(&scores, n, &subsets);
-                results.push(LdsResult::new(method, lambda, lds_per_query(&predicted, &measured)));
+                results.push(LdsResult::new(method.name(), lambda, lds_per_query(&predicted, &measured)));
             }
         }
         let ceiling = LdsResult::new("exact retraining", None, seed_ceiling(&per_seed));
@@ -508,15 +663,15 @@ impl Benchmark {
     }
 
     /// Best-lambda result of a method.
-    pub fn best<'r>(results: &'r [LdsResult], method: &str) -> Option<&'r LdsResult> {
-        results.iter().filter(|r| r.method == method).max_by(|a, b| a.mean.total_cmp(&b.mean))
+    pub fn best(results: &[LdsResult], method: Method) -> Option<&LdsResult> {
+        results.iter().filter(|r| r.method == method.name()).max_by(|a, b| a.mean.total_cmp(&b.mean))
     }
 
     /// Write lds.json, lds.md and lds.png; returns the markdown.
     pub fn lds_report(&self, results: &[LdsResult], ceiling: &LdsResult, timing: &str) -> Result<String> {
         let n = self.n_train();
         let c = &self.config;
-        write_atomic(
+        write_bytes(
             &self.dir.join("lds.json"),
             serde_json::to_string_pretty(&serde_json::json!({"results": results, "ceiling": ceiling}))?
                 .as_bytes(),
@@ -550,14 +705,14 @@ impl Benchmark {
             "| method | best λ | LDS at best λ | default λ | LDS at default λ |\n|---|---|---|---|---|\n",
         );
         let mut bars = Vec::new();
-        for method in DAMPED_METHODS.iter().chain(PLAIN_METHODS.iter()) {
+        for method in Method::SCORED {
             let Some(best) = Self::best(results, method) else { continue };
-            let default = default_lambda(method, n);
-            let at_default = results.iter().find(|r| r.method == *method && r.lambda == default);
+            let default = method.default_lambda(n);
+            let at_default = results.iter().find(|r| r.method == method.name() && r.lambda == default);
             let fmt_l = |l: Option<f64>| l.map_or("–".to_string(), |l| format!("{l:.0e}"));
             md.push_str(&format!(
                 "| {} | {} | {} | {} | {} |\n",
-                describe(method),
+                method.describe(),
                 fmt_l(best.lambda),
                 pct(best),
                 fmt_l(default),
@@ -572,9 +727,9 @@ impl Benchmark {
         bars.push(Bar { label: "exact retrain".into(), value: 100.0 * ceiling.mean, se: 100.0 * ceiling.se });
         // Paired over queries (the same queries and subsets for every method), so the standard
         // error of a difference is much smaller than either method's own.
-        if let Some(reference) = Self::best(results, "ekfac") {
+        if let Some(reference) = Self::best(results, Method::Ekfac) {
             md.push_str("Paired difference to EK-FAC (per query, each method at its best λ; % points, mean ± s.e.):\n\n| method | LDS(method) - LDS(EK-FAC) |\n|---|---|\n");
-            for method in DAMPED_METHODS.iter().chain(PLAIN_METHODS.iter()).filter(|m| **m != "ekfac") {
+            for method in Method::SCORED.into_iter().filter(|m| *m != Method::Ekfac) {
                 if let Some(b) = Self::best(results, method) {
                     let d: Vec<f64> =
                         b.per_query.iter().zip(&reference.per_query).map(|(x, y)| x - y).collect();
@@ -591,10 +746,10 @@ impl Benchmark {
         md.push_str("\n|---|");
         md.push_str(&"---|".repeat(c.lambdas.len()));
         md.push('\n');
-        for method in DAMPED_METHODS {
+        for method in Method::DAMPED {
             md.push_str(&format!("| {method} |"));
             for l in &c.lambdas {
-                let r = results.iter().find(|r| r.method == method && r.lambda == Some(*l));
+                let r = results.iter().find(|r| r.method == method.name() && r.lambda == Some(*l));
                 md.push_str(&format!(" {} |", r.map_or("–".into(), |r| format!("{:.1}", 100.0 * r.mean))));
             }
             md.push('\n');
@@ -603,28 +758,28 @@ impl Benchmark {
         write_bar_chart(&self.dir.join("lds.png"), "LDS (%) at best damping, +-1 s.e.", &bars, |v, s| {
             format!("{v:.1}+-{s:.1}")
         })?;
-        write_atomic(&self.dir.join("lds.md"), md.as_bytes())?;
+        write_bytes(&self.dir.join("lds.md"), md.as_bytes())?;
         Ok(md)
     }
 
-    fn top_dir(&self, query: usize, method: &str, k: usize) -> PathBuf {
+    fn top_dir(&self, query: usize, method: Method, k: usize) -> PathBuf {
         self.dir.join("top").join(format!("q{query:03}-{method}-k{k}"))
     }
 
     /// Training indices to remove for (query, method, k): the k highest scores at the method's
-    /// best LDS damping, or k random ones (`method == "random"`, seeded by the query).
+    /// best LDS damping, or k random ones ([`Method::Random`], seeded by the query).
     fn removal(
         &self,
         results: &[LdsResult],
         query: usize,
-        method: &str,
+        method: Method,
         k: usize,
         n: usize,
     ) -> Result<Vec<usize>> {
-        if method == "random" {
+        if method == Method::Random {
             use rand::seq::SliceRandom;
             let mut idx: Vec<usize> = (0..n).collect();
-            idx.shuffle(&mut diffusion::rng::stream(self.config.seed, 0x7A4D, query as u64));
+            idx.shuffle(&mut stream_for(self.config.seed, Purpose::RetrainTopOrder, query as u64));
             return Ok(idx[..k].to_vec());
         }
         let best = Self::best(results, method).with_context(|| format!("unknown method '{method}'"))?;
@@ -643,7 +798,7 @@ impl Benchmark {
         &self,
         queries: &[f32],
         n_queries: usize,
-        methods: &[String],
+        methods: &[Method],
         fractions: &[f64],
         shard: (usize, usize),
     ) -> Result<Option<String>> {
@@ -659,24 +814,31 @@ impl Benchmark {
         for qi in 0..n_queries {
             for &k in &ks {
                 for m in methods {
-                    jobs.push((qi, m.clone(), k));
+                    jobs.push((qi, *m, k));
                 }
             }
         }
+        let (mut mine, mut trained) = (0, 0);
         for (j, (qi, m, k)) in jobs.iter().enumerate() {
             if j % shard.1 != shard.0 {
                 continue;
             }
-            let removed = self.removal(&results, *qi, m, *k, n)?;
+            mine += 1;
+            let removed = self.removal(&results, *qi, *m, *k, n)?;
             let keep: Vec<usize> = (0..n).filter(|i| !removed.contains(i)).collect();
             let run = self.config.subset_run(&keep, self.config.train.steps, self.config.train.seed);
-            let dir = self.top_dir(*qi, m, *k);
-            self.train(
+            let dir = self.top_dir(*qi, *m, *k);
+            trained += self.train(
                 &run,
                 &dir,
                 &format!("without top-{k} of query {qi} by {m} ({}/{})", j + 1, jobs.len()),
-            )?;
+            )? as usize;
             self.measure(&dir, &queries[qi * d..(qi + 1) * d], &[*qi])?;
+        }
+        if trained == 0 && mine > 0 {
+            self.log(&format!(
+                "all {mine} retraining jobs of this shard are already trained; nothing to continue"
+            ));
         }
         // Report (only when every job is measured).
         let mut md = format!(
@@ -696,11 +858,11 @@ impl Benchmark {
         let mut bars = Vec::new();
         let mut json = Vec::new();
         for m in methods {
-            md.push_str(&format!("| {} |", describe(m)));
+            md.push_str(&format!("| {} |", m.describe()));
             for &k in &ks {
                 let mut inc = Vec::new();
                 for (qi, b) in base.iter().enumerate() {
-                    match MeasureFile::read(&self.top_dir(qi, m, k)) {
+                    match MeasureFile::read(&self.top_dir(qi, *m, k)) {
                         Some(f) => inc.push(f.loss[0] - b),
                         None => return Ok(None),
                     }
@@ -712,14 +874,14 @@ impl Benchmark {
             }
             md.push('\n');
         }
-        write_atomic(&self.dir.join("retrain-top.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+        write_bytes(&self.dir.join("retrain-top.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
         write_bar_chart(
             &self.dir.join("retrain-top.png"),
             "loss increase x 1000, +-1 s.e.",
             &bars,
             |v, s| format!("{v:.2}+-{s:.2}"),
         )?;
-        write_atomic(&self.dir.join("retrain-top.md"), md.as_bytes())?;
+        write_bytes(&self.dir.join("retrain-top.md"), md.as_bytes())?;
         Ok(Some(md))
     }
 }
@@ -762,5 +924,184 @@ pub fn default_config() -> BenchmarkConfig {
         trak_dim: 2048,
         lambdas: (-9..=0).map(|e| 10f64.powi(e)).collect(),
         seed: 0,
+    }
+}
+
+/// Add `secs` to stage `stage` in `dir/timing.json` (so resumed runs sum up).
+pub fn add_time(dir: &Path, stage: &str, secs: f64) -> Result<()> {
+    let mut map = read_timing(dir);
+    *map.entry(stage.to_string()).or_default() += secs;
+    write_bytes(&dir.join("timing.json"), serde_json::to_string_pretty(&map)?.as_bytes())?;
+    Ok(())
+}
+
+/// Stage -> seconds from `dir/timing.json` (empty when absent).
+pub fn read_timing(dir: &Path) -> std::collections::BTreeMap<String, f64> {
+    std::fs::read_to_string(dir.join("timing.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// The markdown table of `dir/timing.json`.
+pub fn timing_table(dir: &Path) -> String {
+    let map = read_timing(dir);
+    let mut s = String::from("| stage | wall seconds |\n|---|---|\n");
+    for (k, v) in &map {
+        s.push_str(&format!("| {k} | {v:.1} |\n"));
+    }
+    s.push_str(&format!("| **total** | **{:.1}** |\n", map.values().sum::<f64>()));
+    s
+}
+
+/// Worker processes for the retraining stages: `jobs` copies of `exe SUBCOMMAND --out DIR
+/// --shard i/jobs ...` (the binary that calls the library, rerun as shard workers).
+#[derive(Clone, Debug)]
+pub struct Workers {
+    /// The program to start (e.g. `std::env::current_exe()`).
+    pub exe: PathBuf,
+    /// Number of worker processes; 1 runs everything in this process.
+    pub jobs: usize,
+}
+
+impl Workers {
+    /// Starts the workers and waits for all of them; an error names how many failed.
+    pub fn run(&self, subcommand: &str, dir: &Path, extra: &[String]) -> Result<()> {
+        let jobs = self.jobs;
+        let children: Vec<_> = (0..jobs)
+            .map(|i| {
+                std::process::Command::new(&self.exe)
+                    .arg(subcommand)
+                    .arg("--out")
+                    .arg(dir)
+                    .arg("--shard")
+                    .arg(format!("{i}/{jobs}"))
+                    .args(extra)
+                    .spawn()
+                    .context("starting a worker process")
+            })
+            .collect::<Result<_>>()?;
+        let mut failed = 0;
+        for mut c in children {
+            if !c.wait().map(|s| s.success()).unwrap_or(false) {
+                failed += 1;
+            }
+        }
+        if failed > 0 {
+            bail!("{failed} of {jobs} worker processes failed (their errors are above)");
+        }
+        Ok(())
+    }
+}
+
+/// What `attribute lds` does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LdsJob {
+    /// Benchmark directory.
+    pub out: PathBuf,
+    /// Settings; `None` uses the ones stored in `out` (or the defaults for a new directory).
+    pub config: Option<BenchmarkConfig>,
+    /// Only train and measure this shard `(i, n)` of the subset models, then stop.
+    pub shard: Option<(usize, usize)>,
+}
+
+impl LdsJob {
+    /// Runs (or continues: every stage skips what is on disk) the benchmark: the full model and
+    /// queries, the subset models (in `workers`' processes when it has more than one job), every
+    /// method's scores, and the report `lds.md`/`lds.json`/`lds.png`. Returns the report, or
+    /// `None` for a shard worker.
+    pub fn run(&self, workers: &Workers, dev: &Device, progress: &dyn Progress) -> Result<Option<String>> {
+        let bench = Benchmark::open_or_stored(&self.out, self.config.clone(), dev, progress)?;
+        let timed = |stage: &str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+            let t = Instant::now();
+            f()?;
+            if self.shard.is_none() {
+                add_time(&self.out, stage, t.elapsed().as_secs_f64())?;
+            }
+            Ok(())
+        };
+        let mut queries = Vec::new();
+        timed("full model + queries", &mut || {
+            queries = bench.prepare()?;
+            Ok(())
+        })?;
+        if let Some(sh) = self.shard {
+            bench.retrain(&queries, sh)?;
+            return Ok(None);
+        }
+        timed("subset models (train + measure)", &mut || {
+            if workers.jobs > 1 {
+                workers.run("lds", &self.out, &[])
+            } else {
+                bench.retrain(&queries, (0, 1))
+            }
+        })?;
+        timed("attribution scores (all methods)", &mut || bench.scores(&queries))?;
+        let (results, ceiling) = bench.lds()?;
+        Ok(Some(bench.lds_report(&results, &ceiling, &timing_table(&self.out))?))
+    }
+}
+
+/// What `attribute retrain-top` does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RetrainTopJob {
+    /// Benchmark directory of a finished [`LdsJob`].
+    pub out: PathBuf,
+    /// Use the first this many queries.
+    pub top_queries: usize,
+    /// Methods whose top influences are removed ([`Method::Random`] = control).
+    pub methods: Vec<Method>,
+    /// Removed fractions of the training set.
+    pub fractions: Vec<f64>,
+    /// Only train this shard `(i, n)` of the retraining jobs, then stop.
+    pub shard: Option<(usize, usize)>,
+}
+
+impl RetrainTopJob {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        if self.methods.is_empty() || self.top_queries == 0 {
+            bail!("--methods and --top-queries: need at least one method and one query");
+        }
+        if let Some(f) = self.fractions.iter().find(|f| !(**f > 0.0 && **f < 1.0)) {
+            bail!("--fractions {f}: must be between 0 and 1");
+        }
+        Ok(())
+    }
+
+    /// Retrains without each method's top influences (continuing what is on disk) and writes
+    /// `retrain-top.md`/`.json`/`.png`; returns the report, or `None` for a shard worker.
+    pub fn run(&self, workers: &Workers, dev: &Device, progress: &dyn Progress) -> Result<Option<String>> {
+        self.validate()?;
+        if !self.out.join("benchmark.json").exists() {
+            bail!(
+                "{}: no benchmark here; run `attribute lds --out {}` first",
+                self.out.display(),
+                self.out.display()
+            );
+        }
+        let bench = Benchmark::open_or_stored(&self.out, None, dev, progress)?;
+        let queries = bench.prepare()?;
+        if let Some(sh) = self.shard {
+            bench.retrain_top(&queries, self.top_queries, &self.methods, &self.fractions, sh)?;
+            return Ok(None);
+        }
+        let t = Instant::now();
+        if workers.jobs > 1 {
+            let extra = vec![
+                "--top-queries".to_string(),
+                self.top_queries.to_string(),
+                "--methods".into(),
+                self.methods.iter().map(|m| m.name()).collect::<Vec<_>>().join(","),
+                "--fractions".into(),
+                self.fractions.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(","),
+            ];
+            workers.run("retrain-top", &self.out, &extra)?;
+        }
+        let md = bench
+            .retrain_top(&queries, self.top_queries, &self.methods, &self.fractions, (0, 1))?
+            .context("retraining jobs are missing")?;
+        add_time(&self.out, "retrain without top influences", t.elapsed().as_secs_f64())?;
+        Ok(Some(md))
     }
 }

@@ -9,7 +9,7 @@ use diffusion::tap::layer_names;
 use diffusion::{AnyDenoiser, Diffusion, TrainData};
 
 /// How the curvature is estimated.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CurvatureSettings {
     /// (t, noise) draws per training example in each pass (M = draws x N data per pass).
     pub factor_draws: u64,

@@ -20,11 +20,15 @@ use diffusion::Diffusion;
 use serde::{Deserialize, Serialize};
 
 pub mod baselines;
+pub mod bench;
+pub mod benchmark;
+pub mod demo;
 pub mod fit;
 pub mod lds;
 pub mod measure;
 pub mod npy;
 pub mod plot;
+pub mod scoring;
 
 /// The function of the model whose change is attributed (spec p1 §1.3).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

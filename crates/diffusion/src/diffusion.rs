@@ -8,7 +8,8 @@ use crate::schedule::{NoiseSchedule, ScheduleConfig};
 use crate::tap::Tap;
 
 /// What the network predicts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Parametrisation {
     /// The added noise epsilon (Ho et al.; the default).
@@ -18,7 +19,8 @@ pub enum Parametrisation {
 }
 
 /// How the per-timestep squared errors are weighted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum LossWeighting {
     /// L_simple: unweighted per-pixel mean squared error of the network's own target

@@ -8,7 +8,7 @@
 //! timesteps per image) and the Gaussian decoder term `L_0 = -log N(z; x0_hat(x_0), beta_0 I)`.
 
 use burn::prelude::*;
-use indicatif::ProgressBar;
+use foundation::progress::Progress;
 use rand::Rng;
 
 use crate::diffusion::Diffusion;
@@ -29,7 +29,7 @@ pub fn elbo_bits_per_dim<M: Denoiser>(
     batch_size: usize,
     seed: u64,
     device: &Device,
-    progress: Option<&ProgressBar>,
+    progress: Option<&dyn Progress>,
 ) -> Vec<f64> {
     let d = model.data_dim();
     let mut rng = stream(seed, purpose::ELBO, u64::MAX);
@@ -59,7 +59,7 @@ pub fn negative_elbo_nats<M: Denoiser>(
     batch_size: usize,
     seed: u64,
     device: &Device,
-    progress: Option<&ProgressBar>,
+    progress: Option<&dyn Progress>,
 ) -> Vec<f64> {
     let d = model.data_dim();
     let s = &diffusion.schedule;
@@ -67,7 +67,7 @@ pub fn negative_elbo_nats<M: Denoiser>(
     let k = t_samples.clamp(1, big_t - 1);
     let mut out = Vec::with_capacity(n);
     if let Some(pb) = progress {
-        pb.set_length(n as u64);
+        pb.start("elbo", n as u64);
     }
     let per_row_sq = |t: Tensor<2>| -> Vec<f64> {
         t.square()
@@ -126,7 +126,7 @@ pub fn negative_elbo_nats<M: Denoiser>(
         }
         out.extend(nll);
         if let Some(pb) = progress {
-            pb.inc(b as u64);
+            pb.advance(b as u64);
         }
     }
     out

@@ -7,12 +7,14 @@
 //! Every `Linear` and `Conv2d` of the networks is called through [`tap::Tap`], the hook point the
 //! curvature/attribution crates use to record layer inputs and output gradients.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod diffusion;
 pub mod elbo;
 pub mod ema;
 pub mod eval;
 pub use foundation::layers;
+pub mod jobs;
 pub mod model;
 pub mod progress;
 pub use foundation::rng;
@@ -25,7 +27,7 @@ pub mod unet;
 
 pub use diffusion::{Diffusion, DiffusionConfig, LossWeighting, Parametrisation};
 pub use model::{AnyDenoiser, Denoiser, Mlp, MlpConfig, ModelConfig};
-pub use sample::{sample, ReverseVariance, Sampler};
+pub use sample::{sample, sample_batched, ReverseVariance, Sampler};
 pub use schedule::{NoiseSchedule, ScheduleConfig, ScheduleKind};
 pub use tap::{Tap, TapRecord};
 pub use train::{TrainConfig, TrainData, TrainState, Trainer};

@@ -1,15 +1,16 @@
 //! Samplers: ancestral DDPM (T steps) and strided DDIM (S steps, eta in [0, 1]).
 
 use burn::prelude::*;
-use indicatif::ProgressBar;
+use foundation::progress::Progress;
+use foundation::rng::{normals, stream_for, Purpose};
 use serde::{Deserialize, Serialize};
 
 use crate::diffusion::Diffusion;
 use crate::model::Denoiser;
-use crate::rng::{normals, purpose, stream};
 
 /// Variance of the reverse steps of the ancestral sampler.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum ReverseVariance {
     /// sigma_t^2 = beta_t (Ho's "fixed large").
@@ -36,6 +37,18 @@ pub enum Sampler {
     },
 }
 
+impl Sampler {
+    /// The sampler named `name` (`ancestral` or `ddim`); `variance` applies to the ancestral
+    /// sampler, `steps` and `eta` to DDIM. An unknown name is an error that names it.
+    pub fn from_name(name: &str, variance: ReverseVariance, steps: usize, eta: f64) -> Result<Self, String> {
+        match name {
+            "ancestral" => Ok(Sampler::Ancestral { variance }),
+            "ddim" => Ok(Sampler::Ddim { steps, eta }),
+            other => Err(format!("unknown sampler '{other}' (expected ancestral or ddim)")),
+        }
+    }
+}
+
 /// Draw `n` samples `[n, D]` (row-major, values clipped to [-1, 1]) from `model` (use the EMA
 /// model, on a plain device). Predicted x0 is clipped to [-1, 1] at every step, as in Ho et al.
 /// Seeded: the same `(seed, n, sampler)` gives the same samples.
@@ -46,10 +59,10 @@ pub fn sample<M: Denoiser>(
     n: usize,
     seed: u64,
     device: &Device,
-    progress: Option<&ProgressBar>,
+    progress: Option<&dyn Progress>,
 ) -> Vec<f32> {
     let d = model.data_dim();
-    let mut rng = stream(seed, purpose::SAMPLE, n as u64);
+    let mut rng = stream_for(seed, Purpose::Sample, n as u64);
     let noise = |rng: &mut rand_chacha::ChaCha8Rng| {
         Tensor::<2>::from_data(TensorData::new(normals(rng, n * d), [n, d]), device)
     };
@@ -67,7 +80,7 @@ pub fn sample<M: Denoiser>(
         }
     };
     if let Some(pb) = progress {
-        pb.set_length(steps.len() as u64);
+        pb.start("sample", steps.len() as u64);
     }
     for (i, &t) in steps.iter().enumerate() {
         let tv = vec![t; n];
@@ -101,8 +114,34 @@ pub fn sample<M: Denoiser>(
             }
         };
         if let Some(pb) = progress {
-            pb.inc(1);
+            pb.advance(1);
         }
     }
     x.clamp(-1.0, 1.0).into_data().try_into_vec::<f32>().expect("f32 samples")
+}
+
+/// Draw `n` samples in batches of at most `batch` (bounded memory); batch `k` uses the seed
+/// `seed + 7919 k`, so the result depends on `batch` but not on anything else. `progress` sees
+/// one stage, `sample`, counted in samples.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_batched<M: Denoiser>(
+    model: &M,
+    diffusion: &Diffusion,
+    sampler: &Sampler,
+    n: usize,
+    batch: usize,
+    seed: u64,
+    device: &Device,
+    progress: &dyn Progress,
+) -> Vec<f32> {
+    let batch = batch.max(1);
+    let mut x = Vec::with_capacity(n * model.data_dim());
+    progress.start("sample", n as u64);
+    for (chunk, start) in (0..n).step_by(batch).enumerate() {
+        let b = batch.min(n - start);
+        x.extend(sample(model, diffusion, sampler, b, seed.wrapping_add(chunk as u64 * 7919), device, None));
+        progress.advance(b as u64);
+    }
+    progress.finish();
+    x
 }

@@ -9,7 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 /// Which beta schedule to use.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ScheduleKind {
     /// Linear betas from `beta_start` to `beta_end` (Ho et al.: 1e-4 to 0.02, T = 1000).

@@ -1,24 +1,20 @@
 //! `ddpm`: train, sample, score and benchmark DDPMs on MNIST.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
 use anyhow::{bail, Result};
 use burn::prelude::*;
 use clap::{Args, Parser, Subcommand};
-use data::{load_mnist, write_png_grid, Split};
-use diffusion::checkpoint::{write_atomic, CheckpointError};
-use diffusion::elbo::elbo_bits_per_dim;
-use diffusion::eval::{default_classifier_path, evaluate_samples};
-use diffusion::progress::{bar, exit_code};
-use diffusion::run::{load_trained, train_run, DataArgs, DataSpec, RunConfig, TrainEvent};
-use diffusion::train::checkpoint_dir;
+use diffusion::bench::{table, BenchConfig};
+use diffusion::checkpoint::write_atomic;
+use diffusion::jobs::{model_kind, ElboJob, SampleJob, TrainJob};
+use diffusion::progress::{exit_code, Bar};
+use diffusion::run::{DataArgs, DataSpec, RunConfig};
 use diffusion::{
-    sample, AnyDenoiser, DiffusionConfig, LossWeighting, ModelConfig, Parametrisation, ReverseVariance,
-    Sampler, ScheduleConfig, ScheduleKind, TrainConfig, TrainData, Trainer, UNetConfig,
+    DiffusionConfig, LossWeighting, ModelConfig, Parametrisation, ReverseVariance, Sampler, ScheduleConfig,
+    ScheduleKind, TrainConfig, UNetConfig,
 };
-use indicatif::ProgressBar;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -186,11 +182,8 @@ struct SamplerArgs {
 
 impl SamplerArgs {
     fn sampler(&self) -> Result<Sampler> {
-        Ok(match self.sampler.as_str() {
-            "ancestral" => Sampler::Ancestral { variance: self.variance },
-            "ddim" => Sampler::Ddim { steps: self.sample_steps, eta: self.eta },
-            other => bail!("unknown sampler '{other}' (expected ancestral or ddim)"),
-        })
+        Sampler::from_name(&self.sampler, self.variance, self.sample_steps, self.eta)
+            .map_err(anyhow::Error::msg)
     }
 }
 
@@ -287,7 +280,6 @@ fn main() -> ExitCode {
 }
 
 fn train(args: TrainArgs, dev: &Device) -> Result<()> {
-    let ckpt = checkpoint_dir(&args.out);
     let config = if args.resume {
         if args.any_setting() {
             bail!(
@@ -295,237 +287,79 @@ fn train(args: TrainArgs, dev: &Device) -> Result<()> {
                 RunConfig::path(&args.out).display()
             );
         }
-        RunConfig::load(&args.out)?
+        None
     } else {
-        if ckpt.exists() {
-            bail!(
-                "{} already holds a checkpoint; pass --resume to continue it or choose another --out",
-                args.out.display()
-            );
-        }
-        let c = args.config();
-        c.save(&args.out)?;
-        c
+        Some(args.config())
     };
-    let pb = bar(config.train.steps as u64, "train");
-    let started = Instant::now();
-    let mut smoothed = None::<f32>;
-    let mut log = String::new();
-    let log_path = args.out.join("train_log.jsonl");
-    let state = train_run(&config, &args.out, args.checkpoint_every, dev, |event| {
-        match event {
-            TrainEvent::Started { step, params, images } => {
-                let side = config.data.size;
-                let kind = match &config.model {
-                    ModelConfig::Unet(_) => "U-Net",
-                    ModelConfig::Mlp(_) => "MLP",
-                };
-                let last = config.train.steps;
-                eprintln!(
-                    "training {kind} on {images} images {side}x{side} ({params} params) from step {step} to {last}"
-                );
-                pb.set_position(step as u64);
-            }
-            TrainEvent::Step { step, loss } => {
-                let s = smoothed.map_or(loss, |s| 0.98 * s + 0.02 * loss);
-                smoothed = Some(s);
-                pb.set_message(format!("loss {s:.4}"));
-                pb.inc(1);
-                if step % 50 == 0 {
-                    log.push_str(&format!("{{\"step\":{step},\"loss\":{s:.6}}}\n"));
-                }
-            }
-            TrainEvent::Checkpoint { .. } => append(&log_path, &std::mem::take(&mut log))?,
-        }
-        Ok(())
-    })?;
-    pb.finish();
-    eprintln!("trained in {:.1} s", started.elapsed().as_secs_f64());
-    if args.samples == 0 {
-        return Ok(());
+    let job =
+        TrainJob { out: args.out, config, checkpoint_every: args.checkpoint_every, samples: args.samples };
+    let r = job.run(dev, &Bar::new())?;
+    let (c, side) = (&r.config, r.config.data.size);
+    eprintln!(
+        "trained {} on {} images {side}x{side} ({} params) from step {} to {} in {:.1} s",
+        model_kind(&c.model),
+        r.images,
+        r.params,
+        r.first_step,
+        c.train.steps,
+        r.seconds
+    );
+    if let Some(png) = r.samples_png {
+        println!("{}", png.display());
     }
-    let model: AnyDenoiser = state.ema;
-    let diffusion = config.diffusion();
-    let sampler = Sampler::Ancestral { variance: ReverseVariance::BetaTilde };
-    let pb = bar(0, "sample");
-    let x = sample(&model, &diffusion, &sampler, args.samples, 1, dev, Some(&pb));
-    pb.finish();
-    let png = args.out.join("samples.png");
-    let side = config.data.size;
-    write_png_grid(&png, &x, args.samples, side, side, (args.samples as f64).sqrt().ceil() as usize)?;
-    println!("{}", png.display());
     Ok(())
 }
 
-/// Append `text` to the file at `path` (the training log, written at each checkpoint).
-fn append(path: &Path, text: &str) -> Result<(), CheckpointError> {
-    use std::io::Write;
-    let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
-    f.write_all(text.as_bytes()).map_err(io)
-}
-
 fn sample_cmd(args: SampleArgs, dev: &Device) -> Result<()> {
-    let trained = load_trained(&args.run, dev)?;
-    let sampler = args.sampler.sampler()?;
-    let side = trained.config.data.size;
-    let pb = bar(args.n as u64, "sample");
-    let mut x = Vec::with_capacity(args.n * side * side);
-    let started = Instant::now();
-    for (chunk, start) in (0..args.n).step_by(args.batch.max(1)).enumerate() {
-        let b = args.batch.min(args.n - start);
-        let inner = ProgressBar::hidden();
-        x.extend(sample(
-            &trained.model,
-            &trained.diffusion,
-            &sampler,
-            b,
-            args.seed.wrapping_add(chunk as u64 * 7919),
-            dev,
-            Some(&inner),
-        ));
-        pb.inc(b as u64);
-    }
-    pb.finish();
-    let secs = started.elapsed().as_secs_f64();
-    let out = args.out.unwrap_or_else(|| args.run.join(format!("samples-{}.png", args.seed)));
-    let shown = args.n.min(256);
-    write_png_grid(
-        &out,
-        &x[..shown * side * side],
-        shown,
-        side,
-        side,
-        (shown as f64).sqrt().ceil() as usize,
-    )?;
-    println!("{} ({} samples in {:.1} s)", out.display(), args.n, secs);
-    if args.eval {
-        let classifier = diffusion::eval::classifier::load_classifier(&default_classifier_path(), dev)?;
-        let test = load_mnist(args.data.as_deref(), Split::Test)?;
-        let train_ref = load_mnist(args.data.as_deref(), Split::Train)?.subset(args.n.max(2), 12345);
-        let q = evaluate_samples(&classifier, &x, args.n, side, side, &test, &train_ref, dev);
-        let json = serde_json::to_string_pretty(&q)?;
-        write_atomic(&args.run.join("quality.json"), json.as_bytes())?;
-        println!("{json}");
+    let job = SampleJob {
+        sampler: args.sampler.sampler()?,
+        run: args.run,
+        n: args.n,
+        seed: args.seed,
+        out: args.out,
+        eval: args.eval,
+        data: args.data,
+        batch: args.batch,
+    };
+    let r = job.run(dev, &Bar::new())?;
+    println!("{} ({} samples in {:.1} s)", r.png.display(), r.n, r.seconds);
+    if let Some(q) = r.quality {
+        println!("{}", serde_json::to_string_pretty(&q)?);
     }
     Ok(())
 }
 
 fn elbo_cmd(args: ElboArgs, dev: &Device) -> Result<()> {
-    let trained = load_trained(&args.run, dev)?;
-    let spec = DataSpec { dir: args.data.clone(), ..trained.config.data.clone() };
-    let test = spec.load(Split::Test)?.subset(args.n, 0);
-    let pb = bar(test.n as u64, "elbo");
-    let bpd = elbo_bits_per_dim(
-        &trained.model,
-        &trained.diffusion,
-        &test.images,
-        test.n,
-        args.variance,
-        args.t_samples,
-        100,
-        args.seed,
-        dev,
-        Some(&pb),
-    );
-    pb.finish();
-    let mean = bpd.iter().sum::<f64>() / bpd.len() as f64;
-    let se = (bpd.iter().map(|b| (b - mean).powi(2)).sum::<f64>() / (bpd.len() as f64 - 1.0).max(1.0)).sqrt()
-        / (bpd.len() as f64).sqrt();
+    let job = ElboJob {
+        run: args.run,
+        data: args.data,
+        n: args.n,
+        t_samples: args.t_samples,
+        variance: args.variance,
+        seed: args.seed,
+    };
+    let r = job.run(dev, &Bar::new())?;
     println!(
-        "{{\"images\":{},\"bits_per_dim\":{mean:.4},\"standard_error\":{se:.4},\"t_samples\":{}}}",
-        test.n, args.t_samples
+        "{{\"images\":{},\"bits_per_dim\":{:.4},\"standard_error\":{:.4},\"t_samples\":{}}}",
+        r.images, r.bits_per_dim, r.standard_error, r.t_samples
     );
     Ok(())
 }
 
 fn bench(args: BenchArgs, dev: &Device) -> Result<()> {
-    let mut rows = vec![
-        "| size | batch | params | Rust s/step, 1 pass | Rust s/step, 2 concurrent microbatches | JAX s/step | Rust/JAX throughput (1 pass) | Rust/JAX throughput (2 microbatches) |".to_string(),
-        "|---|---|---|---|---|---|---|---|".to_string(),
-    ];
-    for &size in &args.sizes {
-        let config = ModelConfig::Unet(UNetConfig { height: size, width: size, ..UNetConfig::default() });
-        let diffusion = diffusion::Diffusion::new(DiffusionConfig::default());
-        let n = args.batch * 4;
-        let mut rng = diffusion::rng::stream(0, 99, size as u64);
-        let rows_data: Vec<f32> = diffusion::rng::normals(&mut rng, n * size * size)
-            .into_iter()
-            .map(|v| v.clamp(-1.0, 1.0))
-            .collect();
-        let data = TrainData::new(rows_data, n, size * size);
-        // Median seconds per step of the same network and data, one pass or concurrent passes.
-        let time_steps = |microbatches: usize| {
-            let train =
-                TrainConfig { batch_size: args.batch, steps: 1000, microbatches, ..TrainConfig::default() };
-            let trainer = Trainer::new(train, &diffusion, &data, dev);
-            let mut state = trainer.init_state(|d| config.init(d));
-            for _ in 0..2 {
-                trainer.step(&mut state);
-            }
-            let mut times: Vec<f64> = (0..args.steps)
-                .map(|_| {
-                    let t = Instant::now();
-                    trainer.step(&mut state);
-                    t.elapsed().as_secs_f64()
-                })
-                .collect();
-            times.sort_by(|a, b| a.total_cmp(b));
-            (times[times.len() / 2], state.model.num_params())
-        };
-        let (rust, params) = time_steps(1);
-        let (rust2, _) = time_steps(2);
-        let jax = if args.no_jax { None } else { run_jax(size, args.batch, args.steps) };
-        let (jax_s, ratio, ratio2) = match jax {
-            Some(j) => (format!("{j:.3}"), format!("{:.2}x", j / rust), format!("{:.2}x", j / rust2)),
-            None => ("n/a".into(), "n/a".into(), "n/a".into()),
-        };
-        eprintln!("size {size}: rust {rust:.3} s/step (2 microbatches {rust2:.3}), jax {jax_s}");
-        rows.push(format!(
-            "| {size}x{size} | {} | {params} | {rust:.3} | {rust2:.3} | {jax_s} | {ratio} | {ratio2} |",
-            args.batch
-        ));
+    let config = BenchConfig { sizes: args.sizes, batch: args.batch, steps: args.steps, jax: !args.no_jax };
+    let rows = config.run(dev, &Bar::new()).map_err(anyhow::Error::msg)?;
+    for r in &rows {
+        let jax = r.jax.map_or("n/a".to_string(), |j| format!("{j:.3}"));
+        eprintln!(
+            "size {}: rust {:.3} s/step (2 microbatches {:.3}), jax {jax}",
+            r.size, r.rust, r.rust_microbatches
+        );
     }
-    let table = rows.join("\n");
+    let table = table(&rows);
     println!("{table}");
     if let Some(out) = args.out {
         write_atomic(&out, format!("{table}\n").as_bytes())?;
     }
     Ok(())
-}
-
-/// Median seconds per step of `bench/jax_unet_step.py` (which installs JAX if missing).
-fn run_jax(size: usize, batch: usize, steps: usize) -> Option<f64> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/jax_unet_step.py");
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .args([
-            "--size",
-            &size.to_string(),
-            "--batch",
-            &batch.to_string(),
-            "--steps",
-            &steps.to_string(),
-            "--warmup",
-            "2",
-        ])
-        .output();
-    let out = match out {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => {
-            eprintln!(
-                "JAX reference failed: {}",
-                String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
-            );
-            return None;
-        }
-        Err(e) => {
-            eprintln!("JAX reference not run: {e}");
-            return None;
-        }
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let last = text.lines().last()?;
-    let v: serde_json::Value = serde_json::from_str(last).ok()?;
-    v.get("sec_per_step_median")?.as_f64()
 }
