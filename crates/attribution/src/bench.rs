@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 use burn::module::{Module, ParamId};
 use burn::prelude::*;
 use curvature::diffusion_batch::DiffusionBatch;

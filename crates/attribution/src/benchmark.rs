@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use burn::prelude::*;
 use curvature::fit::GgnKind;
 use curvature::KfacApprox;

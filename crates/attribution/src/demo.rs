@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use burn::prelude::*;
 use data::write_png_grid;
 use diffusion::run::{is_finished, load_trained, train_run, DataSpec, RunConfig, TrainEvent};

@@ -23,6 +23,7 @@ pub mod baselines;
 pub mod bench;
 pub mod benchmark;
 pub mod demo;
+pub mod error;
 pub mod fit;
 pub mod lds;
 pub mod measure;

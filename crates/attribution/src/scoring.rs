@@ -5,7 +5,7 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use burn::module::{Module, ParamId};
 use burn::prelude::*;
 use curvature::{EigenCurvature, KfacApprox, LayerInfo};

@@ -215,6 +215,8 @@ fn lds_benchmark_runs_end_to_end_and_shards_reproduce_it() {
     }
     let (ok, err) = attribute(&["lds", "--out", s(&b)]);
     assert!(ok, "{err}");
+    // The shards trained every subset model: the unsharded call says it had nothing to continue.
+    assert!(err.contains("nothing to continue"), "{err}");
     for j in 0..4 {
         for seed in 0..2 {
             let m = format!("retrain/subset-{j:03}-seed-{seed}/measure.json");
@@ -243,6 +245,20 @@ fn lds_benchmark_runs_end_to_end_and_shards_reproduce_it() {
     ]);
     assert!(ok, "{err}");
     let top = read_json(&a.join("retrain-top.json"));
+    // Rerunning finds every retrained model on disk, says so, and rebuilds the same report.
+    let (ok, err) = attribute(&[
+        "retrain-top",
+        "--out",
+        s(&a),
+        "--top-queries",
+        "2",
+        "--methods",
+        "ekfac,random",
+        "--fractions",
+        "0.1",
+    ]);
+    assert!(ok && err.contains("nothing to continue"), "{err}");
+    assert_eq!(read_json(&a.join("retrain-top.json")), top);
     assert_eq!(top.as_array().unwrap().len(), 2);
     assert!(top[0]["mean"].as_f64().unwrap().is_finite());
     let (ok, err) = attribute(&["retrain-top", "--out", s(&a), "--methods", "nope"]);
@@ -250,4 +266,32 @@ fn lds_benchmark_runs_end_to_end_and_shards_reproduce_it() {
     let (ok, err) = attribute(&["retrain-top", "--out", s(&root.join("empty"))]);
     assert!(!ok && err.contains("no benchmark"), "{err}");
     let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn methods_round_trip_through_their_names() {
+    use attribution::benchmark::Method;
+    for m in Method::ALL {
+        assert_eq!(m.name().parse::<Method>(), Ok(m));
+        assert_eq!(serde_json::to_value(m).unwrap(), serde_json::json!(m.name()));
+        assert_eq!(m.is_damped(), m.default_lambda(100).is_some(), "{m}");
+    }
+    assert!("ekfac2".parse::<Method>().unwrap_err().contains("unknown method 'ekfac2'"));
+}
+
+#[test]
+fn shards_tile_the_training_set_on_batch_boundaries() {
+    use attribution::scoring::shard_columns;
+    for (n_train, per_batch, shards) in [(24, 8, 2), (25, 8, 3), (7, 3, 5), (10, 4, 1)] {
+        let ranges: Vec<_> = (0..shards).map(|i| shard_columns(n_train, per_batch, (i, shards))).collect();
+        assert_eq!(ranges[0].start, 0);
+        assert_eq!(ranges.last().unwrap().end, n_train);
+        for w in ranges.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+        }
+        // Every shard but the last starts and ends on a batch boundary.
+        for r in &ranges {
+            assert_eq!(r.start % per_batch, 0, "{r:?}");
+        }
+    }
 }

@@ -11,6 +11,7 @@ use foundation::rng::{normals, stream_for, Purpose};
 use serde::{Deserialize, Serialize};
 
 use crate::diffusion::{Diffusion, DiffusionConfig};
+use crate::jobs::JobError;
 use crate::model::ModelConfig;
 use crate::train::{TrainConfig, TrainData, Trainer};
 use crate::unet::UNetConfig;
@@ -47,18 +48,18 @@ pub struct BenchRow {
 
 impl BenchConfig {
     /// Checks the settings.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), JobError> {
         if self.sizes.is_empty() || self.sizes.contains(&0) {
-            return Err("--sizes: give at least one positive size".into());
+            return Err(JobError::Invalid("--sizes: give at least one positive size".into()));
         }
         if self.batch == 0 || self.steps == 0 {
-            return Err("--batch and --steps must be at least 1".into());
+            return Err(JobError::Invalid("--batch and --steps must be at least 1".into()));
         }
         Ok(())
     }
 
     /// Times every size; `progress` sees one stage per size, counted in timed runs.
-    pub fn run(&self, device: &Device, progress: &dyn Progress) -> Result<Vec<BenchRow>, String> {
+    pub fn run(&self, device: &Device, progress: &dyn Progress) -> Result<Vec<BenchRow>, JobError> {
         self.validate()?;
         let mut out = Vec::new();
         for &size in &self.sizes {

@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 use data::{load_mnist, write_png_grid, Split};
 use foundation::progress::Progress;
@@ -19,6 +18,35 @@ use crate::model::{AnyDenoiser, ModelConfig};
 use crate::run::{load_trained, train_run, DataSpec, RunConfig, TrainEvent};
 use crate::sample::{sample, sample_batched, ReverseVariance, Sampler};
 use crate::train::checkpoint_dir;
+
+/// Errors of the `ddpm` jobs, one message each.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Settings that cannot work (the message names the flag).
+    #[error("{0}")]
+    Invalid(String),
+    /// A run directory: config, checkpoint, training or an output file.
+    #[error(transparent)]
+    Run(#[from] CheckpointError),
+    /// Loading images or writing PNGs.
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    /// A report that does not serialise.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// The MNIST classifier of `--eval`.
+    #[error("MNIST classifier: {0:#}")]
+    Classifier(anyhow::Error),
+}
+
+/// The jobs' result.
+pub type Result<T, E = JobError> = std::result::Result<T, E>;
+
+macro_rules! bail {
+    ($($arg:tt)*) => {
+        return Err(JobError::Invalid(format!($($arg)*)))
+    };
+}
 
 /// What `ddpm train` does: start a new run or continue a stored one, then draw a sample grid.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -157,12 +185,16 @@ fn grid_columns(n: usize) -> usize {
     (n as f64).sqrt().ceil() as usize
 }
 
-/// Append `text` to the file at `path` (the training log, written at each checkpoint).
+/// Appends `text` to the training log at `path` (at each checkpoint) through the atomic
+/// writer: a crash leaves the previous complete log, never a torn line.
 fn append(path: &Path, text: &str) -> Result<(), CheckpointError> {
-    use std::io::Write;
-    let io = |source| CheckpointError::Io { path: path.to_path_buf(), source };
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
-    f.write_all(text.as_bytes()).map_err(io)
+    let mut log = match std::fs::read_to_string(path) {
+        Ok(old) => old,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => return Err(CheckpointError::Io { path: path.to_path_buf(), source }),
+    };
+    log.push_str(text);
+    write_atomic(path, log.as_bytes())
 }
 
 /// What `ddpm sample` does.
@@ -232,7 +264,8 @@ impl SampleJob {
         let shown = self.n.min(256);
         write_png_grid(&png, &x[..shown * side * side], shown, side, side, grid_columns(shown))?;
         let quality = if self.eval {
-            let classifier = crate::eval::classifier::load_classifier(&default_classifier_path(), device)?;
+            let classifier = crate::eval::classifier::load_classifier(&default_classifier_path(), device)
+                .map_err(JobError::Classifier)?;
             let test = load_mnist(self.data.as_deref(), Split::Test)?;
             let train_ref = load_mnist(self.data.as_deref(), Split::Train)?.subset(self.n.max(2), 12345);
             let q = evaluate_samples(&classifier, &x, self.n, side, side, &test, &train_ref, device);
@@ -289,7 +322,7 @@ impl ElboJob {
         self.validate()?;
         let trained = load_trained(&self.run, device)?;
         let spec = DataSpec { dir: self.data.clone(), ..trained.config.data.clone() };
-        let test = spec.load(Split::Test).context("loading test images")?.subset(self.n, 0);
+        let test = spec.load(Split::Test)?.subset(self.n, 0);
         let bpd = elbo_bits_per_dim(
             &trained.model,
             &trained.diffusion,

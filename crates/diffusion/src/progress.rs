@@ -18,24 +18,25 @@ pub use bar::Bar;
 
 #[cfg(feature = "cli")]
 mod bar {
+    use std::sync::Mutex;
+
     use indicatif::{ProgressBar, ProgressStyle};
 
-    /// A terminal progress bar (hidden automatically when stderr is not a terminal): each
-    /// [`Progress::start`](foundation::progress::Progress::start) resets it to a new stage.
-    pub struct Bar(ProgressBar);
+    /// Terminal progress bars (hidden automatically when stderr is not a terminal): each
+    /// [`Progress::start`](foundation::progress::Progress::start) opens a new bar for its stage,
+    /// the finished ones stay on screen.
+    pub struct Bar(Mutex<ProgressBar>);
 
     impl Bar {
-        /// A bar with no stage yet.
+        /// No bar yet: the first stage opens one.
         pub fn new() -> Self {
-            let pb = ProgressBar::new(0);
-            pb.set_style(
-                ProgressStyle::with_template(
-                    "{prefix:>10} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            Self(pb)
+            Self(Mutex::new(ProgressBar::hidden()))
+        }
+
+        fn with(&self, f: impl FnOnce(&mut ProgressBar)) {
+            // A poisoned lock only means another thread panicked while drawing: keep drawing.
+            let mut pb = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut pb)
         }
     }
 
@@ -47,23 +48,36 @@ mod bar {
 
     impl foundation::progress::Progress for Bar {
         fn start(&self, label: &str, total: u64) {
-            self.0.reset();
-            self.0.set_prefix(label.to_string());
-            self.0.set_length(total);
-            self.0.set_position(0);
-            self.0.set_message("");
+            self.with(|pb| {
+                if !pb.is_finished() {
+                    pb.finish();
+                }
+                *pb = ProgressBar::new(total);
+                pb.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix:>10} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                pb.set_prefix(label.to_string());
+            })
         }
 
         fn advance(&self, units: u64) {
-            self.0.inc(units);
+            self.with(|pb| pb.inc(units))
         }
 
         fn message(&self, text: &str) {
-            self.0.set_message(text.to_string());
+            self.with(|pb| pb.set_message(text.to_string()))
         }
 
         fn finish(&self) {
-            self.0.finish();
+            self.with(|pb| {
+                if !pb.is_finished() {
+                    pb.finish()
+                }
+            })
         }
     }
 }

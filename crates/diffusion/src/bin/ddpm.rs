@@ -348,7 +348,7 @@ fn elbo_cmd(args: ElboArgs, dev: &Device) -> Result<()> {
 
 fn bench(args: BenchArgs, dev: &Device) -> Result<()> {
     let config = BenchConfig { sizes: args.sizes, batch: args.batch, steps: args.steps, jax: !args.no_jax };
-    let rows = config.run(dev, &Bar::new()).map_err(anyhow::Error::msg)?;
+    let rows = config.run(dev, &Bar::new())?;
     for r in &rows {
         let jax = r.jax.map_or("n/a".to_string(), |j| format!("{j:.3}"));
         eprintln!(
