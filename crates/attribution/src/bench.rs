@@ -53,6 +53,8 @@ pub struct BenchResult {
     pub score: f64,
     /// The JAX reference's (fit, score) medians, when it ran.
     pub jax: Option<(f64, f64)>,
+    /// Why the JAX reference has no times, when it was asked for and did not run.
+    pub jax_note: Option<String>,
 }
 
 /// Synthetic training images of the benchmark.
@@ -155,13 +157,18 @@ impl BenchConfig {
             progress.advance(1);
         }
         progress.finish();
-        let jax = if a.jax { run_jax_bench(a) } else { None };
+        let (jax, jax_note) = match a.jax.then(|| run_jax_bench(a)) {
+            Some(Ok(j)) => (Some(j), None),
+            Some(Err(note)) => (None, Some(note)),
+            None => (None, None),
+        };
         Ok(BenchResult {
             params: model.num_params(),
             covered,
             fit: diffusion::bench::median(fit_times),
             score: diffusion::bench::median(score_times),
             jax,
+            jax_note,
         })
     }
 
@@ -197,7 +204,7 @@ impl BenchConfig {
 }
 
 /// (fit, score) median seconds per batch of `bench/jax_kfac_bench.py`.
-fn run_jax_bench(a: &BenchConfig) -> Option<(f64, f64)> {
+fn run_jax_bench(a: &BenchConfig) -> std::result::Result<(f64, f64), String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/jax_kfac_bench.py");
     let args = [
         ("--size", a.size.to_string()),
@@ -208,21 +215,11 @@ fn run_jax_bench(a: &BenchConfig) -> Option<(f64, f64)> {
         ("--queries", a.queries.to_string()),
         ("--steps", a.steps.to_string()),
         ("--warmup", "2".to_string()),
-    ];
-    let mut cmd = std::process::Command::new("python3");
-    cmd.arg(&script);
-    for (flag, value) in &args {
-        cmd.arg(flag).arg(value);
-    }
-    let out = cmd.output().ok()?;
-    if !out.status.success() {
-        eprintln!(
-            "JAX reference failed: {}",
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
-        );
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(text.lines().last()?).ok()?;
-    Some((v.get("fit_sec_per_batch_median")?.as_f64()?, v.get("score_sec_per_batch_median")?.as_f64()?))
+    ]
+    .into_iter()
+    .flat_map(|(flag, v)| [flag.to_string(), v])
+    .collect::<Vec<_>>();
+    let v = diffusion::bench::run_reference(&script, &args)?;
+    let get = |k: &str| v.get(k).and_then(|x| x.as_f64()).ok_or_else(|| format!("JAX reference: no {k}"));
+    Ok((get("fit_sec_per_batch_median")?, get("score_sec_per_batch_median")?))
 }

@@ -44,6 +44,8 @@ pub struct BenchRow {
     pub rust_microbatches: f64,
     /// Median seconds per step of the JAX reference (when it ran).
     pub jax: Option<f64>,
+    /// Why the JAX reference has no time, when it was asked for and did not run.
+    pub jax_note: Option<String>,
 }
 
 impl BenchConfig {
@@ -97,8 +99,12 @@ impl BenchConfig {
             let (rust, params) = time_steps(1);
             let (rust_microbatches, _) = time_steps(2);
             progress.finish();
-            let jax = if self.jax { run_jax(size, self.batch, self.steps) } else { None };
-            out.push(BenchRow { size, batch: self.batch, params, rust, rust_microbatches, jax });
+            let (jax, jax_note) = match self.jax.then(|| run_jax(size, self.batch, self.steps)) {
+                Some(Ok(j)) => (Some(j), None),
+                Some(Err(note)) => (None, Some(note)),
+                None => (None, None),
+            };
+            out.push(BenchRow { size, batch: self.batch, params, rust, rust_microbatches, jax, jax_note });
         }
         Ok(out)
     }
@@ -135,30 +141,35 @@ pub fn table(rows: &[BenchRow]) -> String {
     lines.join("\n")
 }
 
-/// Median seconds per step of `bench/jax_unet_step.py` (which installs JAX if missing); `None`
-/// with a note on stderr when it cannot run.
-fn run_jax(size: usize, batch: usize, steps: usize) -> Option<f64> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/jax_unet_step.py");
+/// Runs a reference script `python3 SCRIPT ARGS...` and parses the JSON object on the last line
+/// of its output; the error says why there is none (python missing, the script failed: its last
+/// line of stderr, or no JSON).
+pub fn run_reference(script: &Path, args: &[String]) -> Result<serde_json::Value, String> {
     let out = std::process::Command::new("python3")
-        .arg(&script)
-        .args(["--size", &size.to_string(), "--batch", &batch.to_string(), "--steps", &steps.to_string()])
-        .args(["--warmup", "2"])
-        .output();
-    let out = match out {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => {
-            eprintln!(
-                "JAX reference failed: {}",
-                String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
-            );
-            return None;
-        }
-        Err(e) => {
-            eprintln!("JAX reference not run: {e}");
-            return None;
-        }
-    };
+        .arg(script)
+        .args(args)
+        .output()
+        .map_err(|e| format!("JAX reference not run: {e}"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(format!("JAX reference failed: {}", stderr.lines().last().unwrap_or("")));
+    }
     let text = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(text.lines().last()?).ok()?;
-    v.get("sec_per_step_median")?.as_f64()
+    text.lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| "JAX reference printed no JSON result".to_string())
+}
+
+/// Median seconds per step of `bench/jax_unet_step.py` (which installs JAX if missing).
+fn run_jax(size: usize, batch: usize, steps: usize) -> Result<f64, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/jax_unet_step.py");
+    let args = [("--size", size), ("--batch", batch), ("--steps", steps), ("--warmup", 2)]
+        .iter()
+        .flat_map(|(flag, v)| [flag.to_string(), v.to_string()])
+        .collect::<Vec<_>>();
+    let v = run_reference(&script, &args)?;
+    v.get("sec_per_step_median")
+        .and_then(|x| x.as_f64())
+        .ok_or_else(|| "JAX reference: no sec_per_step_median".into())
 }

@@ -350,6 +350,9 @@ fn bench(args: BenchArgs, dev: &Device) -> Result<()> {
     let config = BenchConfig { sizes: args.sizes, batch: args.batch, steps: args.steps, jax: !args.no_jax };
     let rows = config.run(dev, &Bar::new())?;
     for r in &rows {
+        if let Some(note) = &r.jax_note {
+            eprintln!("{note}");
+        }
         let jax = r.jax.map_or("n/a".to_string(), |j| format!("{j:.3}"));
         eprintln!(
             "size {}: rust {:.3} s/step (2 microbatches {:.3}), jax {jax}",

@@ -434,6 +434,9 @@ fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
         jax: !a.no_jax,
     };
     let result = config.run(dev, &Bar::new())?;
+    if let Some(note) = &result.jax_note {
+        eprintln!("{note}");
+    }
     println!("{}", config.report(&result));
     Ok(())
 }
