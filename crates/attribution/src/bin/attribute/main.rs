@@ -16,7 +16,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use curvature::diffusion_batch::DiffusionBatch;
 use curvature::fit::{fit_factors, GgnKind};
 use curvature::{EigenCurvature, KfacApprox, LayerInfo};
-use data::write_png_grid;
 use diffusion::checkpoint::write_atomic;
 use diffusion::progress::{bar, exit_code};
 use diffusion::run::{
@@ -691,7 +690,11 @@ fn demo(a: DemoArgs, dev: &Device) -> Result<()> {
         let label = labels.as_ref().map_or("?".to_string(), |l| l[qi].to_string());
         report.push_str(&format!("| {qi} | {label} | {} |\n", listed.join(", ")));
     }
-    write_png_grid(&a.out.join("rows.png"), &grid, a.queries * (1 + 2 * k), side, side, 1 + 2 * k)?;
+    let row_labels: Vec<String> = (0..a.queries)
+        .map(|qi| labels.as_ref().map_or(format!("q{qi}"), |l| format!("q{qi}\ndigit {}", l[qi])))
+        .collect();
+    let layout = attribution::plot::RowsLayout { rows: a.queries, k, height: side, width: side };
+    attribution::plot::write_attribution_rows(&a.out.join("rows.png"), &grid, &layout, &row_labels)?;
     report.push_str(&format!("\nTotal {:.1} s.\n", started.elapsed().as_secs_f64()));
     write_atomic(&a.out.join("report.md"), report.as_bytes())?;
     println!("{}", a.out.join("report.md").display());
