@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use crate::error::{bail, Context, Result};
 use burn::prelude::*;
-use data::write_png_grid;
 use diffusion::run::{is_finished, load_trained, train_run, DataSpec, RunConfig, TrainEvent};
 use diffusion::{sample, Denoiser, ModelConfig, ReverseVariance, Sampler, TrainConfig, UNetConfig};
 use foundation::atomic::write_bytes;
@@ -203,7 +202,11 @@ impl DemoConfig {
             let label = labels.as_ref().map_or("?".to_string(), |l| l[qi].to_string());
             report.push_str(&format!("| {qi} | {label} | {} |\n", listed.join(", ")));
         }
-        write_png_grid(&a.out.join("rows.png"), &grid, a.queries * (1 + 2 * k), side, side, 1 + 2 * k)?;
+        let row_labels: Vec<String> = (0..a.queries)
+            .map(|qi| labels.as_ref().map_or(format!("q{qi}"), |l| format!("q{qi}\ndigit {}", l[qi])))
+            .collect();
+        let layout = crate::plot::RowsLayout { rows: a.queries, k, height: side, width: side };
+        crate::plot::write_attribution_rows(&a.out.join("rows.png"), &grid, &layout, &row_labels)?;
         report.push_str(&format!("\nTotal {:.1} s.\n", started.elapsed().as_secs_f64()));
         let path = a.out.join("report.md");
         write_bytes(&path, report.as_bytes())?;

@@ -19,6 +19,9 @@ pub enum AttributionError {
     /// Loading images or writing PNGs.
     #[error(transparent)]
     Data(#[from] data::DataError),
+    /// Rendering or writing a figure.
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
     /// A curvature factor file.
     #[error(transparent)]
     Curvature(#[from] curvature::io::CurvatureIoError),

@@ -1,5 +1,6 @@
-//! Horizontal bar charts with error bars as PNG (for the evaluation reports), drawn with the
-//! `image` crate and a built-in 3x5 pixel font, so reports need no plotting toolkit.
+//! Figures as PNG, drawn with the `image` crate and built-in pixel fonts, so reports need no
+//! plotting toolkit: horizontal bar charts with error bars (for the evaluation reports, with a 3x5
+//! font) and the attribution figure of query, proponents and opponents ([`rows`], with a 5x7 font).
 
 use std::path::Path;
 
@@ -15,6 +16,14 @@ pub struct Bar {
     /// Half-width of the error bar.
     pub se: f64,
 }
+
+mod font;
+pub mod rows;
+
+pub use rows::{
+    attribution_rows, magnification, rows_geometry, write_attribution_rows, PlotError, RowsGeometry,
+    RowsLayout,
+};
 
 const SCALE: u32 = 2;
 const ROW: u32 = 22;
@@ -131,7 +140,7 @@ pub fn bar_chart(title: &str, bars: &[Bar], fmt: impl Fn(f64, f64) -> String) ->
     img
 }
 
-/// Write a bar chart PNG atomically (temp file + rename).
+/// Write a bar chart PNG atomically (temp file + fsync + rename, through the one atomic writer).
 pub fn write_bar_chart(
     path: &Path,
     title: &str,
@@ -139,7 +148,7 @@ pub fn write_bar_chart(
     fmt: impl Fn(f64, f64) -> String,
 ) -> std::io::Result<()> {
     let img = bar_chart(title, bars, fmt);
-    data::atomic::write_atomic_with(
+    foundation::atomic::write_atomic_with(
         path,
         |tmp| img.save_with_format(tmp, image::ImageFormat::Png).map_err(std::io::Error::other),
         |_, e| e,
