@@ -47,13 +47,14 @@ pub fn measure<M: Denoiser>(
         let x0 = Tensor::<2>::from_data(TensorData::new(x0, [b, d]), device);
         let eps = Tensor::<2>::from_data(TensorData::new(eps, [b, d]), device);
         let (xt, out) = diffusion.forward_draw(model, x0.clone(), &t, eps.clone(), &mut Tap::off());
-        let per: Vec<f32> = measurement
+        // As f64 whatever the device's float type (exact for f32 devices).
+        let per: Vec<f64> = measurement
             .per_draw(diffusion, out, xt, x0, &t, eps)
             .into_data()
-            .try_into_vec_as::<f32>()
+            .try_into_vec_as::<f64>()
             .expect("float data");
         for (&qi, v) in chunk.iter().zip(per) {
-            sums[qi] += v as f64;
+            sums[qi] += v;
         }
     }
     sums.into_iter().map(|s| s / draws as f64).collect()
