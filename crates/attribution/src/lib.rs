@@ -90,8 +90,9 @@ pub struct DiffusionTask {
     pub train_draws: u64,
     /// (t, noise) draws averaged per query gradient.
     pub query_draws: u64,
-    /// Seed of all draws. Draw r of image n depends only on (seed, role, n, r): common random
-    /// numbers across models and runs.
+    /// Seed of all draws. Draw r of image n depends only on (seed, role, n, r) (the streams of
+    /// `Purpose::TrainGradient` / `Purpose::QueryGradient`): common random numbers across models
+    /// and runs.
     pub seed: u64,
 }
 

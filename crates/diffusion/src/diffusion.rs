@@ -252,10 +252,9 @@ impl Diffusion {
         t: &[usize],
         eps: Tensor<2>,
     ) -> Tensor<1> {
-        let device = out.device();
-        let w: Vec<f64> = t.iter().map(|&ti| self.schedule.elbo_weight(ti)).collect();
-        let all: Vec<usize> = (0..t.len()).collect();
-        self.eps_error_from_output(out, xt, t, eps) * self.coef(&w, &all, &device).reshape([t.len()])
+        let w: Vec<f32> = t.iter().map(|&ti| self.schedule.elbo_weight(ti) as f32).collect();
+        let w = Tensor::<1>::from_floats(w.as_slice(), &out.device());
+        self.eps_error_from_output(out, xt, t, eps) * w
     }
 
     /// The squared norm `(1/D) ||eps_hat||^2` `[N]` of the epsilon prediction implied by network
