@@ -14,9 +14,9 @@ use burn::prelude::*;
 use curvature::precondition::per_datum_gradients;
 use curvature::EigenCurvature;
 use diffusion::model::Denoiser;
-use diffusion::rng::{normals, stream, timesteps};
-use diffusion::tap::Tap;
 use diffusion::Diffusion;
+use foundation::rng::{normals, stream_for, timesteps, Purpose};
+use foundation::tap::Tap;
 use serde::{Deserialize, Serialize};
 
 pub mod baselines;
@@ -31,18 +31,54 @@ pub mod npy;
 pub mod plot;
 pub mod scoring;
 
-/// The function of the model whose change is attributed (spec p1 §1.3).
+/// The function of the model whose change is attributed (spec p1 §1.3). Every variant is a
+/// per-draw quantity of the network output defined by a [`Diffusion`] helper; a measurement is
+/// its average over (t, noise) draws.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Measurement {
-    /// The diffusion training loss `(1/D) ||eps - eps_theta||^2`, uniform t (the default).
+    /// The run's own training loss, [`Diffusion::per_example_loss`] (whatever its
+    /// parametrisation and weighting), uniform t (the default).
     Loss,
-    /// "ELBO*": the loss weighted by `beta_t / (2 alpha_t (1 - alpha_bar_t))` per t.
+    /// "ELBO*": the epsilon error weighted by `beta_t / (2 alpha_t (1 - alpha_bar_t))` per t,
+    /// [`Diffusion::simplified_elbo_from_output`].
     SimplifiedElbo,
-    /// D-TRAK's output function: `(1/D) ||eps_theta(x_t, t)||^2`, uniform t.
+    /// D-TRAK's output function: `(1/D) ||eps_theta(x_t, t)||^2`, uniform t
+    /// ([`Diffusion::eps_square_norm_from_output`]).
     SquareNorm,
-    /// The loss at one fixed timestep.
+    /// The training loss ([`Diffusion::per_example_loss`]) at one fixed timestep.
     LossAtTime(usize),
+}
+
+impl Measurement {
+    /// The timestep of a draw whose uniform timestep is `drawn`: `drawn`, except for
+    /// [`Measurement::LossAtTime`].
+    pub fn timestep(self, drawn: usize) -> usize {
+        match self {
+            Measurement::LossAtTime(fixed) => fixed,
+            _ => drawn,
+        }
+    }
+
+    /// The measurement of each draw `[N]`, from the network outputs `out` at `x_t`
+    /// (`Diffusion::forward_draw`) of the draws `(x0, t, eps)`.
+    pub fn per_draw(
+        self,
+        diffusion: &Diffusion,
+        out: Tensor<2>,
+        xt: Tensor<2>,
+        x0: Tensor<2>,
+        t: &[usize],
+        eps: Tensor<2>,
+    ) -> Tensor<1> {
+        match self {
+            Measurement::Loss | Measurement::LossAtTime(_) => {
+                diffusion.per_example_loss_from_output(out, x0, t, eps)
+            }
+            Measurement::SimplifiedElbo => diffusion.simplified_elbo_from_output(out, xt, t, eps),
+            Measurement::SquareNorm => diffusion.eps_square_norm_from_output(out, xt, t),
+        }
+    }
 }
 
 /// Training loss + measurement of a diffusion model, with the Monte-Carlo draw budgets.
@@ -59,8 +95,9 @@ pub struct DiffusionTask {
     pub train_draws: u64,
     /// (t, noise) draws averaged per query gradient.
     pub query_draws: u64,
-    /// Seed of all draws. Draw r of image n depends only on (seed, role, n, r): common random
-    /// numbers across models and runs.
+    /// Seed of all draws. Draw r of image n depends only on (seed, role, n, r) (the streams of
+    /// `Purpose::TrainGradient` / `Purpose::QueryGradient`): common random numbers across models
+    /// and runs.
     pub seed: u64,
 }
 
@@ -86,9 +123,9 @@ impl DiffusionTask {
         device: &Device,
     ) -> Tensor<2> {
         let d = model.data_dim();
-        let (draws, role_tag) = match role {
-            Role::Train => (self.train_draws, 1u64),
-            Role::Query => (self.query_draws, 2u64),
+        let (draws, output) = match role {
+            Role::Train => (self.train_draws, self.train_output),
+            Role::Query => (self.query_draws, self.measurement),
         };
         let n_img = ids.len();
         let total = n_img * draws as usize;
@@ -96,36 +133,22 @@ impl DiffusionTask {
         let mut eps = Vec::with_capacity(total * d);
         let mut t = Vec::with_capacity(total);
         for (k, &id) in ids.iter().enumerate() {
-            for r in 0..draws {
-                let mut rng = stream(self.seed, (role_tag << 32) | r, id as u64);
-                let tt = timesteps(&mut rng, 1, self.diffusion.steps())[0];
-                let output = if role == Role::Train { self.train_output } else { self.measurement };
-                t.push(match output {
-                    Measurement::LossAtTime(fixed) => fixed,
-                    _ => tt,
-                });
+            for draw in 0..draws {
+                let purpose = match role {
+                    Role::Train => Purpose::TrainGradient { draw },
+                    Role::Query => Purpose::QueryGradient { draw },
+                };
+                let mut rng = stream_for(self.seed, purpose, id as u64);
+                t.push(output.timestep(timesteps(&mut rng, 1, self.diffusion.steps())[0]));
                 eps.extend(normals(&mut rng, d));
                 x0.extend_from_slice(&rows[k * d..(k + 1) * d]);
             }
         }
         let x0 = Tensor::<2>::from_data(TensorData::new(x0, [total, d]), device);
         let eps = Tensor::<2>::from_data(TensorData::new(eps, [total, d]), device);
-        let xt = self.diffusion.q_sample(x0, &t, eps.clone());
         let mut tap = Tap::recording();
-        let y = model.forward_tapped(xt, Diffusion::t_tensor(&t, device), &mut tap);
-        let output = match role {
-            Role::Train => self.train_output,
-            Role::Query => self.measurement,
-        };
-        let per_datum = match output {
-            Measurement::SquareNorm => y.square().mean_dim(1),
-            Measurement::SimplifiedElbo => {
-                let w: Vec<f64> = t.iter().map(|&ti| self.diffusion.schedule.elbo_weight(ti)).collect();
-                (eps - y).square().mean_dim(1)
-                    * self.diffusion.coef(&w, &(0..total).collect::<Vec<_>>(), device)
-            }
-            _ => (eps - y).square().mean_dim(1),
-        };
+        let (xt, y) = self.diffusion.forward_draw(model, x0.clone(), &t, eps.clone(), &mut tap);
+        let per_datum = output.per_draw(&self.diffusion, y, xt, x0, &t, eps);
         let grads = per_datum.sum().div_scalar(draws as f64).backward();
         let g = per_datum_gradients(tap.records(), &grads);
         let p = g.dims()[1];

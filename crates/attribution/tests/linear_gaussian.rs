@@ -10,12 +10,12 @@ use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 use curvature::factors::KfacApprox;
-use curvature::fit::{fit_factors, CurvatureBatch, GgnKind};
+use curvature::fit::{fit_factors, CurvatureBatch, CurvatureOutput, GgnKind};
 use curvature::layer::to_f64;
 use curvature::precondition::per_datum_gradients;
-use diffusion::layers::TapLinear;
-use diffusion::rng::{normals, stream};
-use diffusion::tap::Tap;
+use foundation::layers::TapLinear;
+use foundation::rng::{normals, stream};
+use foundation::tap::Tap;
 
 fn dev() -> Device {
     static DEV: OnceLock<Device> = OnceLock::new();
@@ -38,8 +38,8 @@ struct Batch<'a> {
 }
 
 impl CurvatureBatch for Batch<'_> {
-    fn forward(&self, tap: &mut Tap) -> (Tensor<2>, Tensor<2>) {
-        (self.layer.forward(self.x.clone(), tap), self.y.clone())
+    fn forward(&self, tap: &mut Tap) -> CurvatureOutput {
+        CurvatureOutput::unweighted(self.layer.forward(self.x.clone(), tap), self.y.clone())
     }
     fn len(&self) -> usize {
         self.x.dims()[0]

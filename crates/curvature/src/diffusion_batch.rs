@@ -1,13 +1,15 @@
 //! The diffusion training objective as curvature data: every (example, timestep, noise) draw is
-//! one regression datum with input `(x_t, t)`, target `eps` and output `eps_theta(x_t, t)`.
+//! one regression datum with input `(x_t, t)`, the network's output, its target
+//! ([`Diffusion::target`]) and the loss weight `w_t` ([`Diffusion::loss_weights`]), so that the
+//! per-datum loss of [`CurvatureOutput`] is [`Diffusion::per_example_loss`].
 
 use burn::prelude::*;
 use diffusion::model::Denoiser;
-use diffusion::rng::{normals, stream, timesteps};
-use diffusion::tap::Tap;
 use diffusion::{Diffusion, TrainData};
+use foundation::rng::{normals, stream_for, timesteps, Purpose};
+use foundation::tap::Tap;
 
-use crate::fit::CurvatureBatch;
+use crate::fit::{CurvatureBatch, CurvatureOutput};
 
 /// A batch of (example, draw) data of the diffusion loss.
 pub struct DiffusionBatch<'m, M: Denoiser> {
@@ -20,7 +22,8 @@ pub struct DiffusionBatch<'m, M: Denoiser> {
 
 impl<'m, M: Denoiser> DiffusionBatch<'m, M> {
     /// The data `(example, draw)` of `pairs`, for draw set `pass` (passes use independent draws).
-    /// Draw `r` of example `n` depends only on `(seed, pass, n, r)` (common random numbers).
+    /// Draw `r` of example `n` depends only on `(seed, pass, n, r)` (common random numbers): it
+    /// comes from the stream of [`Purpose::CurvatureDraw`].
     pub fn new(
         model: &'m M,
         diffusion: &'m Diffusion,
@@ -33,8 +36,8 @@ impl<'m, M: Denoiser> DiffusionBatch<'m, M> {
         let d = data.dim;
         let mut t = Vec::with_capacity(pairs.len());
         let mut eps = Vec::with_capacity(pairs.len() * d);
-        for &(n, r) in pairs {
-            let mut rng = stream(seed, (pass << 32) | r, n as u64);
+        for &(n, draw) in pairs {
+            let mut rng = stream_for(seed, Purpose::CurvatureDraw { pass, draw }, n as u64);
             t.push(timesteps(&mut rng, 1, diffusion.steps())[0]);
             eps.extend(normals(&mut rng, d));
         }
@@ -65,14 +68,14 @@ impl<'m, M: Denoiser> DiffusionBatch<'m, M> {
 }
 
 impl<M: Denoiser> CurvatureBatch for DiffusionBatch<'_, M> {
-    fn forward(&self, tap: &mut Tap) -> (Tensor<2>, Tensor<2>) {
-        let xt = self.diffusion.q_sample(self.x0.clone(), &self.t, self.eps.clone());
-        let y = self.model.forward_tapped(xt, Diffusion::t_tensor(&self.t, &self.x0.device()), tap);
-        let target = match self.diffusion.config.parametrisation {
-            diffusion::Parametrisation::Epsilon => self.eps.clone(),
-            diffusion::Parametrisation::X0 => self.x0.clone(),
-        };
-        (y, target)
+    fn forward(&self, tap: &mut Tap) -> CurvatureOutput {
+        let (_, output) =
+            self.diffusion.forward_draw(self.model, self.x0.clone(), &self.t, self.eps.clone(), tap);
+        CurvatureOutput {
+            output,
+            target: self.diffusion.target(self.x0.clone(), self.eps.clone()),
+            weight: self.diffusion.loss_weights(&self.t, &self.x0.device()),
+        }
     }
 
     fn len(&self) -> usize {

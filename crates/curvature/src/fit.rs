@@ -2,34 +2,71 @@
 //! back-propagated through the network, and the factor / correction accumulators.
 
 use burn::prelude::*;
-use diffusion::tap::Tap;
+use foundation::tap::Tap;
 use rand::Rng;
 use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 
 use crate::factors::{CorrectionAccumulator, EigenCurvature, FactorAccumulator, KfacApprox, KfacFactors};
 
-/// Which Gauss-Newton matrix is approximated (spec p1 §1.4). The per-datum loss is the
-/// per-pixel mean squared error `(1/D) ||target - y||^2`.
+/// Which Gauss-Newton matrix is approximated (spec p1 §1.4). The per-datum loss is the weighted
+/// per-pixel mean squared error `w_i (1/D) ||target_i - y_i||^2` of [`CurvatureOutput`], whose
+/// Hessian in the output is `(2 w_i / D) I`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum GgnKind {
-    /// GGN^model (recommended): linearise the network only, `E[J^T (2/D) I J]`, estimated with one
-    /// Monte-Carlo pseudo-gradient `r ~ N(0, (2/D) I)` per datum back-propagated from the output.
+    /// GGN^model (recommended): linearise the network only, `E[J^T (2 w_i/D) I J]`, estimated with
+    /// one Monte-Carlo pseudo-gradient `r ~ N(0, (2 w_i/D) I)` per datum back-propagated from the
+    /// output.
     Model,
     /// GGN^model computed exactly ("type-2"): D backward passes per batch, one per output
-    /// coordinate scaled by `sqrt(2/D)`. For small models and tests.
+    /// coordinate scaled by `sqrt(2 w_i/D)`. For small models and tests.
     ModelExact,
     /// GGN^loss (empirical-Fisher-like): the gradient of the per-datum loss itself.
     Loss,
 }
 
+/// What one forward pass of a [`CurvatureBatch`] gives: the outputs, the regression targets and
+/// the per-datum weights of the loss `w_i (1/D) ||target_i - y_i||^2`.
+pub struct CurvatureOutput {
+    /// Network outputs `[N, D]` (on an autodiff device, every covered layer tapped).
+    pub output: Tensor<2>,
+    /// Regression targets `[N, D]` (used by [`GgnKind::Loss`] only).
+    pub target: Tensor<2>,
+    /// Per-datum loss weights `w_i` `[N]`; `None` means all 1.
+    pub weight: Option<Tensor<1>>,
+}
+
+impl CurvatureOutput {
+    /// Unweighted outputs and targets (`w_i = 1`).
+    pub fn unweighted(output: Tensor<2>, target: Tensor<2>) -> Self {
+        Self { output, target, weight: None }
+    }
+
+    /// The per-datum loss `w_i (1/D) ||target_i - y_i||^2` `[N]` whose Gauss-Newton matrix the
+    /// curvature approximates.
+    pub fn per_datum_loss(&self) -> Tensor<1> {
+        let n = self.output.dims()[0];
+        let mse = (self.output.clone() - self.target.clone()).square().mean_dim(1).reshape([n]);
+        match &self.weight {
+            None => mse,
+            Some(w) => mse * w.clone(),
+        }
+    }
+
+    /// `sqrt(w_i)` as a column `[N, 1]` (the factor by which datum i's output-space
+    /// pseudo-gradients scale), or `None` when unweighted.
+    fn sqrt_weight_column(&self) -> Option<Tensor<2>> {
+        let n = self.output.dims()[0];
+        self.weight.as_ref().map(|w| w.clone().sqrt().reshape([n, 1]))
+    }
+}
+
 /// One batch of data for the curvature: runs the model forward (on an autodiff device) with the
-/// given tap and returns its outputs `[N, D]` and the regression targets `[N, D]` (used by
-/// [`GgnKind::Loss`] only).
+/// given tap and returns its outputs, targets and loss weights.
 pub trait CurvatureBatch {
     /// Forward pass; `tap` records every covered layer.
-    fn forward(&self, tap: &mut Tap) -> (Tensor<2>, Tensor<2>);
+    fn forward(&self, tap: &mut Tap) -> CurvatureOutput;
     /// N, the number of data in the batch.
     fn len(&self) -> usize;
     /// Whether the batch is empty.
@@ -39,7 +76,8 @@ pub trait CurvatureBatch {
 }
 
 /// `n * d` draws of N(0, 2/d): the output-space pseudo-gradients whose covariance is the
-/// Hessian `(2/d) I` of the per-pixel mean squared error.
+/// Hessian `(2/d) I` of the per-pixel mean squared error (scaled by `sqrt(w_i)` per datum for a
+/// weighted loss).
 pub fn mse_pseudo_gradients(rng: &mut impl Rng, n: usize, d: usize) -> Vec<f32> {
     let scale = (2.0 / d as f64).sqrt();
     (0..n * d).map(|_| (rng.sample::<f64, _>(StandardNormal) * scale) as f32).collect()
@@ -51,35 +89,48 @@ pub fn backward_passes<B: CurvatureBatch>(
     batch: &B,
     ggn: GgnKind,
     rng: &mut impl Rng,
-    mut sink: impl FnMut(&[diffusion::tap::TapRecord], &burn::tensor::Gradients, bool),
+    mut sink: impl FnMut(&[foundation::tap::TapRecord], &burn::tensor::Gradients, bool),
 ) -> usize {
     let mut tap = Tap::recording();
-    let (y, target) = batch.forward(&mut tap);
-    let [n, d] = y.dims();
-    let device = y.device();
+    let out = batch.forward(&mut tap);
+    let sqrt_w = out.sqrt_weight_column();
+    let [n, d] = out.output.dims();
+    let device = out.output.device();
     match ggn {
         GgnKind::Model => {
             let r = Tensor::<2>::from_data(TensorData::new(mse_pseudo_gradients(rng, n, d), [n, d]), &device);
-            let grads = (y * r).sum().backward();
+            let r = match sqrt_w {
+                None => r,
+                Some(s) => r * s,
+            };
+            let grads = (out.output * r).sum().backward();
             sink(tap.records(), &grads, true);
         }
         GgnKind::Loss => {
-            let grads = (target - y).square().sum().div_scalar(d as f64).backward();
+            let grads = match out.weight {
+                None => (out.target - out.output).square().sum().div_scalar(d as f64).backward(),
+                Some(_) => out.per_datum_loss().sum().backward(),
+            };
             sink(tap.records(), &grads, true);
         }
         GgnKind::ModelExact => {
             let scale = (2.0 / d as f64).sqrt();
-            let mut first = Some((tap, y));
+            let mut first = Some((tap, out.output));
             for j in 0..d {
                 let (tap_j, y_j) = match first.take() {
                     Some(v) => v,
                     None => {
                         let mut t = Tap::recording();
-                        let (y, _) = batch.forward(&mut t);
+                        let y = batch.forward(&mut t).output;
                         (t, y)
                     }
                 };
-                let grads = y_j.narrow(1, j, 1).sum().mul_scalar(scale).backward();
+                let column = y_j.narrow(1, j, 1);
+                let column = match &sqrt_w {
+                    None => column,
+                    Some(s) => column * s.clone(),
+                };
+                let grads = column.sum().mul_scalar(scale).backward();
                 sink(tap_j.records(), &grads, j == 0);
             }
         }

@@ -8,15 +8,17 @@ use burn::tensor::FloatDType;
 use curvature::diffusion_batch::DiffusionBatch;
 use curvature::exact::{damped_solve, dense_ggn};
 use curvature::factors::KfacApprox;
-use curvature::fit::{fit_correction, fit_factors, mse_pseudo_gradients, CurvatureBatch, GgnKind};
+use curvature::fit::{
+    fit_correction, fit_factors, mse_pseudo_gradients, CurvatureBatch, CurvatureOutput, GgnKind,
+};
 use curvature::layer::to_f64;
 use curvature::precondition::{flat_len, per_datum_gradients};
 use curvature::EigenCurvature;
-use diffusion::layers::TapConv2d;
-use diffusion::rng::{normals, stream};
-use diffusion::tap::{layer_names, Tap};
 use diffusion::{Diffusion, DiffusionConfig, ModelConfig, TrainData, UNetConfig};
 use faer::Mat;
+use foundation::layers::TapConv2d;
+use foundation::rng::{normals, stream};
+use foundation::tap::{layer_names, Tap};
 
 fn dev() -> Device {
     static DEV: OnceLock<Device> = OnceLock::new();
@@ -53,13 +55,13 @@ struct LinearBatch<'a> {
 }
 
 impl CurvatureBatch for LinearBatch<'_> {
-    fn forward(&self, tap: &mut Tap) -> (Tensor<2>, Tensor<2>) {
+    fn forward(&self, tap: &mut Tap) -> CurvatureOutput {
         let h = self.net.l1.forward(self.x.clone(), tap);
         let h = self.net.l2.forward(h, tap);
         let y = self.net.l3.forward(h, tap);
         let [n, c, hh, ww] = y.dims();
         let y = y.reshape([n, c * hh * ww]);
-        (y.clone(), y.zeros_like())
+        CurvatureOutput::unweighted(y.clone(), y.zeros_like())
     }
     fn len(&self) -> usize {
         self.x.dims()[0]
@@ -194,7 +196,7 @@ fn loss_gradients(s: &Setup, examples: &[usize], draws: u64, pass: u64) -> Tenso
         let pairs: Vec<(usize, u64)> = (0..draws).map(|r| (n, r)).collect();
         let batch = DiffusionBatch::new(&s.model, &s.diff, &s.data, &pairs, 11, pass, &d);
         let mut tap = Tap::recording();
-        let (y, target) = batch.forward(&mut tap);
+        let CurvatureOutput { output: y, target, .. } = batch.forward(&mut tap);
         let dd = y.dims()[1] as f64;
         let grads = (target - y).square().sum().div_scalar(dd * draws as f64).backward();
         out.push(per_datum_gradients(tap.records(), &grads).sum_dim(0));
@@ -362,7 +364,7 @@ fn per_example_gradients_from_patches_equal_batch_of_one_backprop() {
     let pairs: Vec<(usize, u64)> = (0..5).map(|n| (n, 0)).collect();
     let batch = DiffusionBatch::new(&s.model, &s.diff, &s.data, &pairs, 9, 0, &d);
     let mut tap = Tap::recording();
-    let (y, target) = batch.forward(&mut tap);
+    let CurvatureOutput { output: y, target, .. } = batch.forward(&mut tap);
     let grads = (target - y).square().sum().backward();
     let per = to_f64(per_datum_gradients(tap.records(), &grads));
     let order: Vec<(u64, Option<u64>)> =
@@ -370,7 +372,7 @@ fn per_example_gradients_from_patches_equal_batch_of_one_backprop() {
     let p = per.len() / pairs.len();
     for (i, pair) in pairs.iter().enumerate() {
         let one = DiffusionBatch::new(&s.model, &s.diff, &s.data, &[*pair], 9, 0, &d);
-        let (y, target) = one.forward(&mut Tap::off());
+        let CurvatureOutput { output: y, target, .. } = one.forward(&mut Tap::off());
         let grads = (target - y).square().sum().backward();
         let flat = param_space(&s.model, &grads, &order);
         assert_eq!(flat.len(), p);

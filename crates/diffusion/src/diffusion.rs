@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Denoiser;
 use crate::schedule::{NoiseSchedule, ScheduleConfig};
-use crate::tap::Tap;
+use foundation::tap::Tap;
 
 /// What the network predicts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,26 +127,98 @@ impl Diffusion {
             / self.coef(&self.schedule.sqrt_alpha_bar, t, &d)
     }
 
-    /// The network's epsilon prediction, whatever its parametrisation.
-    pub fn predict_eps<M: Denoiser>(&self, model: &M, xt: Tensor<2>, t: &[usize]) -> Tensor<2> {
-        let out = model.forward(xt.clone(), Self::t_tensor(t, &xt.device()));
+    /// The per-t weight `w_t` of the training loss: 1 for [`LossWeighting::Simple`], the ELBO
+    /// weight normalised to mean 1 over t for [`LossWeighting::Elbo`].
+    pub fn loss_weight(&self, t: usize) -> f64 {
+        self.loss_weight[t]
+    }
+
+    /// The per-row loss weights `[N]` of timesteps `t`, or `None` when every weight is 1
+    /// ([`LossWeighting::Simple`]), so that unweighted losses skip the multiplication.
+    pub fn loss_weights(&self, t: &[usize], device: &Device) -> Option<Tensor<1>> {
+        match self.config.weighting {
+            LossWeighting::Simple => None,
+            LossWeighting::Elbo => Some(self.coef(&self.loss_weight, t, device).reshape([t.len()])),
+        }
+    }
+
+    /// The network's regression target for the draw `(x0, eps)`: `eps` for
+    /// [`Parametrisation::Epsilon`], `x0` for [`Parametrisation::X0`].
+    pub fn target(&self, x0: Tensor<2>, eps: Tensor<2>) -> Tensor<2> {
+        match self.config.parametrisation {
+            Parametrisation::Epsilon => eps,
+            Parametrisation::X0 => x0,
+        }
+    }
+
+    /// Noise `x0` to `x_t` with `eps` and run the network on it: returns `(x_t, output)`, where
+    /// the output is whatever the network predicts (see [`Parametrisation`]). Layer calls are
+    /// reported to `tap`.
+    pub fn forward_draw<M: Denoiser>(
+        &self,
+        model: &M,
+        x0: Tensor<2>,
+        t: &[usize],
+        eps: Tensor<2>,
+        tap: &mut Tap,
+    ) -> (Tensor<2>, Tensor<2>) {
+        let device = x0.device();
+        let xt = self.q_sample(x0, t, eps);
+        let out = model.forward_tapped(xt.clone(), Self::t_tensor(t, &device), tap);
+        (xt, out)
+    }
+
+    /// The epsilon prediction implied by a network output at `(x_t, t)`.
+    pub fn eps_from_output(&self, out: Tensor<2>, xt: Tensor<2>, t: &[usize]) -> Tensor<2> {
         match self.config.parametrisation {
             Parametrisation::Epsilon => out,
             Parametrisation::X0 => self.eps_from_x0(xt, out, t),
         }
     }
 
-    /// The network's x0 prediction, whatever its parametrisation.
-    pub fn predict_x0<M: Denoiser>(&self, model: &M, xt: Tensor<2>, t: &[usize]) -> Tensor<2> {
-        let out = model.forward(xt.clone(), Self::t_tensor(t, &xt.device()));
+    /// The x0 prediction implied by a network output at `(x_t, t)`.
+    pub fn x0_from_output(&self, out: Tensor<2>, xt: Tensor<2>, t: &[usize]) -> Tensor<2> {
         match self.config.parametrisation {
             Parametrisation::Epsilon => self.x0_from_eps(xt, out, t),
             Parametrisation::X0 => out,
         }
     }
 
+    /// The network's epsilon prediction, whatever its parametrisation.
+    pub fn predict_eps<M: Denoiser>(&self, model: &M, xt: Tensor<2>, t: &[usize]) -> Tensor<2> {
+        let out = model.forward(xt.clone(), Self::t_tensor(t, &xt.device()));
+        self.eps_from_output(out, xt, t)
+    }
+
+    /// The network's x0 prediction, whatever its parametrisation.
+    pub fn predict_x0<M: Denoiser>(&self, model: &M, xt: Tensor<2>, t: &[usize]) -> Tensor<2> {
+        let out = model.forward(xt.clone(), Self::t_tensor(t, &xt.device()));
+        self.x0_from_output(out, xt, t)
+    }
+
+    /// The per-example training loss `[N]` of network outputs `out` (`[N, D]`) for the draw
+    /// `(x0, t, eps)`: `w_t (1/D) ||out - target||^2` with the target of [`Diffusion::target`]
+    /// and the weight of [`Diffusion::loss_weight`]. This is the one definition of the training
+    /// loss; [`Diffusion::per_example_loss`] runs the network and calls it.
+    pub fn per_example_loss_from_output(
+        &self,
+        out: Tensor<2>,
+        x0: Tensor<2>,
+        t: &[usize],
+        eps: Tensor<2>,
+    ) -> Tensor<1> {
+        let n = t.len();
+        let device = out.device();
+        let mse = (out - self.target(x0, eps)).square().mean_dim(1).reshape([n]);
+        match self.loss_weights(t, &device) {
+            None => mse,
+            Some(w) => mse * w,
+        }
+    }
+
     /// Per-example training loss `[N]`: the weighted per-pixel mean squared error of the network's
-    /// target, for the given timesteps and noise. Layer calls are reported to `tap`.
+    /// target, for the given timesteps and noise (see [`Diffusion::per_example_loss_from_output`]).
+    /// Layer calls are reported to `tap`.
     pub fn per_example_loss<M: Denoiser>(
         &self,
         model: &M,
@@ -155,19 +227,43 @@ impl Diffusion {
         eps: Tensor<2>,
         tap: &mut Tap,
     ) -> Tensor<1> {
-        let device = x0.device();
+        let (_, out) = self.forward_draw(model, x0.clone(), t, eps.clone(), tap);
+        self.per_example_loss_from_output(out, x0, t, eps)
+    }
+
+    /// The per-pixel epsilon error `(1/D) ||eps_hat - eps||^2` `[N]` of network outputs `out` at
+    /// `(x_t, t)`, whatever the parametrisation (an x0 output is converted to epsilon exactly).
+    pub fn eps_error_from_output(
+        &self,
+        out: Tensor<2>,
+        xt: Tensor<2>,
+        t: &[usize],
+        eps: Tensor<2>,
+    ) -> Tensor<1> {
         let n = t.len();
-        let xt = self.q_sample(x0.clone(), t, eps.clone());
-        let out = model.forward_tapped(xt, Self::t_tensor(t, &device), tap);
-        let target = match self.config.parametrisation {
-            Parametrisation::Epsilon => eps,
-            Parametrisation::X0 => x0,
-        };
-        let mse = (out - target).square().mean_dim(1).reshape([n]);
-        match self.config.weighting {
-            LossWeighting::Simple => mse,
-            LossWeighting::Elbo => mse * self.coef(&self.loss_weight, t, &device).reshape([n]),
-        }
+        (self.eps_from_output(out, xt, t) - eps).square().mean_dim(1).reshape([n])
+    }
+
+    /// The "simplified ELBO" `[N]` of network outputs `out` at `(x_t, t)`: the epsilon error of
+    /// [`Diffusion::eps_error_from_output`] weighted by [`NoiseSchedule::elbo_weight`] (not
+    /// normalised), the ELBO's KL term at t with reverse variance beta_t.
+    pub fn simplified_elbo_from_output(
+        &self,
+        out: Tensor<2>,
+        xt: Tensor<2>,
+        t: &[usize],
+        eps: Tensor<2>,
+    ) -> Tensor<1> {
+        let w: Vec<f32> = t.iter().map(|&ti| self.schedule.elbo_weight(ti) as f32).collect();
+        let w = Tensor::<1>::from_floats(w.as_slice(), &out.device());
+        self.eps_error_from_output(out, xt, t, eps) * w
+    }
+
+    /// The squared norm `(1/D) ||eps_hat||^2` `[N]` of the epsilon prediction implied by network
+    /// outputs `out` at `(x_t, t)` (D-TRAK's output function).
+    pub fn eps_square_norm_from_output(&self, out: Tensor<2>, xt: Tensor<2>, t: &[usize]) -> Tensor<1> {
+        let n = t.len();
+        self.eps_from_output(out, xt, t).square().mean_dim(1).reshape([n])
     }
 
     /// Batch-mean training loss (a scalar tensor of shape `[1]`).

@@ -13,8 +13,8 @@ use rand::Rng;
 
 use crate::diffusion::Diffusion;
 use crate::model::Denoiser;
-use crate::rng::{normals, purpose, stream};
 use crate::sample::ReverseVariance;
+use foundation::rng::{normals, stream_for, Purpose};
 
 /// Per-image upper bounds on bits/dim of 8-bit images given in [-1, 1] (`rows`: `[n, D]`):
 /// uniform dequantisation, then [`negative_elbo_nats`], then `/ (D ln 2) + 7`.
@@ -32,7 +32,7 @@ pub fn elbo_bits_per_dim<M: Denoiser>(
     progress: Option<&dyn Progress>,
 ) -> Vec<f64> {
     let d = model.data_dim();
-    let mut rng = stream(seed, purpose::ELBO, u64::MAX);
+    let mut rng = stream_for(seed, Purpose::Elbo, u64::MAX);
     let z: Vec<f32> = rows[..n * d]
         .iter()
         .map(|&v| {
@@ -81,7 +81,7 @@ pub fn negative_elbo_nats<M: Denoiser>(
     };
     for start in (0..n).step_by(batch_size.max(1)) {
         let b = batch_size.min(n - start);
-        let mut rng = stream(seed, purpose::ELBO, start as u64);
+        let mut rng = stream_for(seed, Purpose::Elbo, start as u64);
         let z_t =
             Tensor::<2>::from_data(TensorData::new(z[start * d..(start + b) * d].to_vec(), [b, d]), device);
         let z_sq = per_row_sq(z_t.clone());

@@ -8,9 +8,9 @@ use std::sync::OnceLock;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::FloatDType;
-use diffusion::rng::{normals, stream, timesteps};
-use diffusion::tap::{layer_names, Activation, LayerKind, Tap};
 use diffusion::{Diffusion, DiffusionConfig};
+use foundation::rng::{normals, stream, timesteps};
+use foundation::tap::{layer_names, Activation, LayerKind, Tap};
 
 fn dev() -> Device {
     static DEV: OnceLock<Device> = OnceLock::new();
@@ -204,7 +204,7 @@ fn recorded_linear_input_and_output_grad_rebuild_the_weight_gradient() {
     let mut tap = Tap::recording();
     let loss = p.diff.loss(&model, p.x0.clone(), &p.t, p.eps.clone(), &mut tap);
     let grads = loss.backward();
-    let paths = diffusion::tap::param_paths(&model);
+    let paths = foundation::tap::param_paths(&model);
     struct Find<'g>(burn::module::ParamId, &'g burn::tensor::Gradients, Option<Tensor<2>>);
     impl ModuleVisitor for Find<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {

@@ -1,7 +1,7 @@
 //! Analytic checks of the forward process (pure f64, no networks).
 
-use diffusion::rng::{normals, stream};
 use diffusion::{NoiseSchedule, ScheduleConfig, ScheduleKind};
+use foundation::rng::{normals, stream};
 
 fn schedules() -> Vec<NoiseSchedule> {
     vec![
@@ -85,7 +85,53 @@ fn linear_schedule_endpoints_and_snr_monotone() {
     assert_eq!(s.steps(), 1000);
     assert!((s.beta[0] - 1e-4).abs() < 1e-15 && (s.beta[999] - 0.02).abs() < 1e-15);
     assert!(s.snr.windows(2).all(|w| w[1] < w[0]), "SNR must decrease in t");
-    // ELBO weight at t: beta / (2 alpha (1 - ab)).
-    let t = 10;
-    assert!((s.elbo_weight(t) - s.beta[t] / (2.0 * s.alpha[t] * (1.0 - s.alpha_bar[t]))).abs() < 1e-15);
+}
+
+fn assert_rel(got: f64, want: f64, tol: f64, what: &str) {
+    assert!((got - want).abs() <= tol * want.abs(), "{what}: {got} vs reference {want}");
+}
+
+/// Linear schedule (Ho et al.: `beta_i = 1e-4 + i (0.02 - 1e-4) / 999`) against values computed
+/// independently in 40-digit decimal arithmetic (Python `decimal`):
+/// `alpha_bar_i = prod_{j <= i} (1 - beta_j)`, `elbo_weight = beta / (2 alpha (1 - alpha_bar))`,
+/// `snr = alpha_bar / (1 - alpha_bar)`.
+#[test]
+fn linear_schedule_matches_independently_computed_values() {
+    let s = NoiseSchedule::new(ScheduleConfig::default());
+    for (i, want) in [
+        (0usize, 0.9999),
+        (9, 0.998_105_204_785_834_6),
+        (99, 0.897_018_145_674_960_4),
+        (499, 0.078_587_242_881_778_24),
+        (999, 4.035_829_765_375_683e-5),
+    ] {
+        assert_rel(s.alpha_bar[i], want, 1e-12, &format!("alpha_bar[{i}]"));
+    }
+    assert_rel(s.beta[99], 0.002_072_072_072_072_072, 1e-14, "beta[99]");
+    assert_rel(s.elbo_weight(99), 0.010_081_263_748_990_76, 1e-12, "elbo_weight(99)");
+    assert_rel(s.snr[99], 8.710_448_569_353_97, 1e-12, "snr[99]");
+}
+
+/// Cosine schedule (Nichol & Dhariwal 2021, eq. 17, s = 0.008, T = 1000) against the closed
+/// form computed independently in Python: with `f(t) = cos^2((t/T + s)/(1 + s) pi/2)`,
+/// `alpha_bar` at zero-based step i is `f(i+1)/f(0)` (the product of `1 - beta` telescopes) as
+/// long as no beta is clipped; only the last beta exceeds 0.999, so
+/// `alpha_bar[999] = 0.001 f(999)/f(0)`.
+#[test]
+fn cosine_schedule_matches_the_closed_form_of_nichol_and_dhariwal() {
+    let s = NoiseSchedule::new(ScheduleConfig { kind: ScheduleKind::Cosine, ..ScheduleConfig::default() });
+    for (i, want) in [
+        (0usize, 0.999_958_715_775_178),
+        (9, 0.999_368_718_401_658_3),
+        (99, 0.972_092_737_113_969),
+        (499, 0.493_843_590_440_637_75),
+        (899, 0.024_091_724_140_085_854),
+        (989, 0.000_242_857_227_935_005_94),
+        (998, 2.428_766_907_034_851e-6),
+        (999, 2.428_766_907_034_851e-9),
+    ] {
+        assert_rel(s.alpha_bar[i], want, 1e-9, &format!("cosine alpha_bar[{i}]"));
+    }
+    assert_eq!(s.beta[999], 0.999, "the last beta is clipped");
+    assert!(s.beta[..999].iter().all(|&b| b < 0.999), "no other beta is clipped");
 }
