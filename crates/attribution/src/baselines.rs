@@ -6,7 +6,7 @@ use curvature::factors::eigh;
 use curvature::layer::to_f64;
 use rand::RngCore;
 
-use diffusion::rng::stream;
+use foundation::rng::{stream_for, Purpose};
 
 /// Gradient dot product (identity curvature): `grad m(x_q)^T grad l(x_n)`, `[Q, N]` row-major.
 pub fn grad_dot(query_grads: Tensor<2>, train_grads: Tensor<2>) -> Vec<f32> {
@@ -51,7 +51,7 @@ impl RandomProjection {
         let mut out = Tensor::<2>::zeros([n, self.dim], &device);
         for (b, start) in (0..p).step_by(Self::BLOCK).enumerate() {
             let rows = Self::BLOCK.min(p - start);
-            let mut rng = stream(self.seed, 0x7A4C, b as u64);
+            let mut rng = stream_for(self.seed, Purpose::RandomProjection, b as u64);
             let mut r = Vec::with_capacity(rows * self.dim);
             while r.len() < rows * self.dim {
                 let bits = rng.next_u64();

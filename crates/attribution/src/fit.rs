@@ -5,8 +5,9 @@ use burn::prelude::*;
 use curvature::diffusion_batch::DiffusionBatch;
 use curvature::fit::{fit_correction, fit_factors, GgnKind};
 use curvature::{EigenCurvature, KfacApprox};
-use diffusion::tap::layer_names;
 use diffusion::{AnyDenoiser, Diffusion, TrainData};
+use foundation::rng::{stream_for, Purpose};
+use foundation::tap::layer_names;
 
 /// How the curvature is estimated.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -68,7 +69,7 @@ pub fn fit_curvature(
     let names = layer_names(&model);
     let name = |id: u64| names.get(&ParamId::from(id)).cloned().unwrap_or_default();
     let examples: Vec<usize> = (0..data.n).collect();
-    let mut rng = diffusion::rng::stream(settings.seed, 77, 0);
+    let mut rng = stream_for(settings.seed, Purpose::CurvatureTargets, 0);
     let batches = |pass| {
         DiffusionBatch::batches(
             &model,
