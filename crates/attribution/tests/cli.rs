@@ -171,6 +171,29 @@ const TINY_LDS: [&str; 22] = [
     "32",
 ];
 
+/// Spearman's rank correlation: Pearson correlation of average ranks (ties share their mean rank).
+fn spearman_by_hand(x: &[f64], y: &[f64]) -> f64 {
+    let rank = |v: &[f64]| -> Vec<f64> {
+        v.iter()
+            .map(|a| {
+                let below = v.iter().filter(|b| *b < a).count() as f64;
+                let equal = v.iter().filter(|b| *b == a).count() as f64;
+                below + (equal + 1.0) / 2.0
+            })
+            .collect()
+    };
+    let (rx, ry) = (rank(x), rank(y));
+    let n = rx.len() as f64;
+    let (mx, my) = (rx.iter().sum::<f64>() / n, ry.iter().sum::<f64>() / n);
+    let cov: f64 = rx.iter().zip(&ry).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let vx: f64 = rx.iter().map(|a| (a - mx).powi(2)).sum();
+    let vy: f64 = ry.iter().map(|b| (b - my).powi(2)).sum();
+    if vx == 0.0 || vy == 0.0 {
+        return 0.0;
+    }
+    cov / (vx * vy).sqrt()
+}
+
 fn read_json(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
         .unwrap()
@@ -202,6 +225,38 @@ fn lds_benchmark_runs_end_to_end_and_shards_reproduce_it() {
     let (scores, rows, cols) = read_matrix(&a.join("scores").join("ekfac.lambda-1e-8.npy")).unwrap();
     assert_eq!((rows, cols), (3, 24));
     assert!(scores.iter().all(|v| v.is_finite()));
+    // The known answer: LDS recomputed here from the files on disk (stored scores, every retrained
+    // model's measure.json) with a Spearman written independently of the library's.
+    let config = read_json(&a.join("benchmark.json"));
+    let (m, alpha, seed) = (
+        config["subsets"].as_u64().unwrap() as usize,
+        config["alpha"].as_f64().unwrap(),
+        config["seed"].as_u64().unwrap(),
+    );
+    let subsets = attribution::lds::random_subsets(cols, m, alpha, seed);
+    let measured: Vec<Vec<f64>> = (0..m)
+        .map(|j| {
+            let per_seed: Vec<Vec<f64>> = (0..2)
+                .map(|k| {
+                    let f = read_json(&a.join(format!("retrain/subset-{j:03}-seed-{k}/measure.json")));
+                    f["loss"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+                })
+                .collect();
+            (0..rows).map(|q| (per_seed[0][q] + per_seed[1][q]) / 2.0).collect()
+        })
+        .collect();
+    let stored =
+        results.iter().find(|r| r["method"] == "ekfac" && r["lambda"].as_f64() == Some(1e-8)).unwrap();
+    for q in 0..rows {
+        let predicted: Vec<f64> = subsets
+            .iter()
+            .map(|s| (0..cols).filter(|n| !s.contains(n)).map(|n| scores[q * cols + n] as f64).sum())
+            .collect();
+        let outcome: Vec<f64> = measured.iter().map(|r| r[q]).collect();
+        let expected = spearman_by_hand(&predicted, &outcome);
+        let got = stored["per_query"][q].as_f64().unwrap();
+        assert!((got - expected).abs() < 1e-9, "query {q}: lds.json says {got}, recomputed {expected}");
+    }
     for f in ["lds.md", "lds.png", "queries.png", "timing.json"] {
         assert!(a.join(f).exists(), "{f} missing");
     }
