@@ -108,8 +108,9 @@ fn a_checkpoint_refuses_other_data_other_settings_and_corrupt_files() {
     let truncated = temp_path("truncated.safetensors");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let err = TrainCheckpoint::load(&truncated).unwrap_err();
-    assert!(matches!(err, GpError::Parse { .. }), "{err}");
-    assert!(err.to_string().contains("not a checkpoint file"), "{err}");
+    assert!(matches!(err, GpError::TensorFile(_)), "{err}");
+    assert!(err.to_string().contains("not a tensor file of kind 'igp'"), "{err}");
+    assert!(!err.to_string().contains('\n'), "{err}");
     let missing = TrainCheckpoint::load(&temp_path("nosuch.safetensors")).unwrap_err();
     assert!(matches!(missing, GpError::Io { .. }), "{missing}");
     std::fs::remove_dir_all(path.parent().unwrap()).ok();
