@@ -155,7 +155,7 @@ pub fn validate_train_config(config: &TrainConfig) -> Result<()> {
         }
     }
     if config.estimator == EstimatorKind::Pathwise
-        && (config.num_features == 0 || config.num_features % 2 != 0)
+        && (config.num_features == 0 || !config.num_features.is_multiple_of(2))
     {
         return Err(GpError::InvalidArgument(format!(
             "random features must be a positive even number, got {}",
@@ -313,7 +313,7 @@ pub fn run_one(
         on_step(r);
         if let Some(plan) = checkpoint {
             let done = trainer.records().len();
-            if done % plan.every.max(1) == 0 || trainer.is_done() {
+            if done.is_multiple_of(plan.every.max(1)) || trainer.is_done() {
                 trainer.checkpoint().save_with(&plan.path, fault)?;
             }
         }
