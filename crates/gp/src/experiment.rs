@@ -502,8 +502,13 @@ pub fn bench(
     config.validate()?;
     let mut results = BenchResults { command: config.command.clone(), ..Default::default() };
     let started = Instant::now();
-    for name in &config.datasets {
-        let data = prepare_data(name, &config.data, Some(config.subsample))?;
+    // Every data set is loaded before the first run, so a bad name fails at once, not hours in.
+    let prepared = config
+        .datasets
+        .iter()
+        .map(|name| prepare_data(name, &config.data, Some(config.subsample)))
+        .collect::<Result<Vec<_>>>()?;
+    for (name, data) in config.datasets.iter().zip(prepared) {
         log(&format!(
             "bench {name}: n_train {}, n_test {}, d {} ({})",
             data.split.x_train.nrows(),
