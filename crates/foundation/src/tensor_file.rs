@@ -239,15 +239,15 @@ pub fn decode<H: DeserializeOwned>(
 ) -> Result<TensorFile<H>, TensorFileError> {
     let bad = |message: String| TensorFileError::Format { path: path.to_path_buf(), message };
     let (_, meta) = safetensors::SafeTensors::read_metadata(raw)
-        .map_err(|e| bad(format!("not a {key} file (not safetensors: {e})")))?;
+        .map_err(|e| bad(format!("not a tensor file of kind '{key}' (not safetensors: {e})")))?;
     let json = meta
         .metadata()
         .as_ref()
         .and_then(|m| m.get(key))
-        .ok_or_else(|| bad(format!("not a {key} file (no {key} header)")))?;
+        .ok_or_else(|| bad(format!("not a tensor file of kind '{key}' (no '{key}' header)")))?;
     let header: H = serde_json::from_str(json).map_err(|e| bad(format!("{key} header: {e}")))?;
     let file = safetensors::SafeTensors::deserialize(raw)
-        .map_err(|e| bad(format!("not a {key} file (not safetensors: {e})")))?;
+        .map_err(|e| bad(format!("not a tensor file of kind '{key}' (not safetensors: {e})")))?;
     let mut tensors = HashMap::new();
     for (name, view) in file.tensors() {
         let values = match view.dtype() {

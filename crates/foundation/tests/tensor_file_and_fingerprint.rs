@@ -69,7 +69,7 @@ fn wrong_header_shape_dtype_and_corruption_are_one_line_errors() {
     let path = dir.join("f.safetensors");
     tensor_file::save(&path, "test", &header(), &tensors(1.0)).unwrap();
     // Another kind of file (no header under this key), and a header of another type.
-    one_line_format_error(tensor_file::load::<Header>(&path, "curvature"), "no curvature header");
+    one_line_format_error(tensor_file::load::<Header>(&path, "curvature"), "no 'curvature' header");
     one_line_format_error(tensor_file::load::<OtherHeader>(&path, "test"), "test header");
     let file = tensor_file::load::<Header>(&path, "test").unwrap();
     one_line_format_error(file.f64("a", Some(&[3, 2])), "shape [2, 3], expected [3, 2]");
@@ -79,11 +79,14 @@ fn wrong_header_shape_dtype_and_corruption_are_one_line_errors() {
     let mut raw = std::fs::read(&path).unwrap();
     raw[10] = b'}';
     raw[11] = b'{';
-    one_line_format_error(tensor_file::decode::<Header>(&raw, &path, "test"), "not a test file");
+    one_line_format_error(
+        tensor_file::decode::<Header>(&raw, &path, "test"),
+        "not a tensor file of kind 'test'",
+    );
     let raw = std::fs::read(&path).unwrap();
     one_line_format_error(
         tensor_file::decode::<Header>(&raw[..raw.len() - 3], &path, "test"),
-        "not a test file",
+        "not a tensor file of kind 'test'",
     );
     // Non-finite values and inconsistent shapes are refused.
     let nan = vec![NamedTensor::f64("x", vec![1], vec![f64::NAN])];
