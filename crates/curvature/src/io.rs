@@ -1,10 +1,9 @@
 //! Saving and loading eigendecomposed curvature (safetensors, f64) with JSON metadata that is
 //! checked against the model on load.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, TensorView};
+use foundation::tensor_file::{self, NamedTensor, TensorFileError};
 use serde::{Deserialize, Serialize};
 
 use crate::factors::{EigenCurvature, KfacApprox, LayerEigen, LayerInfo};
@@ -20,8 +19,8 @@ pub enum CurvatureIoError {
         /// Cause.
         source: std::io::Error,
     },
-    /// Not a valid curvature file.
-    #[error("{path}: not a curvature file: {message}")]
+    /// Not a valid curvature file (the message says what is wrong).
+    #[error("{}: {message}", path.display())]
     Format {
         /// File.
         path: PathBuf,
@@ -46,12 +45,20 @@ struct Header {
     layers: Vec<LayerInfo>,
 }
 
-fn bytes(v: &[f64]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+/// Key of the JSON header in the safetensors metadata (the format is unchanged since files were
+/// first written: tensors `{k}.q_a`, `{k}.q_b`, `{k}.lambda_w`, `{k}.lambda_b`, header under
+/// `curvature`).
+const KEY: &str = "curvature";
+
+fn from_tensor_file(e: TensorFileError) -> CurvatureIoError {
+    match e {
+        TensorFileError::Io(e) => CurvatureIoError::Io { path: e.path, source: e.source },
+        TensorFileError::Format { path, message } => CurvatureIoError::Format { path, message },
+    }
 }
 
 impl EigenCurvature {
-    /// Write to `path` (temp file + rename).
+    /// Write to `path` (atomically: temp file + fsync + rename).
     pub fn save(&self, path: &Path) -> Result<(), CurvatureIoError> {
         let header = Header {
             approx: self.approx,
@@ -59,39 +66,21 @@ impl EigenCurvature {
             num_data: self.num_data,
             layers: self.infos(),
         };
-        let mut data: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
+        let mut tensors = Vec::new();
         for (k, l) in self.layers.iter().enumerate() {
             let (di, d_o) = (l.info.d_in, l.info.d_out);
-            data.push((format!("{k}.q_a"), bytes(&l.q_a), vec![di, di]));
-            data.push((format!("{k}.q_b"), bytes(&l.q_b), vec![d_o, d_o]));
-            data.push((format!("{k}.lambda_w"), bytes(&l.lambda_w), vec![d_o, di]));
-            data.push((format!("{k}.lambda_b"), bytes(&l.lambda_b), vec![d_o]));
+            tensors.push(NamedTensor::f64(format!("{k}.q_a"), vec![di, di], l.q_a.clone()));
+            tensors.push(NamedTensor::f64(format!("{k}.q_b"), vec![d_o, d_o], l.q_b.clone()));
+            tensors.push(NamedTensor::f64(format!("{k}.lambda_w"), vec![d_o, di], l.lambda_w.clone()));
+            tensors.push(NamedTensor::f64(format!("{k}.lambda_b"), vec![d_o], l.lambda_b.clone()));
         }
-        let views: Vec<(String, TensorView)> = data
-            .iter()
-            .map(|(n, b, s)| {
-                (n.clone(), TensorView::new(Dtype::F64, s.clone(), b).expect("consistent tensor"))
-            })
-            .collect();
-        let meta = HashMap::from([("curvature".to_string(), serde_json::to_string(&header).unwrap())]);
-        let out = safetensors::serialize(views, &Some(meta))
-            .map_err(|e| CurvatureIoError::Format { path: path.to_path_buf(), message: e.to_string() })?;
-        let io = |p: &Path, source| CurvatureIoError::Io { path: p.to_path_buf(), source };
-        data::atomic::write_atomic_with(path, |tmp| std::fs::write(tmp, &out).map_err(|e| io(tmp, e)), io)
+        tensor_file::save(path, KEY, &header, &tensors).map_err(from_tensor_file)
     }
 
     /// Read from `path`; if `expected` is given, every layer's name and shape must match it.
     pub fn load(path: &Path, expected: Option<&[LayerInfo]>) -> Result<Self, CurvatureIoError> {
-        let fmt = |m: String| CurvatureIoError::Format { path: path.to_path_buf(), message: m };
-        let raw = std::fs::read(path)
-            .map_err(|source| CurvatureIoError::Io { path: path.to_path_buf(), source })?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&raw).map_err(|e| fmt(e.to_string()))?;
-        let header: Header = meta
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("curvature"))
-            .ok_or_else(|| fmt("no curvature metadata".into()))
-            .and_then(|s| serde_json::from_str(s).map_err(|e| fmt(e.to_string())))?;
+        let file = tensor_file::load::<Header>(path, KEY).map_err(from_tensor_file)?;
+        let header = &file.header;
         if let Some(exp) = expected {
             if exp.len() != header.layers.len() {
                 return Err(CurvatureIoError::Mismatch {
@@ -115,30 +104,19 @@ impl EigenCurvature {
                 }
             }
         }
-        let st = safetensors::SafeTensors::deserialize(&raw).map_err(|e| fmt(e.to_string()))?;
-        let get = |name: String, len: usize| -> Result<Vec<f64>, CurvatureIoError> {
-            let t = st.tensor(&name).map_err(|e| fmt(format!("{name}: {e}")))?;
-            if t.dtype() != Dtype::F64 || t.data().len() != len * 8 {
-                return Err(fmt(format!("{name}: wrong type or size")));
-            }
-            let v: Vec<f64> =
-                t.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
-            if v.iter().any(|x| !x.is_finite()) {
-                return Err(fmt(format!("{name}: non-finite values")));
-            }
-            Ok(v)
-        };
+        let get = |name: String, shape: &[usize]| file.f64(&name, Some(shape)).map_err(from_tensor_file);
         let mut layers = Vec::new();
-        for (k, info) in header.layers.into_iter().enumerate() {
+        for (k, info) in header.layers.iter().cloned().enumerate() {
             let (di, d_o) = (info.d_in, info.d_out);
             layers.push(LayerEigen {
-                q_a: get(format!("{k}.q_a"), di * di)?,
-                q_b: get(format!("{k}.q_b"), d_o * d_o)?,
-                lambda_w: get(format!("{k}.lambda_w"), d_o * di)?,
-                lambda_b: get(format!("{k}.lambda_b"), d_o)?,
+                q_a: get(format!("{k}.q_a"), &[di, di])?,
+                q_b: get(format!("{k}.q_b"), &[d_o, d_o])?,
+                lambda_w: get(format!("{k}.lambda_w"), &[d_o, di])?,
+                lambda_b: get(format!("{k}.lambda_b"), &[d_o])?,
                 info,
             });
         }
+        let header = &file.header;
         Ok(EigenCurvature {
             approx: header.approx,
             corrected: header.corrected,

@@ -1,13 +1,17 @@
 //! What every system of the workspace stands on: seeded random streams with one registry of
 //! purposes ([`rng`]), the one atomic (temp file + fsync + rename) writer and I/O error
 //! ([`atomic`]), progress reporting as a trait ([`progress`]), summary statistics ([`stats`]),
-//! and the hook point of curvature code, the [`tap::Tap`] and the tapped layers ([`layers`]).
+//! f64/f32 safetensors files with a checked JSON header ([`tensor_file`]), the one data
+//! fingerprint ([`fingerprint`]), and the hook point of curvature code, the [`tap::Tap`] and the
+//! tapped layers ([`layers`]).
 
 #![warn(missing_docs)]
 
 pub mod atomic;
+pub mod fingerprint;
 pub mod layers;
 pub mod progress;
 pub mod rng;
 pub mod stats;
 pub mod tap;
+pub mod tensor_file;

@@ -1,17 +1,17 @@
 //! Checkpoints of a training run ([`crate::train::Trainer`]), so that long runs (a full-size
 //! dataset takes hours on a laptop-class CPU) can stop and resume exactly.
 //!
-//! One safetensors file: every f64 state array is a tensor (bit-exact), and a JSON header in the
-//! file's metadata holds the configuration, the data fingerprint, the random streams' positions
-//! and the per-step log. Writes go to a temp file and a rename, so a crash never leaves a torn
-//! checkpoint.
+//! One [`foundation::tensor_file`]: every f64 state array is a tensor (bit-exact), and a JSON
+//! header holds the configuration, the data fingerprint, the random streams' positions and the
+//! per-step log. A save writes a temp file, syncs it and renames it onto the path, so the
+//! checkpoint at the path is at every instant the last complete one (or absent before the first
+//! save): a crash at any step of a save ([`TrainCheckpoint::save_with`] and a
+//! [`SaveFault`] fail each step in tests) leaves the previous checkpoint to resume from.
 
-use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use faer::{Mat, MatRef};
-use safetensors::tensor::{Dtype, TensorView};
+use foundation::tensor_file::{self, NamedTensor, NoFault, SaveFault, TensorFile};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{GpError, Result};
@@ -19,35 +19,30 @@ use crate::estimator::ProbeDraws;
 use crate::features::RandomFeatures;
 use crate::train::{Adam, StepRecord, TrainConfig};
 
-/// Identifies the training data a checkpoint belongs to: sizes and a 64-bit FNV-1a hash of the
-/// bits of every input and target.
+/// Identifies the training data a checkpoint belongs to: sizes and the workspace fingerprint
+/// ([`foundation::fingerprint`]) of the inputs (column by column) then the targets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataFingerprint {
     /// Training points.
     pub n: usize,
     /// Input dimension.
     pub dim: usize,
-    /// FNV-1a over the inputs (column by column) then the targets.
+    /// [`foundation::fingerprint::Fingerprint`] over the inputs' columns then the targets, for n
+    /// rows.
     pub hash: u64,
 }
 
 impl DataFingerprint {
     /// The fingerprint of `(x, y)`.
     pub fn of(x: MatRef<'_, f64>, y: &[f64]) -> Self {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |v: f64| {
-            for b in v.to_bits().to_le_bytes() {
-                hash ^= u64::from(b);
-                hash = hash.wrapping_mul(0x0100_0000_01b3);
-            }
-        };
+        let mut hash = foundation::fingerprint::Fingerprint::new();
         for j in 0..x.ncols() {
             for i in 0..x.nrows() {
-                eat(x[(i, j)]);
+                hash.f64(x[(i, j)]);
             }
         }
-        y.iter().copied().for_each(&mut eat);
-        DataFingerprint { n: x.nrows(), dim: x.ncols(), hash }
+        hash.f64s(y);
+        DataFingerprint { n: x.nrows(), dim: x.ncols(), hash: hash.finish(x.nrows()) }
     }
 }
 
@@ -74,26 +69,10 @@ pub struct TrainCheckpoint {
     pub records: Vec<StepRecord>,
 }
 
-/// Writes `bytes` to `path` through `<path>.tmp` and a rename, creating the parent directory, so
-/// that a crash never leaves a torn file (checkpoints here, JSON results in `igp`).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    fn io(path: &Path, source: std::io::Error) -> GpError {
-        GpError::Io { path: path.to_path_buf(), source }
-    }
-    data::atomic::write_atomic_with(
-        path,
-        |tmp| {
-            let mut file = std::fs::File::create(tmp).map_err(|e| io(tmp, e))?;
-            file.write_all(bytes).map_err(|e| io(tmp, e))?;
-            // Durability is a bonus; the rename is what keeps the old file safe.
-            file.sync_all().ok();
-            Ok(())
-        },
-        io,
-    )
-}
-
-const FORMAT: &str = "igp-train-checkpoint-1";
+/// Format tag in the header; version 2 uses the workspace data fingerprint.
+const FORMAT: &str = "igp-train-checkpoint-2";
+/// Key of the header in the safetensors metadata.
+const KEY: &str = "igp";
 
 /// The JSON part of the file (everything that is not an f64 array).
 #[derive(Serialize, Deserialize)]
@@ -107,31 +86,31 @@ struct Header {
     records: Vec<StepRecord>,
 }
 
-/// A tensor to be written: name, column-major values, shape `[ncols, nrows]` (so that the
-/// safetensors row-major layout is the faer column-major one).
-struct Array {
-    name: &'static str,
-    bytes: Vec<u8>,
-    shape: Vec<usize>,
+fn vector(name: &str, v: &[f64]) -> NamedTensor {
+    NamedTensor::f64(name, vec![v.len()], v.to_vec())
 }
 
-fn vector(name: &'static str, v: &[f64]) -> Array {
-    Array { name, bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(), shape: vec![v.len()] }
-}
-
-fn matrix(name: &'static str, m: MatRef<'_, f64>) -> Array {
-    let mut bytes = Vec::with_capacity(m.nrows() * m.ncols() * 8);
+/// A matrix stored column-major with shape `[ncols, nrows]` (so that the safetensors row-major
+/// layout is the faer column-major one).
+fn matrix(name: &str, m: MatRef<'_, f64>) -> NamedTensor {
+    let mut values = Vec::with_capacity(m.nrows() * m.ncols());
     for j in 0..m.ncols() {
         for i in 0..m.nrows() {
-            bytes.extend_from_slice(&m[(i, j)].to_le_bytes());
+            values.push(m[(i, j)]);
         }
     }
-    Array { name, bytes, shape: vec![m.ncols(), m.nrows()] }
+    NamedTensor::f64(name, vec![m.ncols(), m.nrows()], values)
 }
 
 impl TrainCheckpoint {
-    /// Writes the checkpoint to `path` (temp file + rename).
+    /// Writes the checkpoint to `path` (temp file + fsync + rename).
     pub fn save(&self, path: &Path) -> Result<()> {
+        self.save_with(path, &mut NoFault)
+    }
+
+    /// [`TrainCheckpoint::save`] with a fault hook before every step of the save (tests use
+    /// [`foundation::tensor_file::FailAt`] to fail each step in turn).
+    pub fn save_with(&self, path: &Path, fault: &mut dyn SaveFault) -> Result<()> {
         let header = Header {
             format: FORMAT.into(),
             config: self.config.clone(),
@@ -161,73 +140,32 @@ impl TrainCheckpoint {
         if let Some(v) = &self.previous_solution {
             arrays.push(matrix("previous_solution", v.as_ref()));
         }
-        let views = arrays
-            .iter()
-            .map(|a| {
-                TensorView::new(Dtype::F64, a.shape.clone(), &a.bytes)
-                    .map(|view| (a.name.to_string(), view))
-                    .map_err(|e| GpError::InvalidArgument(format!("checkpoint tensor {}: {e}", a.name)))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let header = serde_json::to_string(&header)
-            .map_err(|e| GpError::InvalidArgument(format!("checkpoint header: {e}")))?;
-        let meta = HashMap::from([("igp".to_string(), header)]);
-        let bytes = safetensors::serialize(views, &Some(meta))
-            .map_err(|e| GpError::InvalidArgument(format!("checkpoint: {e}")))?;
-        write_atomic(path, &bytes)
+        Ok(tensor_file::save_with(path, KEY, &header, &arrays, fault)?)
     }
 
     /// Reads a checkpoint written by [`TrainCheckpoint::save`]; a file that is not one, or is
     /// truncated or inconsistent, is an error naming the problem.
     pub fn load(path: &Path) -> Result<Self> {
         let bad = |message: String| GpError::Parse { what: path.display().to_string(), line: 0, message };
-        let raw = std::fs::read(path).map_err(|source| GpError::Io { path: path.to_path_buf(), source })?;
-        let file = safetensors::SafeTensors::deserialize(&raw)
-            .map_err(|e| bad(format!("not a checkpoint file ({e})")))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&raw)
-            .map_err(|e| bad(format!("not a checkpoint file ({e})")))?;
-        let header: Header = meta
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("igp"))
-            .ok_or_else(|| bad("not an igp checkpoint (no igp metadata)".into()))
-            .and_then(|s| serde_json::from_str(s).map_err(|e| bad(format!("checkpoint header: {e}"))))?;
-        if header.format != FORMAT {
-            return Err(bad(format!("checkpoint format '{}', expected '{FORMAT}'", header.format)));
+        let file: TensorFile<Header> = tensor_file::load(path, KEY)?;
+        if file.header.format != FORMAT {
+            return Err(bad(format!("checkpoint format '{}', expected '{FORMAT}'", file.header.format)));
         }
-        let array = |name: &str| -> Result<Option<(Vec<f64>, Vec<usize>)>> {
-            let tensor = match file.tensor(name) {
-                Ok(t) => t,
-                Err(_) => return Ok(None),
-            };
-            if tensor.dtype() != Dtype::F64 {
-                return Err(bad(format!("tensor {name} is not f64")));
-            }
-            let values: Vec<f64> = tensor
-                .data()
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8-byte chunk")))
-                .collect();
-            if values.iter().any(|v| !v.is_finite()) {
-                return Err(bad(format!("tensor {name} holds non-finite values")));
-            }
-            Ok(Some((values, tensor.shape().to_vec())))
-        };
         let required_vector = |name: &str| -> Result<Vec<f64>> {
-            match array(name)? {
-                Some((v, shape)) if shape.len() == 1 => Ok(v),
-                Some(_) => Err(bad(format!("tensor {name} is not a vector"))),
-                None => Err(bad(format!("tensor {name} is missing"))),
+            match file.shape(name) {
+                Some(shape) if shape.len() != 1 => Err(bad(format!("tensor {name} is not a vector"))),
+                _ => Ok(file.f64(name, None)?),
             }
         };
         let optional_matrix = |name: &str| -> Result<Option<Mat<f64>>> {
-            match array(name)? {
-                Some((v, shape)) if shape.len() == 2 => {
+            match file.shape(name).map(|s| s.to_vec()) {
+                None => Ok(None),
+                Some(shape) if shape.len() == 2 => {
+                    let v = file.f64(name, None)?;
                     let (cols, rows) = (shape[0], shape[1]);
                     Ok(Some(Mat::from_fn(rows, cols, |i, j| v[j * rows + i])))
                 }
                 Some(_) => Err(bad(format!("tensor {name} is not a matrix"))),
-                None => Ok(None),
             }
         };
         let required_matrix = |name: &str| -> Result<Mat<f64>> {
@@ -237,15 +175,16 @@ impl TrainCheckpoint {
         let first_moment = required_vector("adam.first_moment")?;
         let second_moment = required_vector("adam.second_moment")?;
         let p = params.len();
-        if first_moment.len() != p || second_moment.len() != p || p != header.data.dim + 2 {
+        if first_moment.len() != p || second_moment.len() != p || p != file.header.data.dim + 2 {
             return Err(bad(format!(
                 "{p} hyperparameters, {} and {} Adam moments, for input dimension {}",
                 first_moment.len(),
                 second_moment.len(),
-                header.data.dim
+                file.header.data.dim
             )));
         }
-        let mut records = header.records;
+        let header = &file.header;
+        let mut records = header.records.clone();
         let hypers = required_vector("records.hyper")?;
         if hypers.len() != records.len() * p {
             return Err(bad(format!("{} logged θ values for {} steps", hypers.len(), records.len())));
@@ -280,7 +219,7 @@ impl TrainCheckpoint {
         let position = |s: &str, what: &str| {
             s.parse::<u128>().map_err(|e| bad(format!("{what} random stream position '{s}': {e}")))
         };
-        let config = header.config;
+        let config = header.config.clone();
         let learning_rate = config.learning_rate;
         Ok(TrainCheckpoint {
             probe_rng_word_pos: position(&header.probe_rng_word_pos, "probe")?,

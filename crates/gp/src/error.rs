@@ -22,8 +22,8 @@ pub enum GpError {
         /// The size found.
         found: usize,
     },
-    /// A dataset name that the loader does not know.
-    #[error("unknown dataset '{0}' (known: pol, elevators, bike)")]
+    /// A dataset name that the loader does not find (the message says where it looked).
+    #[error("unknown dataset {0}")]
     UnknownDataset(String),
     /// A Cholesky factorisation failed even after adding the largest allowed jitter.
     #[error(
@@ -53,9 +53,31 @@ pub enum GpError {
         /// What is wrong with it.
         message: String,
     },
+    /// A checkpoint or other tensor file that is not what it should be (I/O failures on it are
+    /// [`GpError::Io`]).
+    #[error(transparent)]
+    TensorFile(foundation::tensor_file::TensorFileError),
+    /// `--resume` (or [`crate::experiment`]'s resume) found no checkpoint to continue.
+    #[error("no checkpoint at {}; run without --resume to start fresh", .0.display())]
+    NoCheckpoint(PathBuf),
     /// An argument outside its valid range (e.g. a zero block size or split index 10).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+}
+
+impl From<foundation::atomic::IoError> for GpError {
+    fn from(e: foundation::atomic::IoError) -> Self {
+        GpError::Io { path: e.path, source: e.source }
+    }
+}
+
+impl From<foundation::tensor_file::TensorFileError> for GpError {
+    fn from(e: foundation::tensor_file::TensorFileError) -> Self {
+        match e {
+            foundation::tensor_file::TensorFileError::Io(e) => e.into(),
+            other => GpError::TensorFile(other),
+        }
+    }
 }
 
 /// Result alias of the `gp` library.

@@ -18,9 +18,11 @@
 pub mod checkpoint;
 pub mod error;
 pub mod estimator;
+pub mod experiment;
 pub mod features;
 pub mod kernel;
 pub mod predict;
+pub mod rng;
 pub mod solvers;
 pub mod train;
 pub mod uci;

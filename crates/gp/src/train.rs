@@ -8,7 +8,6 @@
 use std::time::Instant;
 
 use faer::{Mat, MatRef};
-use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +16,7 @@ use crate::error::{GpError, Result};
 use crate::estimator::{exact_gradient, EstimatorKind, EstimatorState, ProbeDraws};
 use crate::features::RandomFeatures;
 use crate::kernel::{check_finite_slice, Hyperparameters, KernelKind, KernelSystem};
+use crate::rng::{stream, GpStream};
 use crate::solvers::{SolveOptions, Solver};
 
 /// Everything that defines a training run.
@@ -245,10 +245,8 @@ impl<'a> Trainer<'a> {
         let adam = Adam::new(params.len(), config.learning_rate);
         let state =
             EstimatorState::new(config.estimator, config.num_probes, config.num_features, config.warm_start)?;
-        let probe_rng = ChaCha8Rng::seed_from_u64(config.seed);
-        // A separate stream for SGD mini-batches, so the probes do not depend on the solver.
-        let mut solver_rng = ChaCha8Rng::seed_from_u64(config.seed);
-        solver_rng.set_stream(1);
+        let probe_rng = stream(config.seed, GpStream::Probes);
+        let solver_rng = stream(config.seed, GpStream::SolverBatches);
         Ok(Trainer {
             x,
             y,

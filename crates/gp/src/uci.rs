@@ -1,6 +1,7 @@
-//! UCI regression data in the `uci_datasets` layout: `<dir>/uci/<name>/data.csv.gz` (comma-separated,
-//! no header, last column y) and `test_mask.csv.gz` (n rows × 10 columns of 0/1; split k tests on the
-//! rows whose column k is 1). Also z-scoring with training statistics and the reference code's
+//! Regression data: any data set in the `uci_datasets` layout ([`load`], [`load_dir`]), or a
+//! plain CSV ([`load_csv`]); [`resolve`] takes a name or a path. The layout:
+//! `<dir>/uci/<name>/data.csv.gz` (comma-separated, no header, last column y) and
+//! `test_mask.csv.gz` (n rows × 10 columns of 0/1; split k tests on the rows whose column k is 1). Also z-scoring with training statistics and the reference code's
 //! "centred" nearest-neighbour subsampling.
 
 use std::io::Read;
@@ -13,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{GpError, Result};
 
-/// Datasets this loader knows.
-pub const KNOWN_DATASETS: [&str; 3] = ["pol", "elevators", "bike"];
+/// The data sets of the shared data directory (any other folder in the layout loads too).
+pub const SHARED_DATASETS: [&str; 3] = ["pol", "elevators", "bike"];
 
 /// Number of fixed train/test splits in every mask file.
 pub const NUM_SPLITS: usize = 10;
@@ -61,34 +62,194 @@ pub struct Split {
     pub y_test: Vec<f64>,
 }
 
-/// Loads a dataset. With `data_dir = None` only `pol` is available, from the embedded 600-row
-/// subset; otherwise the files under `<data_dir>/uci/<name>/` are read.
-pub fn load(name: &str, data_dir: Option<&Path>) -> Result<UciDataset> {
-    if !KNOWN_DATASETS.contains(&name) {
-        return Err(GpError::UnknownDataset(name.to_string()));
+/// Which column of a plain CSV holds the target.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TargetColumn {
+    /// The last column (the `uci_datasets` convention).
+    #[default]
+    Last,
+    /// A zero-based column index.
+    Index(usize),
+    /// A column named in the header line.
+    Name(String),
+}
+
+impl std::str::FromStr for TargetColumn {
+    type Err = GpError;
+
+    /// `last`, a zero-based index, or a header name.
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(GpError::InvalidArgument("empty target column".into()));
+        }
+        Ok(if s == "last" {
+            TargetColumn::Last
+        } else if let Ok(i) = s.parse::<usize>() {
+            TargetColumn::Index(i)
+        } else {
+            TargetColumn::Name(s.to_string())
+        })
     }
-    let (data, mask, source) = match data_dir {
+}
+
+/// Loads a data set named by `spec`: a path to a CSV file (`.csv` or `.csv.gz`, see
+/// [`load_csv`], target column `target`), a path to a folder in the `uci_datasets` layout (see
+/// [`load_dir`]), or the name of a folder under `<data_dir>/uci/` (see [`load`]).
+pub fn resolve(spec: &str, data_dir: Option<&Path>, target: &TargetColumn) -> Result<UciDataset> {
+    let path = Path::new(spec);
+    let is_csv = spec.ends_with(".csv") || spec.ends_with(".csv.gz");
+    if is_csv || path.is_file() {
+        return load_csv(path, target);
+    }
+    if *target != TargetColumn::Last {
+        return Err(GpError::InvalidArgument(format!(
+            "a target column applies to plain CSV files only; '{spec}' is in the uci_datasets layout \
+             (target: last column)"
+        )));
+    }
+    if path.is_dir() {
+        return load_dir(path);
+    }
+    load(spec, data_dir)
+}
+
+/// Loads a dataset by name. With `data_dir = None` only `pol` is available, from the embedded
+/// 600-row subset; otherwise the folder `<data_dir>/uci/<name>/` is read with [`load_dir`], so any
+/// data set in the `uci_datasets` layout loads, not only [`SHARED_DATASETS`].
+pub fn load(name: &str, data_dir: Option<&Path>) -> Result<UciDataset> {
+    let has_data = |folder: &Path| folder.join("data.csv.gz").is_file() || folder.join("data.csv").is_file();
+    match data_dir {
         Some(dir) => {
             let folder = dir.join("uci").join(name);
-            let data_path = folder.join("data.csv.gz");
-            let mask_path = folder.join("test_mask.csv.gz");
-            let data = read_gz(&data_path)?;
-            let mask = read_gz(&mask_path)?;
-            (data, mask, folder.display().to_string())
+            if !has_data(&folder) {
+                let mut available: Vec<String> = std::fs::read_dir(dir.join("uci"))
+                    .map(|entries| {
+                        entries
+                            .filter_map(|e| e.ok())
+                            .filter(|e| has_data(&e.path()))
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                available.sort();
+                return Err(GpError::UnknownDataset(format!(
+                    "'{name}': no {}/data.csv.gz (available: {})",
+                    folder.display(),
+                    if available.is_empty() { "none".to_string() } else { available.join(", ") }
+                )));
+            }
+            let mut dataset = load_dir(&folder)?;
+            dataset.name = name.to_string();
+            Ok(dataset)
         }
-        None if name == "pol" => (
-            gunzip(EMBEDDED_POL_DATA, Path::new("embedded pol-data.csv.gz"))?,
-            gunzip(EMBEDDED_POL_MASK, Path::new("embedded pol-test_mask.csv.gz"))?,
-            "embedded (first 600 rows of pol)".to_string(),
-        ),
-        None => {
-            return Err(GpError::InvalidArgument(format!(
-                "dataset '{name}' needs the shared data directory (set SHARED_DATA_DIR); only pol is embedded"
+        None if name == "pol" => {
+            let data = gunzip(EMBEDDED_POL_DATA, Path::new("embedded pol-data.csv.gz"))?;
+            let mask = gunzip(EMBEDDED_POL_MASK, Path::new("embedded pol-test_mask.csv.gz"))?;
+            from_text(name, "embedded (first 600 rows of pol)".into(), &data, &mask)
+        }
+        None => Err(GpError::UnknownDataset(format!(
+            "'{name}': without a data directory (--data-dir or SHARED_DATA_DIR) only pol is available, \
+             embedded"
+        ))),
+    }
+}
+
+/// Loads a folder in the `uci_datasets` layout: `data.csv.gz` (or `data.csv`: comma-separated, no
+/// header, last column the target) and `test_mask.csv.gz` (or `test_mask.csv`: n rows of 10 0/1
+/// columns). The data set is named after the folder.
+pub fn load_dir(folder: &Path) -> Result<UciDataset> {
+    let read = |stem: &str| -> Result<String> {
+        let gz = folder.join(format!("{stem}.csv.gz"));
+        let plain = folder.join(format!("{stem}.csv"));
+        if gz.is_file() {
+            read_gz(&gz)
+        } else if plain.is_file() {
+            std::fs::read_to_string(&plain).map_err(|source| GpError::Io { path: plain, source })
+        } else {
+            Err(GpError::InvalidArgument(format!(
+                "{} is not a data set in the uci_datasets layout (no {stem}.csv.gz or {stem}.csv)",
+                folder.display()
             )))
         }
     };
-    let rows = parse_csv(&data, &format!("{source}/data.csv.gz"))?;
-    let mask_rows = parse_csv(&mask, &format!("{source}/test_mask.csv.gz"))?;
+    let (data, mask) = (read("data")?, read("test_mask")?);
+    let name =
+        folder.file_name().map_or_else(|| folder.display().to_string(), |n| n.to_string_lossy().into_owned());
+    from_text(&name, folder.display().to_string(), &data, &mask)
+}
+
+/// Loads a plain CSV file (`.csv`, or gzip-compressed `.csv.gz`): comma-separated numbers, an
+/// optional header line (taken as one when any of its fields is not a number), the target in
+/// column `target`, every other column an input. Splits are fixed and need no random draw: split
+/// k tests on the rows `i` with `i % 10 == k` (90/10, every row tested by one split).
+///
+/// A ragged row, a cell that is not a number, NaN or infinity is a one-line error naming the
+/// file and line.
+pub fn load_csv(path: &Path, target: &TargetColumn) -> Result<UciDataset> {
+    let text = if path.to_string_lossy().ends_with(".gz") {
+        read_gz(path)?
+    } else {
+        std::fs::read_to_string(path).map_err(|source| GpError::Io { path: path.to_path_buf(), source })?
+    };
+    let what = path.display().to_string();
+    let no_rows = || GpError::Parse { what: what.clone(), line: 0, message: "no data rows".into() };
+    let first = text.lines().position(|l| !l.trim().is_empty()).ok_or_else(no_rows)?;
+    let first_line = text.lines().nth(first).unwrap_or_default();
+    let header: Option<Vec<String>> = first_line
+        .split(',')
+        .any(|f| f.trim().parse::<f64>().is_err())
+        .then(|| first_line.split(',').map(|f| f.trim().trim_matches('"').to_string()).collect());
+    let skip = if header.is_some() { first + 1 } else { 0 };
+    let body = text.lines().skip(skip).collect::<Vec<_>>().join("\n");
+    let rows = parse_csv_from(&body, &what, skip)?;
+    let cols = rows[0].len();
+    if let Some(h) = &header {
+        if h.len() != cols {
+            return Err(GpError::Parse {
+                what,
+                line: first + 1,
+                message: format!("header has {} columns, data rows {cols}", h.len()),
+            });
+        }
+    }
+    if cols < 2 {
+        return Err(GpError::Parse {
+            what,
+            line: skip + 1,
+            message: "need at least one input column and the target".into(),
+        });
+    }
+    let t = match target {
+        TargetColumn::Last => cols - 1,
+        TargetColumn::Index(i) if *i < cols => *i,
+        TargetColumn::Index(i) => {
+            return Err(GpError::InvalidArgument(format!("{what}: target column {i} out of range 0..{cols}")))
+        }
+        TargetColumn::Name(name) => match &header {
+            Some(h) => h.iter().position(|c| c == name).ok_or_else(|| {
+                GpError::InvalidArgument(format!("{what}: no column '{name}' (columns: {})", h.join(", ")))
+            })?,
+            None => {
+                return Err(GpError::InvalidArgument(format!(
+                    "{what}: target column '{name}' given by name, but the file has no header line"
+                )))
+            }
+        },
+    };
+    let inputs: Vec<usize> = (0..cols).filter(|&j| j != t).collect();
+    let x = Mat::from_fn(rows.len(), cols - 1, |i, j| rows[i][inputs[j]]);
+    let y = rows.iter().map(|r| r[t]).collect();
+    let test_mask = (0..rows.len()).map(|i| std::array::from_fn(|k| i % NUM_SPLITS == k)).collect();
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = file_name.trim_end_matches(".gz").trim_end_matches(".csv").to_string();
+    Ok(UciDataset { name, source: what, x, y, test_mask })
+}
+
+/// A data set from the text of its data and mask files.
+fn from_text(name: &str, source: String, data: &str, mask: &str) -> Result<UciDataset> {
+    let rows = parse_csv(data, &format!("{source}/data.csv.gz"))?;
+    let mask_rows = parse_csv(mask, &format!("{source}/test_mask.csv.gz"))?;
     if rows.len() != mask_rows.len() {
         return Err(GpError::DimensionMismatch {
             what: format!("{name}: mask rows vs data rows"),
@@ -150,6 +311,11 @@ fn gunzip(bytes: &[u8], path: &Path) -> Result<String> {
 
 /// Parses comma-separated numbers; every row must have the same number of finite fields.
 pub fn parse_csv(text: &str, what: &str) -> Result<Vec<Vec<f64>>> {
+    parse_csv_from(text, what, 0)
+}
+
+/// [`parse_csv`] of text that starts at line `offset + 1` of its file (for line numbers in errors).
+fn parse_csv_from(text: &str, what: &str, offset: usize) -> Result<Vec<Vec<f64>>> {
     let mut rows: Vec<Vec<f64>> = Vec::new();
     for (line_index, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -161,13 +327,13 @@ pub fn parse_csv(text: &str, what: &str) -> Result<Vec<Vec<f64>>> {
             .map(|field| {
                 let value: f64 = field.trim().parse().map_err(|_| GpError::Parse {
                     what: what.to_string(),
-                    line: line_index + 1,
+                    line: offset + line_index + 1,
                     message: format!("not a number: '{}'", field.trim()),
                 })?;
                 if value.is_finite() {
                     Ok(value)
                 } else {
-                    Err(GpError::NonFinite { what: format!("{what}, line {}", line_index + 1) })
+                    Err(GpError::NonFinite { what: format!("{what}, line {}", offset + line_index + 1) })
                 }
             })
             .collect::<Result<Vec<f64>>>()?;
@@ -175,7 +341,7 @@ pub fn parse_csv(text: &str, what: &str) -> Result<Vec<Vec<f64>>> {
             if first.len() != row.len() {
                 return Err(GpError::Parse {
                     what: what.to_string(),
-                    line: line_index + 1,
+                    line: offset + line_index + 1,
                     message: format!("expected {} columns, found {}", first.len(), row.len()),
                 });
             }

@@ -62,17 +62,6 @@ fn centred_subsample_keeps_the_nearest_neighbours_of_the_centre() {
     assert!(m.abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
 }
 
-#[test]
-fn shared_pol_has_the_published_size_when_present() {
-    let Some(dir) = uci::shared_data_dir().filter(|d| d.join("uci/pol/data.csv.gz").is_file()) else {
-        eprintln!("shared data directory absent: skipping");
-        return;
-    };
-    let data = uci::load("pol", Some(&dir)).unwrap();
-    assert_eq!((data.x.nrows(), data.x.ncols()), (15000, 26));
-    assert_eq!(data.split(0).unwrap().y_train.len(), 13500);
-}
-
 fn one_line(err: &GpError) -> String {
     let text = err.to_string();
     assert!(!text.contains('\n'), "multi-line error: {text}");
