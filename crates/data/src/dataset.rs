@@ -1,8 +1,7 @@
 //! The in-memory dataset and the operations on it.
 
 use rand::seq::index::sample;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+use foundation::rng::{stream_for, Purpose};
 
 use crate::{DataError, RawImages};
 
@@ -93,14 +92,14 @@ impl Dataset {
     }
 
     /// `n` images drawn at random without replacement, deterministically from
-    /// `seed` (a [`ChaCha8Rng`]), returned in their original order.
+    /// `seed` (stream [`Purpose::DataSubset`]), returned in their original order.
     ///
     /// If `n >= self.n` the whole dataset is returned.
     pub fn subset(&self, n: usize, seed: u64) -> Dataset {
         if n >= self.n {
             return self.clone();
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut rng = stream_for(seed, Purpose::DataSubset, 0);
         let mut idx = sample(&mut rng, self.n, n).into_vec();
         idx.sort_unstable();
         self.select(&idx)
@@ -123,8 +122,7 @@ impl Dataset {
             if members.len() <= per_class {
                 idx.extend_from_slice(members);
             } else {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                rng.set_stream(class as u64);
+                let mut rng = stream_for(seed, Purpose::DataClassSubset, class as u64);
                 idx.extend(sample(&mut rng, members.len(), per_class).into_iter().map(|k| members[k]));
             }
         }

@@ -80,6 +80,17 @@ pub enum Purpose {
     AttributeBenchData,
     /// Synthetic data of `ddpm bench` (index: image size).
     DdpmBenchData,
+    /// A random subset of a data set (`data::Dataset::subset`). Nonce stream 0 (see below).
+    DataSubset,
+    /// The images drawn from one class by `data::Dataset::balanced_subset` (index: the class,
+    /// used as the nonce stream).
+    DataClassSubset,
+    /// GP probe vectors and random Fourier features. Nonce stream 0.
+    GpProbes,
+    /// GP SGD solver mini-batches. Nonce stream 1.
+    GpSolverBatches,
+    /// The centre of the GP's centred nearest-neighbour subsample. Nonce stream 2.
+    GpSubsample,
     /// Bootstrap resampling of `foundation::stats::bootstrap_ci` (index: 0).
     Bootstrap,
 }
@@ -111,7 +122,14 @@ impl Purpose {
 
 /// The stream for `purpose` and `index` under the user seed `seed`.
 pub fn stream_for(seed: u64, purpose: Purpose, index: u64) -> ChaCha8Rng {
-    stream(seed, purpose.label(), index)
+    match purpose.nonce_stream(index) {
+        Some(nonce) => {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(nonce);
+            rng
+        }
+        None => stream(seed, purpose.label(), index),
+    }
 }
 
 /// Purpose labels for [`stream`] (the diffusion training labels of [`Purpose`], as constants).

@@ -1,12 +1,10 @@
-//! gp's seeded random streams: every draw of a run comes from `ChaCha8Rng::seed_from_u64(seed)`
-//! switched to the ChaCha stream of its [`GpStream`], so that the probes do not depend on the
-//! solver, nor the subsample centre on either. The stream numbers are those gp has used since its
-//! first stored results (probes on the default stream 0), so stored runs reproduce bit for bit.
-//!
-//! gp keeps this derivation rather than `foundation::rng::stream_for`, which mixes the seed
-//! differently: switching would change every stored result.
+//! gp's seeded random streams, named in the workspace's one registry
+//! ([`foundation::rng::Purpose`]): every draw of a run comes from `ChaCha8Rng::seed_from_u64(seed)`
+//! switched to the ChaCha stream of its purpose, so that the probes do not depend on the solver,
+//! nor the subsample centre on either. The stream numbers are those gp has used since its first
+//! stored results (probes on the default stream 0), so stored runs reproduce bit for bit.
 
-use rand::SeedableRng;
+use foundation::rng::{stream_for, Purpose};
 use rand_chacha::ChaCha8Rng;
 
 /// What a gp random stream is for.
@@ -21,19 +19,17 @@ pub enum GpStream {
 }
 
 impl GpStream {
-    /// The ChaCha stream (nonce) of this purpose.
-    pub const fn stream_id(self) -> u64 {
+    /// The registry's purpose of this stream.
+    pub const fn purpose(self) -> Purpose {
         match self {
-            GpStream::Probes => 0,
-            GpStream::SolverBatches => 1,
-            GpStream::Subsample => 2,
+            GpStream::Probes => Purpose::GpProbes,
+            GpStream::SolverBatches => Purpose::GpSolverBatches,
+            GpStream::Subsample => Purpose::GpSubsample,
         }
     }
 }
 
 /// The random stream for `purpose` of a run seeded with `seed`.
 pub fn stream(seed: u64, purpose: GpStream) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(purpose.stream_id());
-    rng
+    stream_for(seed, purpose.purpose(), 0)
 }
