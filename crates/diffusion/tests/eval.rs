@@ -154,9 +154,11 @@ fn kl_from_uniform_values() {
 fn save_load_round_trip_and_bad_files_are_errors() {
     let dir = temp_dir("roundtrip");
     let device = Device::flex();
-    device.seed(5);
-    let model =
-        MnistClassifierConfig::new().with_channels_1(4).with_channels_2(8).with_feature_dim(16).init(&device);
+    let model = MnistClassifierConfig::new()
+        .with_channels_1(4)
+        .with_channels_2(8)
+        .with_feature_dim(16)
+        .init_with(&mut foundation::rng::stream_for(5, foundation::rng::Purpose::Init, 0), &device);
     let path = dir.join("small.safetensors");
     save_classifier(&model, &path).unwrap();
     let loaded = load_classifier(&path, &device).unwrap();
@@ -288,12 +290,13 @@ fn train_and_cache_full_mnist_classifier() {
         .expect("no MNIST directory (set MNIST_DIR or SHARED_DATA_DIR)");
     let train = load_mnist(Some(&dir), Split::Train).unwrap();
     let test = load_mnist(Some(&dir), Split::Test).unwrap();
-    let mut cfg = ClassifierTrainConfig::new().with_log_every(50);
+    let mut cfg = ClassifierTrainConfig::new();
     if let Some(e) = std::env::var("CLASSIFIER_EPOCHS").ok().and_then(|s| s.parse().ok()) {
         cfg = cfg.with_epochs(e);
     }
     let seed = diffusion::eval::DEFAULT_CLASSIFIER_SEED;
-    let (model, report) = train_classifier_with_report(&train, &test, &cfg, seed).unwrap();
+    let (model, report) =
+        train_classifier_with_report(&train, &test, &cfg, seed, &foundation::progress::NoProgress).unwrap();
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
     assert!(report.accuracy >= 0.99, "test accuracy {}", report.accuracy);
     let path = default_classifier_path();

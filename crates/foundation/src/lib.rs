@@ -1,7 +1,7 @@
 //! What every system of the workspace stands on: seeded random streams with one registry of
 //! purposes ([`rng`]), the one atomic (temp file + fsync + rename) writer and I/O error
 //! ([`atomic`]), progress reporting as a trait ([`progress`]), and the hook point of curvature
-//! code, the [`tap::Tap`] and the tapped layers ([`layers`]).
+//! code, the [`tap::Tap`] and the tapped layers ([`layers`]), and the one training loop ([`train`]).
 
 #![warn(missing_docs)]
 
@@ -10,3 +10,4 @@ pub mod layers;
 pub mod progress;
 pub mod rng;
 pub mod tap;
+pub mod train;

@@ -459,7 +459,7 @@ fn bench(args: BenchArgs, dev: &Device) -> Result<()> {
             let train =
                 TrainConfig { batch_size: args.batch, steps: 1000, microbatches, ..TrainConfig::default() };
             let trainer = Trainer::new(train, &diffusion, &data, dev);
-            let mut state = trainer.init_state(|d| config.init(d));
+            let mut state = trainer.init_state(|rng, d| config.init_with(rng, d));
             for _ in 0..2 {
                 trainer.step(&mut state);
             }
