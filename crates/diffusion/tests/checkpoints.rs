@@ -123,6 +123,18 @@ fn the_old_checkpoint_layout_still_loads() {
     let loaded = trainer.load(&ckpt, |d| mlp.init(d)).unwrap();
     assert_eq!(loaded.step, 2);
     assert_eq!(params(&loaded.model), params(&state.model));
+
+    // The older save killed between its two renames left only `checkpoint.old/`: still found.
+    std::fs::rename(&ckpt, dir.join("checkpoint.old")).unwrap();
+    let mut loaded = trainer.load(&ckpt, |d| mlp.init(d)).unwrap();
+    assert_eq!(loaded.step, 2);
+    assert_eq!(params(&loaded.ema), params(&state.ema));
+    trainer.step(&mut loaded);
+    trainer.save(&loaded, &ckpt).unwrap();
+    let mut names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["checkpoint", "checkpoint-3"]);
     std::fs::remove_dir_all(&dir).ok();
 }
 

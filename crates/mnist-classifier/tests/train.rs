@@ -28,6 +28,6 @@ fn a_small_classifier_learns_deterministically() {
 fn bad_training_data_is_an_error() {
     let train = load_mnist(None, Split::Train).unwrap().subset(8, 0).resize_area(14, 14);
     let test = load_mnist(None, Split::Test).unwrap().subset(8, 0);
-    let err = train_classifier(&train, &test, &ClassifierTrainConfig::new(), 0).err().expect("14x14 refused");
+    let err = train_classifier(&train, &test, &ClassifierTrainConfig::new(), 0).expect_err("14x14 refused");
     assert!(err.to_string().contains("14x14"), "{err}");
 }

@@ -14,7 +14,8 @@
 //! target, or (if the process died before the pointer existed, e.g. while migrating) the newest
 //! complete `checkpoint-<step>/`. Paths through the pointer (`checkpoint/ema.safetensors`) keep
 //! working for readers, and a plain directory `checkpoint/` written by older code is read as a
-//! generation and migrated by the next save.
+//! generation and migrated by the next save (so are the `checkpoint.old/` and `checkpoint.tmp/`
+//! that older code could leave behind when killed mid-save).
 
 use std::path::{Path, PathBuf};
 
@@ -224,12 +225,27 @@ impl Checkpoints {
                 return Some(self.pointer.clone());
             }
         }
-        self.generations().pop().map(|(_, dir)| dir)
+        self.generations().pop().map(|(_, dir)| dir).or_else(|| self.leftovers().pop().map(|(_, dir)| dir))
+    }
+
+    /// Complete checkpoints left by the older save (rename `checkpoint/` to `checkpoint.old/`,
+    /// then `checkpoint.tmp/` to `checkpoint/`): a process killed between the two renames left
+    /// no `checkpoint/` but one or two complete copies here. Oldest step first.
+    fn leftovers(&self) -> Vec<(usize, PathBuf)> {
+        let mut out: Vec<(usize, PathBuf)> = ["old", "tmp"]
+            .iter()
+            .map(|ext| self.parent().join(format!("{}.{ext}", self.name())))
+            .filter_map(|dir| read_step(&dir.join(STATE_FILE)).map(|step| (step, dir)))
+            .collect();
+        out.sort();
+        out
     }
 
     /// Whether anything of this checkpoint is on disk (complete or not).
     pub fn any_trace(&self) -> bool {
-        std::fs::symlink_metadata(&self.pointer).is_ok() || !self.generations().is_empty()
+        std::fs::symlink_metadata(&self.pointer).is_ok()
+            || !self.generations().is_empty()
+            || !self.leftovers().is_empty()
     }
 
     /// Writes the generation of `step` with `files` (in order; the last should write

@@ -262,7 +262,7 @@ impl<O> Trainer<O> {
             progress.message(&format!("loss {loss:.4}"));
             on_event(Event::Step { step: state.step, loss })?;
             if let Some((checkpoints, every, meta)) = save {
-                if state.step % every.max(1) == 0 || state.step == until {
+                if state.step.is_multiple_of(every.max(1)) || state.step == until {
                     self.save(state, checkpoints, meta)?;
                     on_event(Event::Checkpoint { step: state.step })?;
                 }
