@@ -9,6 +9,7 @@ use burn::prelude::*;
 use data::{load_mnist, Dataset, Split};
 use serde::{Deserialize, Serialize};
 
+use foundation::progress::{NoProgress, Progress};
 use foundation::train::Event;
 
 use crate::checkpoint::{
@@ -232,20 +233,35 @@ pub fn train_run(
     device: &Device,
     on_event: impl FnMut(TrainEvent) -> Result<(), CheckpointError>,
 ) -> Result<TrainState<AnyDenoiser>, CheckpointError> {
-    run(config, run_dir, checkpoint_every, device, false, on_event)
+    run(config, run_dir, checkpoint_every, device, false, &NoProgress, on_event)
+}
+
+/// [`train_run`] that also reports every step to `progress` (stage `train`, one unit per step,
+/// the loss as message).
+pub fn train_run_with_progress(
+    config: &RunConfig,
+    run_dir: &Path,
+    checkpoint_every: usize,
+    device: &Device,
+    progress: &dyn Progress,
+    on_event: impl FnMut(TrainEvent) -> Result<(), CheckpointError>,
+) -> Result<TrainState<AnyDenoiser>, CheckpointError> {
+    run(config, run_dir, checkpoint_every, device, false, progress, on_event)
 }
 
 /// Continue the run in `run_dir` (settings from its `config.json`) from its newest complete
-/// checkpoint to its last step, like [`train_run`]; a run without a complete checkpoint is an
-/// error ([`CheckpointError::NoCheckpoint`]), never a silent restart from step 0.
+/// checkpoint to its last step, like [`train_run_with_progress`] (`ddpm train --resume`); a run
+/// without a complete checkpoint is an error ([`CheckpointError::NoCheckpoint`], one line), never
+/// a silent restart from step 0.
 pub fn resume_run(
     run_dir: &Path,
     checkpoint_every: usize,
     device: &Device,
+    progress: &dyn Progress,
     on_event: impl FnMut(TrainEvent) -> Result<(), CheckpointError>,
 ) -> Result<TrainState<AnyDenoiser>, CheckpointError> {
     let config = RunConfig::load(run_dir)?;
-    run(&config, run_dir, checkpoint_every, device, true, on_event)
+    run(&config, run_dir, checkpoint_every, device, true, progress, on_event)
 }
 
 fn run(
@@ -254,6 +270,7 @@ fn run(
     checkpoint_every: usize,
     device: &Device,
     must_resume: bool,
+    progress: &dyn Progress,
     mut on_event: impl FnMut(TrainEvent) -> Result<(), CheckpointError>,
 ) -> Result<TrainState<AnyDenoiser>, CheckpointError> {
     if config.train.microbatches > 1 {
@@ -295,7 +312,7 @@ fn run(
         &mut state,
         config.train.steps,
         Some((&checkpoints, checkpoint_every, &meta)),
-        &foundation::progress::NoProgress,
+        progress,
         |event| match event {
             Event::Step { step, loss } => on_event(TrainEvent::Step { step, loss }),
             Event::Checkpoint { step } => on_event(TrainEvent::Checkpoint { step }),

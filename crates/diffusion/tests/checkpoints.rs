@@ -3,6 +3,7 @@
 //! error, never a restart from step 0.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 use burn::module::Module;
 use burn::prelude::*;
@@ -14,6 +15,7 @@ use diffusion::train::checkpoint_dir;
 use diffusion::{
     Diffusion, DiffusionConfig, MlpConfig, ModelConfig, TrainConfig, TrainData, Trainer, UNetConfig,
 };
+use foundation::progress::{NoProgress, Progress};
 
 fn params<M: Module>(m: &M) -> Vec<Vec<f32>> {
     flat_params(m).into_iter().map(|t| t.into_data().try_into_vec::<f32>().unwrap()).collect()
@@ -138,6 +140,22 @@ fn the_old_checkpoint_layout_still_loads() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Counts progress units.
+#[derive(Default)]
+struct Count {
+    total: AtomicU64,
+    done: AtomicU64,
+}
+
+impl Progress for Count {
+    fn start(&self, _label: &str, total: u64) {
+        self.total.store(total, SeqCst);
+    }
+    fn advance(&self, units: u64) {
+        self.done.fetch_add(units, SeqCst);
+    }
+}
+
 fn tiny_run_config() -> RunConfig {
     RunConfig {
         model: ModelConfig::Unet(UNetConfig {
@@ -165,7 +183,7 @@ fn resuming_without_a_complete_checkpoint_is_a_one_line_error() {
     // `ddpm train --resume`: a run directory with its config but no checkpoint.
     let config = tiny_run_config();
     config.save(&dir).unwrap();
-    let err = resume_run(&dir, 1, &dev, |_| Ok(())).err().expect("must not start over");
+    let err = resume_run(&dir, 1, &dev, &NoProgress, |_| Ok(())).err().expect("must not start over");
     let msg = err.to_string();
     assert!(msg.contains("no complete checkpoint") && !msg.contains('\n'), "{msg}");
     // A pointer with nothing complete behind it: training refuses instead of starting over.
@@ -184,7 +202,10 @@ fn resuming_without_a_complete_checkpoint_is_a_one_line_error() {
     .err()
     .expect("stopped");
     assert_eq!(err.to_string(), "stop");
-    let resumed = resume_run(&dir, 1, &dev, |_| Ok(())).unwrap();
+    let progress = Count::default();
+    let resumed = resume_run(&dir, 1, &dev, &progress, |_| Ok(())).unwrap();
+    // The bar starts at the resumed step and ends at the last.
+    assert_eq!((progress.total.load(SeqCst), progress.done.load(SeqCst)), (2, 2));
     let other = fresh_dir("uninterrupted");
     let straight = train_run(&config, &other, 1, &dev, |_| Ok(())).unwrap();
     assert_eq!(resumed.step, 2);
