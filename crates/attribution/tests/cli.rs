@@ -33,7 +33,7 @@ fn tiny_run(dir: &Path, channels: Vec<usize>) {
     let diffusion = config.diffusion();
     let dev = Device::flex();
     let trainer = Trainer::new(config.train.clone(), &diffusion, &data, &dev);
-    let mut state = trainer.init_state(|d| config.model.init(d));
+    let mut state = trainer.init_state(|rng, d| config.model.init_with(rng, d));
     trainer.step(&mut state);
     trainer.step(&mut state);
     trainer.save(&state, &checkpoint_dir(dir)).unwrap();

@@ -94,7 +94,7 @@ fn predicted_change_after_removal_matches_exact_retraining_to_first_order() {
     let (w, b) = least_squares(&x, &y, &all);
 
     // The fitted model, at the optimum.
-    let mut layer = TapLinear::new(D_IN, D_OUT, &d);
+    let mut layer = TapLinear::new(D_IN, D_OUT, &mut stream(0, 0, 0), &d);
     layer.inner = Linear {
         weight: Param::from_tensor(Tensor::<2>::from_data(TensorData::new(w.clone(), [D_IN, D_OUT]), &d)),
         bias: Some(Param::from_tensor(Tensor::<1>::from_data(TensorData::new(b.clone(), [D_OUT]), &d))),

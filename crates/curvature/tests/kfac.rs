@@ -84,10 +84,11 @@ fn rel_err(a: &[f64], b: &[f64]) -> f64 {
 #[test]
 fn kfac_expand_is_exact_for_deep_linear_networks_and_reduce_is_not() {
     let d = dev();
+    let mut rng = stream(11, 0, 0);
     let net = DeepLinear {
-        l1: TapConv2d::new(3, 4, 1, 1, 0, &d),
-        l2: TapConv2d::new(4, 5, 1, 1, 0, &d),
-        l3: TapConv2d::new(5, 2, 1, 1, 0, &d),
+        l1: TapConv2d::new(3, 4, 1, 1, 0, &mut rng, &d),
+        l2: TapConv2d::new(4, 5, 1, 1, 0, &mut rng, &d),
+        l3: TapConv2d::new(5, 2, 1, 1, 0, &mut rng, &d),
     };
     let batches = || {
         (0..3).map(|b| LinearBatch {
@@ -180,7 +181,7 @@ fn setup_with(cfg: ModelConfig, train_steps: usize) -> Setup {
         ..Default::default()
     };
     let trainer = diffusion::Trainer::new(tc, &diff, &data, &d);
-    let mut state = trainer.init_state(|dd| cfg.init(dd));
+    let mut state = trainer.init_state(|rng, dd| cfg.init_with(rng, dd));
     for _ in 0..train_steps {
         trainer.step(&mut state);
     }

@@ -82,7 +82,7 @@ impl BenchConfig {
                     ..TrainConfig::default()
                 };
                 let trainer = Trainer::new(train, &diffusion, &data, device);
-                let mut state = trainer.init_state(|d| config.init(d));
+                let mut state = trainer.init_state(|rng, d| config.init_with(rng, d));
                 for _ in 0..2 {
                     trainer.step(&mut state);
                 }

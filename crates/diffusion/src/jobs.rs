@@ -35,8 +35,8 @@ pub enum JobError {
     #[error(transparent)]
     Json(#[from] serde_json::Error),
     /// The MNIST classifier of `--eval`.
-    #[error("MNIST classifier: {0:#}")]
-    Classifier(anyhow::Error),
+    #[error("MNIST classifier: {0}")]
+    Classifier(#[from] mnist_classifier::ClassifierError),
 }
 
 /// The jobs' result.

@@ -2,6 +2,8 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::silu;
+use foundation::rng::{stream_for, Purpose};
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::layers::TapLinear;
@@ -22,9 +24,9 @@ pub trait Denoiser: Module + Clone + core::fmt::Debug + Send {
         self.forward_tapped(x, t, &mut Tap::off())
     }
 
-    /// Whether a training forward pass draws random numbers (dropout). Such passes cannot run as
-    /// concurrent microbatches: the draws come from one device-wide stream, so which pass gets
-    /// which mask would depend on thread timing.
+    /// Whether a training forward pass draws random numbers (dropout). A training step of such a
+    /// model runs in one pass with the step's seeded dropout stream installed
+    /// ([`foundation::layers::with_dropout_stream`]), whatever the microbatch setting.
     fn draws_randomness(&self) -> bool {
         false
     }
@@ -44,14 +46,22 @@ pub struct MlpConfig {
 }
 
 impl MlpConfig {
-    /// Build the network.
+    /// Build the network with weights from the seed-0 initialisation stream (for a model whose
+    /// weights are loaded afterwards, or a fixed test model); see [`MlpConfig::init_with`].
     pub fn init(&self, device: &Device) -> Mlp {
+        self.init_with(&mut stream_for(0, Purpose::Init, 0), device)
+    }
+
+    /// Build the network with weights drawn from `rng` (layers in declaration order).
+    pub fn init_with(&self, rng: &mut impl Rng, device: &Device) -> Mlp {
         Mlp {
-            time_in: TapLinear::new(self.time_dim, self.hidden, device),
-            input: TapLinear::new(self.data_dim, self.hidden, device),
-            hidden: (0..self.layers).map(|_| TapLinear::new(self.hidden, self.hidden, device)).collect(),
-            film: (0..self.layers).map(|_| TapLinear::new(self.hidden, 2 * self.hidden, device)).collect(),
-            output: TapLinear::new(self.hidden, self.data_dim, device),
+            time_in: TapLinear::new(self.time_dim, self.hidden, rng, device),
+            input: TapLinear::new(self.data_dim, self.hidden, rng, device),
+            hidden: (0..self.layers).map(|_| TapLinear::new(self.hidden, self.hidden, rng, device)).collect(),
+            film: (0..self.layers)
+                .map(|_| TapLinear::new(self.hidden, 2 * self.hidden, rng, device))
+                .collect(),
+            output: TapLinear::new(self.hidden, self.data_dim, rng, device),
             time_dim: self.time_dim,
             data_dim: self.data_dim,
         }
@@ -108,11 +118,18 @@ impl ModelConfig {
         }
     }
 
-    /// Build the network.
+    /// Build the network with weights from the seed-0 initialisation stream (for a model whose
+    /// weights are loaded afterwards, or a fixed test model); see [`ModelConfig::init_with`].
     pub fn init(&self, device: &Device) -> AnyDenoiser {
+        self.init_with(&mut stream_for(0, Purpose::Init, 0), device)
+    }
+
+    /// Build the network with weights drawn from `rng` (training draws it from
+    /// `stream_for(seed, Purpose::Init, 0)`).
+    pub fn init_with(&self, rng: &mut impl Rng, device: &Device) -> AnyDenoiser {
         match self {
-            ModelConfig::Unet(c) => AnyDenoiser::Unet(c.init(device)),
-            ModelConfig::Mlp(c) => AnyDenoiser::Mlp(c.init(device)),
+            ModelConfig::Unet(c) => AnyDenoiser::Unet(c.init_with(rng, device)),
+            ModelConfig::Mlp(c) => AnyDenoiser::Mlp(c.init_with(rng, device)),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! A training run on disk: `config.json` (everything needed to rebuild the model and data),
-//! `checkpoint/` (weights, EMA, optimizer, step) and outputs such as `samples.png`.
+//! `checkpoint` (a link to the newest complete generation `checkpoint-<step>/` of weights, EMA,
+//! optimizer and step; older runs have a plain `checkpoint/` directory, read the same way) and
+//! outputs such as `samples.png`.
 
 use std::path::{Path, PathBuf};
 
@@ -7,7 +9,12 @@ use burn::prelude::*;
 use data::{load_mnist, Dataset, Split};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{load_module, stable_param_ids, write_atomic, CheckpointError};
+use foundation::progress::{NoProgress, Progress};
+use foundation::train::Event;
+
+use crate::checkpoint::{
+    load_module, read_step, stable_param_ids, write_atomic, CheckpointError, Checkpoints,
+};
 use crate::diffusion::{Diffusion, DiffusionConfig};
 use crate::model::{AnyDenoiser, ModelConfig};
 use crate::train::{checkpoint_dir, TrainConfig, TrainData, TrainState, Trainer};
@@ -166,7 +173,8 @@ pub struct TrainedModel {
 /// Load the EMA model of a run directory (refuses weights that do not fit its config).
 pub fn load_trained(run_dir: &Path, device: &Device) -> Result<TrainedModel, CheckpointError> {
     let config = RunConfig::load(run_dir)?;
-    let ckpt = checkpoint_dir(run_dir);
+    let pointer = checkpoint_dir(run_dir);
+    let ckpt = Checkpoints::new(&pointer).latest().ok_or(CheckpointError::NoCheckpoint { path: pointer })?;
     let meta_path = ckpt.join("state.json");
     let text = std::fs::read_to_string(&meta_path)
         .map_err(|source| CheckpointError::Io { path: meta_path.clone(), source })?;
@@ -181,11 +189,10 @@ pub fn load_trained(run_dir: &Path, device: &Device) -> Result<TrainedModel, Che
 /// step reached).
 pub fn is_finished(run_dir: &Path, config: &RunConfig) -> bool {
     RunConfig::load(run_dir).ok().as_ref() == Some(config)
-        && std::fs::read_to_string(checkpoint_dir(run_dir).join("state.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-            == Some(config.train.steps as u64)
+        && Checkpoints::new(&checkpoint_dir(run_dir))
+            .latest()
+            .and_then(|dir| read_step(&dir.join("state.json")))
+            == Some(config.train.steps)
 }
 
 /// Progress of [`train_run`], for logs and progress bars.
@@ -214,29 +221,69 @@ pub enum TrainEvent {
     },
 }
 
-/// Train the run `config` in `run_dir` to its last step: resumes from the run's checkpoint when
-/// one exists (refusing a directory that holds another run), checkpoints every
-/// `checkpoint_every` steps and at the end. `on_event` sees the start, every step and every
-/// checkpoint; an error it returns stops training. Returns the final state (the EMA weights are
-/// the model to sample from).
+/// Train the run `config` in `run_dir` to its last step: resumes from the run's newest complete
+/// checkpoint when one exists (refusing a directory that holds another run, or one with traces of
+/// a checkpoint but no complete generation), checkpoints every `checkpoint_every` steps and at the
+/// end. `on_event` sees the start, every step and every checkpoint; an error it returns stops
+/// training. Returns the final state (the EMA weights are the model to sample from).
 pub fn train_run(
     config: &RunConfig,
     run_dir: &Path,
     checkpoint_every: usize,
     device: &Device,
+    on_event: impl FnMut(TrainEvent) -> Result<(), CheckpointError>,
+) -> Result<TrainState<AnyDenoiser>, CheckpointError> {
+    run(config, run_dir, checkpoint_every, device, false, &NoProgress, on_event)
+}
+
+/// [`train_run`] that also reports every step to `progress` (stage `train`, one unit per step,
+/// the loss as message).
+pub fn train_run_with_progress(
+    config: &RunConfig,
+    run_dir: &Path,
+    checkpoint_every: usize,
+    device: &Device,
+    progress: &dyn Progress,
+    on_event: impl FnMut(TrainEvent) -> Result<(), CheckpointError>,
+) -> Result<TrainState<AnyDenoiser>, CheckpointError> {
+    run(config, run_dir, checkpoint_every, device, false, progress, on_event)
+}
+
+/// Continue the run in `run_dir` (settings from its `config.json`) from its newest complete
+/// checkpoint to its last step, like [`train_run_with_progress`] (`ddpm train --resume`); a run
+/// without a complete checkpoint is an error ([`CheckpointError::NoCheckpoint`], one line), never
+/// a silent restart from step 0.
+pub fn resume_run(
+    run_dir: &Path,
+    checkpoint_every: usize,
+    device: &Device,
+    progress: &dyn Progress,
+    on_event: impl FnMut(TrainEvent) -> Result<(), CheckpointError>,
+) -> Result<TrainState<AnyDenoiser>, CheckpointError> {
+    let config = RunConfig::load(run_dir)?;
+    run(&config, run_dir, checkpoint_every, device, true, progress, on_event)
+}
+
+fn run(
+    config: &RunConfig,
+    run_dir: &Path,
+    checkpoint_every: usize,
+    device: &Device,
+    must_resume: bool,
+    progress: &dyn Progress,
     mut on_event: impl FnMut(TrainEvent) -> Result<(), CheckpointError>,
 ) -> Result<TrainState<AnyDenoiser>, CheckpointError> {
     if config.train.microbatches > 1 {
         if let ModelConfig::Unet(unet) = &config.model {
             if unet.dropout > 0.0 {
                 return Err(CheckpointError::Run(
-                    "concurrent microbatches need dropout 0 (its masks come from one shared random stream)"
-                        .into(),
+                    "concurrent microbatches need dropout 0 (a step with dropout runs in one pass)".into(),
                 ));
             }
         }
     }
-    let ckpt = checkpoint_dir(run_dir);
+    let pointer = checkpoint_dir(run_dir);
+    let checkpoints = Checkpoints::new(&pointer);
     match RunConfig::load(run_dir) {
         Ok(existing) if existing != *config => {
             return Err(CheckpointError::Mismatch {
@@ -247,27 +294,29 @@ pub fn train_run(
         Ok(_) => {}
         Err(_) => config.save(run_dir)?,
     }
+    let latest = checkpoints.latest();
+    if latest.is_none() && (must_resume || checkpoints.any_trace()) {
+        return Err(CheckpointError::NoCheckpoint { path: pointer });
+    }
     let (ds, data) =
         config.train_data().map_err(|e| CheckpointError::Run(format!("loading training data: {e}")))?;
     let diffusion = config.diffusion();
     let trainer = Trainer::new(config.train.clone(), &diffusion, &data, device);
-    let init = |d: &Device| config.model.init(d);
-    let mut state =
-        if ckpt.join("state.json").exists() { trainer.load(&ckpt, init)? } else { trainer.init_state(init) };
+    let mut state = match latest {
+        Some(_) => trainer.load(&pointer, |d| config.model.init(d))?,
+        None => trainer.init_state(|rng, d| config.model.init_with(rng, d)),
+    };
     on_event(TrainEvent::Started { step: state.step, params: state.model.num_params(), images: ds.n })?;
-    while state.step < config.train.steps {
-        let loss = trainer.step(&mut state);
-        if !loss.is_finite() {
-            return Err(CheckpointError::Run(format!(
-                "training diverged (loss {loss} at step {}); lower the learning rate",
-                state.step
-            )));
-        }
-        on_event(TrainEvent::Step { step: state.step, loss })?;
-        if state.step % checkpoint_every.max(1) == 0 || state.step == config.train.steps {
-            trainer.save(&state, &ckpt)?;
-            on_event(TrainEvent::Checkpoint { step: state.step })?;
-        }
-    }
+    let meta = trainer.checkpoint_meta();
+    trainer.inner.run(
+        &mut state,
+        config.train.steps,
+        Some((&checkpoints, checkpoint_every, &meta)),
+        progress,
+        |event| match event {
+            Event::Step { step, loss } => on_event(TrainEvent::Step { step, loss }),
+            Event::Checkpoint { step } => on_event(TrainEvent::Checkpoint { step }),
+        },
+    )?;
     Ok(state)
 }

@@ -1,25 +1,29 @@
-//! Training: AdamW, linear warmup + cosine decay, global-norm gradient clipping, EMA weights,
-//! seeded and resumable bit-for-bit from checkpoints.
+//! Diffusion training: the denoising objective ([`DiffusionObjective`]) on the workspace's one
+//! training loop, [`foundation::train::Trainer`] (AdamW, linear warmup + cosine decay, global-norm
+//! gradient clipping, EMA weights, concurrent microbatches, crash-safe checkpoints).
 //!
 //! Every random quantity of step `s` (minibatch, timesteps, noise, dropout) is derived from
-//! `(seed, s)` alone, so a run resumed from a checkpoint at step `k` takes exactly the same
-//! steps as an uninterrupted run.
+//! `(seed, s)` alone, and the initial weights from `(seed, Purpose::Init)`, so a run resumed from a
+//! checkpoint at step `k` takes exactly the same steps as an uninterrupted run, and two runs on
+//! two threads of one process get the weights each gets alone.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
+use foundation::rng::{normals, stream_for, timesteps, Purpose};
+use foundation::train::{Checkpoints, Objective, OptimConfig};
 use rand::seq::SliceRandom;
-use rayon::prelude::*;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{load_module, save_module, stable_param_ids, write_atomic, CheckpointError};
+use crate::checkpoint::CheckpointError;
 use crate::diffusion::Diffusion;
-use crate::ema::ema_update;
 use crate::model::Denoiser;
-use crate::rng::{derived_seed, normals, purpose, stream, timesteps};
 use crate::tap::Tap;
+
+pub use foundation::train::{clip_global_norm, TrainState};
 
 /// Optimisation hyper-parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,9 +51,8 @@ pub struct TrainConfig {
     /// clipping. Burn's CPU ops have serial stretches (a 28x28 U-Net step keeps 1.3 of 2 cores
     /// busy), which a second pass fills. Same objective as one pass over the batch, same numbers up
     /// to float rounding, deterministic. A model with dropout runs in one pass regardless
-    /// ([`Denoiser::draws_randomness`]): its masks come from one device-wide random stream that
-    /// concurrent passes would race for (`ddpm train` refuses the combination outright). Absent in
-    /// older configs (= 1).
+    /// ([`Denoiser::draws_randomness`]), with the step's seeded dropout stream (`ddpm train`
+    /// refuses the combination outright). Absent in older configs (= 1).
     #[serde(default = "one")]
     pub microbatches: usize,
 }
@@ -76,22 +79,49 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// EMA decay used after step `step`: `min(ema_decay, (1 + step) / (10 + step))`. Without this
-    /// warm-up the EMA keeps `ema_decay^step` of the random initial weights (37% after 1000 steps
-    /// at 0.999), which visibly spoils early samples.
-    pub fn ema_decay_at(&self, step: usize) -> f64 {
-        self.ema_decay.min((1.0 + step as f64) / (10.0 + step as f64))
+    /// The trainer's settings.
+    pub fn optim(&self) -> OptimConfig {
+        OptimConfig {
+            steps: self.steps,
+            lr: self.lr,
+            warmup_steps: self.warmup_steps,
+            min_lr_ratio: self.min_lr_ratio,
+            weight_decay: self.weight_decay,
+            grad_clip: self.grad_clip,
+            ema_decay: self.ema_decay,
+            seed: self.seed,
+            microbatches: self.microbatches,
+        }
     }
 
-    /// Learning rate used at (zero-based) step `step`.
+    /// EMA decay used after step `step` ([`OptimConfig::ema_decay_at`]): without the warm-up the
+    /// EMA keeps `ema_decay^step` of the random initial weights (37% after 1000 steps at 0.999),
+    /// which visibly spoils early samples.
+    pub fn ema_decay_at(&self, step: usize) -> f64 {
+        self.optim().ema_decay_at(step)
+    }
+
+    /// Learning rate used at (zero-based) step `step` ([`OptimConfig::lr_at`]).
     pub fn lr_at(&self, step: usize) -> f64 {
-        if step < self.warmup_steps {
-            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        self.optim().lr_at(step)
+    }
+
+    /// Dataset indices of the minibatch of step `step` from `n` examples: epochs are seeded
+    /// permutations.
+    pub fn batch_indices(&self, n: usize, step: usize) -> Vec<usize> {
+        let b = self.batch_size;
+        let mut out = Vec::with_capacity(b);
+        let mut cached: Option<(usize, Vec<usize>)> = None;
+        for k in step * b..(step + 1) * b {
+            let (epoch, pos) = (k / n, k % n);
+            if cached.as_ref().map(|c| c.0) != Some(epoch) {
+                let mut perm: Vec<usize> = (0..n).collect();
+                perm.shuffle(&mut stream_for(self.seed, Purpose::TrainOrder, epoch as u64));
+                cached = Some((epoch, perm));
+            }
+            out.push(cached.as_ref().unwrap().1[pos]);
         }
-        let span = self.steps.saturating_sub(self.warmup_steps).max(1);
-        let progress = ((step - self.warmup_steps) as f64 / span as f64).min(1.0);
-        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
-        self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine)
+        out
     }
 }
 
@@ -136,35 +166,70 @@ impl TrainData {
     }
 }
 
-/// Mutable training state: the model (on the autodiff device), its EMA (plain device),
-/// the optimizer, and the number of steps taken.
-pub struct TrainState<M: Denoiser> {
-    /// Steps taken so far.
-    pub step: usize,
-    /// The trained model (autodiff device).
-    pub model: M,
-    /// EMA of the weights (no autodiff), the model to sample from.
-    pub ema: M,
-    /// AdamW state.
-    pub optim: ModuleOptimizer,
+/// The minibatch of one step: clean data, timesteps and noise.
+#[derive(Clone, Debug)]
+pub struct DiffusionBatch {
+    /// Clean data `[B, D]`.
+    pub x0: Tensor<2>,
+    /// Timesteps, one per row.
+    pub t: Vec<usize>,
+    /// Noise `[B, D]`.
+    pub eps: Tensor<2>,
 }
 
-/// What `state.json` in a checkpoint holds besides the weights.
-#[derive(Debug, Serialize, Deserialize)]
-struct StateMeta {
-    step: usize,
-    data_fingerprint: u64,
-    train: TrainConfig,
-}
-
-/// Runs training steps of a diffusion model on fixed data.
-pub struct Trainer<'a> {
-    /// Optimisation settings.
-    pub config: TrainConfig,
+/// The denoising objective: step `s` trains on the minibatch [`TrainConfig::batch_indices`] with
+/// timesteps and noise from `stream_for(seed, Purpose::TrainNoise, s)`; the loss is
+/// [`Diffusion::loss`].
+pub struct DiffusionObjective<'a> {
     /// The diffusion process and loss.
     pub diffusion: &'a Diffusion,
     /// Training data.
     pub data: &'a TrainData,
+    /// Batch size and seed come from here.
+    pub config: TrainConfig,
+}
+
+impl<M: Denoiser> Objective<M> for DiffusionObjective<'_> {
+    type Batch = DiffusionBatch;
+
+    fn batch(&self, step: usize, device: &Device) -> DiffusionBatch {
+        let idx = self.config.batch_indices(self.data.n, step);
+        let mut rng = stream_for(self.config.seed, Purpose::TrainNoise, step as u64);
+        let t = timesteps(&mut rng, idx.len(), self.diffusion.steps());
+        let eps = normals(&mut rng, idx.len() * self.data.dim);
+        let eps = Tensor::from_data(TensorData::new(eps, [idx.len(), self.data.dim]), device);
+        DiffusionBatch { x0: self.data.batch(&idx, device), t, eps }
+    }
+
+    fn batch_len(&self, batch: &DiffusionBatch) -> usize {
+        batch.t.len()
+    }
+
+    fn slice(&self, batch: &DiffusionBatch, range: Range<usize>) -> DiffusionBatch {
+        let len = range.end - range.start;
+        DiffusionBatch {
+            x0: batch.x0.clone().narrow(0, range.start, len),
+            t: batch.t[range.clone()].to_vec(),
+            eps: batch.eps.clone().narrow(0, range.start, len),
+        }
+    }
+
+    fn loss(&self, model: &M, batch: DiffusionBatch) -> Tensor<1> {
+        self.diffusion.loss(model, batch.x0, &batch.t, batch.eps, &mut Tap::off())
+    }
+
+    fn draws_randomness(&self, model: &M) -> bool {
+        model.draws_randomness()
+    }
+}
+
+/// Runs training steps of a diffusion model on fixed data: [`DiffusionObjective`] on
+/// [`foundation::train::Trainer`].
+pub struct Trainer<'a> {
+    /// Optimisation settings.
+    pub config: TrainConfig,
+    /// The generic trainer and the objective.
+    pub inner: foundation::train::Trainer<DiffusionObjective<'a>>,
     /// Autodiff device the model trains on.
     pub device: Device,
 }
@@ -172,239 +237,108 @@ pub struct Trainer<'a> {
 impl<'a> Trainer<'a> {
     /// A trainer on `device` (autodiff is added if missing).
     pub fn new(config: TrainConfig, diffusion: &'a Diffusion, data: &'a TrainData, device: &Device) -> Self {
-        Self { config, diffusion, data, device: device.clone().autodiff() }
+        let objective = DiffusionObjective { diffusion, data, config: config.clone() };
+        let inner = foundation::train::Trainer::new(config.optim(), objective, device);
+        Self { device: inner.device.clone(), config, inner }
     }
 
-    fn optimizer(&self) -> ModuleOptimizer {
-        AdamWConfig::new().with_weight_decay(self.config.weight_decay as f32).with_epsilon(1e-8).init()
+    /// The diffusion process.
+    pub fn diffusion(&self) -> &'a Diffusion {
+        self.inner.objective.diffusion
     }
 
-    /// Fresh state from a model built by `init` (called with the device seeded from the run seed).
-    pub fn init_state<M: Denoiser>(&self, init: impl FnOnce(&Device) -> M) -> TrainState<M> {
-        self.device.seed(derived_seed(self.config.seed, purpose::INIT, 0));
-        let model = stable_param_ids(init(&self.device));
-        let ema = model.valid();
-        TrainState { step: 0, model, ema, optim: self.optimizer() }
+    /// The training data.
+    pub fn data(&self) -> &'a TrainData {
+        self.inner.objective.data
+    }
+
+    /// Fresh state from a model built by `init` from the run's initialisation stream
+    /// (`stream_for(seed, Purpose::Init, 0)`), e.g. `|rng, d| config.init_with(rng, d)`.
+    pub fn init_state<M: Denoiser>(&self, init: impl FnOnce(&mut ChaCha8Rng, &Device) -> M) -> TrainState<M> {
+        self.inner.init_state(init)
     }
 
     /// Dataset indices of the minibatch of step `step`: epochs are seeded permutations.
     pub fn batch_indices(&self, step: usize) -> Vec<usize> {
-        let n = self.data.n;
-        let b = self.config.batch_size;
-        let mut out = Vec::with_capacity(b);
-        let mut cached: Option<(usize, Vec<usize>)> = None;
-        for k in step * b..(step + 1) * b {
-            let (epoch, pos) = (k / n, k % n);
-            if cached.as_ref().map(|c| c.0) != Some(epoch) {
-                let mut perm: Vec<usize> = (0..n).collect();
-                perm.shuffle(&mut stream(self.config.seed, purpose::ORDER, epoch as u64));
-                cached = Some((epoch, perm));
-            }
-            out.push(cached.as_ref().unwrap().1[pos]);
-        }
-        out
+        self.config.batch_indices(self.data().n, step)
     }
 
     /// One optimisation step; returns the minibatch loss.
     pub fn step<M: Denoiser>(&self, state: &mut TrainState<M>) -> f32 {
-        let s = state.step;
-        let idx = self.batch_indices(s);
-        let mut rng = stream(self.config.seed, purpose::TRAIN_NOISE, s as u64);
-        let t = timesteps(&mut rng, idx.len(), self.diffusion.steps());
-        let eps = normals(&mut rng, idx.len() * self.data.dim);
-        let eps = Tensor::from_data(TensorData::new(eps, [idx.len(), self.data.dim]), &self.device);
-        let x0 = self.data.batch(&idx, &self.device);
-        self.device.seed(derived_seed(self.config.seed, purpose::DROPOUT, s as u64));
-
-        let (loss_value, mut grads) = self.batch_gradients(&state.model, x0, &t, eps);
-        if let Some(max_norm) = self.config.grad_clip {
-            clip_global_norm(&state.model, &mut grads, max_norm);
-        }
-        let model = std::mem::replace(&mut state.model, state.ema.clone());
-        state.model = state.optim.step(self.config.lr_at(s), model, grads);
-        let ema = std::mem::replace(&mut state.ema, state.model.valid());
-        state.ema = ema_update(ema, &state.model.valid(), self.config.ema_decay_at(s));
-        state.step += 1;
-        loss_value
+        self.inner.step(state)
     }
 
-    /// Mean loss over the batch `(x0, t, eps)` (tensors on [`Trainer::device`]) and its gradient
-    /// with respect to `model`'s parameters, in `microbatches` concurrent passes.
+    /// Mean loss over the batch `(x0, t, eps)` (tensors on [`Trainer::device`]) of step `step` and
+    /// its gradient with respect to `model`'s parameters, in `microbatches` concurrent passes (the
+    /// step selects the dropout stream of a model with dropout).
     pub fn batch_gradients<M: Denoiser>(
         &self,
         model: &M,
         x0: Tensor<2>,
         t: &[usize],
         eps: Tensor<2>,
+        step: usize,
     ) -> (f32, GradientsParams) {
-        // One forward/backward pass over a slice holding `weight` of the batch (1.0 is exact, so
-        // the single-pass path gives the same numbers as an unweighted loss).
-        let pass = |model: &M, x: Tensor<2>, t: &[usize], e: Tensor<2>, weight: f64| {
-            let loss = self.diffusion.loss(model, x, t, e, &mut Tap::off()).mul_scalar(weight);
-            let value: f32 = loss.clone().into_scalar();
-            (value, GradientsParams::from_grads(loss.backward(), model))
-        };
-        let n = t.len();
-        // A model that draws randomness (dropout) runs in one pass whatever `microbatches` says:
-        // concurrent passes would take its masks from the shared stream in thread-timing order.
-        let parts = if model.draws_randomness() { 1 } else { self.config.microbatches.clamp(1, n.max(1)) };
-        if parts == 1 {
-            return pass(model, x0, t, eps, 1.0);
-        }
-        // Contiguous, near-equal slices; each pass runs on its own copy of the parameters as
-        // fresh autodiff leaves (same ParamIds), so the passes build disjoint graphs that burn
-        // can backpropagate concurrently.
-        let jobs: Vec<(M, Tensor<2>, Tensor<2>, &[usize], f64)> = (0..parts)
-            .map(|p| {
-                let (a, b) = (p * n / parts, (p + 1) * n / parts);
-                let copy = model.clone().map(&mut FreshLeaves);
-                let x = x0.clone().narrow(0, a, b - a);
-                let e = eps.clone().narrow(0, a, b - a);
-                (copy, x, e, &t[a..b], (b - a) as f64 / n as f64)
-            })
-            .collect();
-        let passes: Vec<(f32, GradientsParams)> =
-            jobs.into_par_iter().map(|(copy, x, e, t, weight)| pass(&copy, x, t, e, weight)).collect();
-        // Combined in a fixed order, so the result does not depend on thread timing.
-        let mut passes = passes.into_iter();
-        let (mut value, mut total) = passes.next().expect("at least two passes");
-        for (v, mut g) in passes {
-            value += v;
-            model.visit(&mut AddGradients { into: &mut total, from: &mut g });
-        }
-        (value, total)
+        self.inner.gradients(model, DiffusionBatch { x0, t: t.to_vec(), eps }, step)
     }
 
-    /// Save the state to `dir` (model, EMA, optimizer, step); atomic at the directory level.
+    /// What `state.json` holds besides the step: the data fingerprint and the training settings,
+    /// checked by [`load`](Self::load).
+    pub fn checkpoint_meta(&self) -> serde_json::Value {
+        serde_json::json!({ "data_fingerprint": self.data().fingerprint(), "train": self.config })
+    }
+
+    /// Save the state as a new generation of the checkpoint `dir` (model, EMA, optimizer, step;
+    /// see [`foundation::train::checkpoint`]: a complete checkpoint exists at every instant).
     pub fn save<M: Denoiser>(&self, state: &TrainState<M>, dir: &Path) -> Result<(), CheckpointError> {
-        let tmp = dir.with_extension("tmp");
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| CheckpointError::Io { path, source }
-        };
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-        }
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        save_module(&state.model.valid(), &tmp.join("model.safetensors"))?;
-        save_module(&state.ema, &tmp.join("ema.safetensors"))?;
-        let opt_path = tmp.join("optimizer.bpk");
-        state
-            .optim
-            .save(&opt_path)
-            .map_err(|e| CheckpointError::Format { path: opt_path.clone(), message: format!("{e:?}") })?;
-        let meta = StateMeta {
-            step: state.step,
-            data_fingerprint: self.data.fingerprint(),
-            train: self.config.clone(),
-        };
-        write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(&meta).unwrap().as_bytes())?;
-        let old = dir.with_extension("old");
-        if dir.exists() {
-            if old.exists() {
-                std::fs::remove_dir_all(&old).map_err(io(&old))?;
-            }
-            std::fs::rename(dir, &old).map_err(io(dir))?;
-        }
-        std::fs::rename(&tmp, dir).map_err(io(dir))?;
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(io(&old))?;
-        }
-        Ok(())
+        self.inner.save(state, &Checkpoints::new(dir), &self.checkpoint_meta())
     }
 
-    /// Restore a state saved by [`save`](Self::save) into a model built by `init`. Refuses a
-    /// checkpoint made with other data or other training settings.
+    /// [`save`](Self::save) with a fault-injection hook (see
+    /// [`Checkpoints::save_with_hook`]): `stop(k)` true stops the save before its write step `k`.
+    pub fn save_with_hook<M: Denoiser>(
+        &self,
+        state: &TrainState<M>,
+        dir: &Path,
+        stop: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<(), CheckpointError> {
+        self.inner.save_with_hook(state, &Checkpoints::new(dir), &self.checkpoint_meta(), stop)
+    }
+
+    /// Restore the newest complete generation of the checkpoint `dir` into a model built by
+    /// `init` (its initial values are overwritten). Refuses a checkpoint made with other data or
+    /// other training settings; [`CheckpointError::NoCheckpoint`] when there is none.
     pub fn load<M: Denoiser>(
         &self,
         dir: &Path,
         init: impl FnOnce(&Device) -> M,
     ) -> Result<TrainState<M>, CheckpointError> {
-        let meta_path = dir.join("state.json");
-        let text = std::fs::read_to_string(&meta_path)
-            .map_err(|source| CheckpointError::Io { path: meta_path.clone(), source })?;
-        let meta: StateMeta = serde_json::from_str(&text)
-            .map_err(|e| CheckpointError::Json { path: meta_path.clone(), message: e.to_string() })?;
-        if meta.data_fingerprint != self.data.fingerprint() {
+        self.inner.load(&Checkpoints::new(dir), init, |path, meta| self.check_meta(path, meta))
+    }
+
+    fn check_meta(&self, path: &Path, meta: &serde_json::Value) -> Result<(), CheckpointError> {
+        let json_error = |message: String| CheckpointError::Json { path: path.to_path_buf(), message };
+        let fingerprint = meta.get("data_fingerprint").and_then(|v| v.as_u64());
+        if fingerprint != Some(self.data().fingerprint()) {
             return Err(CheckpointError::Mismatch {
-                path: meta_path,
+                path: path.to_path_buf(),
                 message: "it was trained on different data".into(),
             });
         }
-        if meta.train != self.config {
+        let train: TrainConfig = serde_json::from_value(meta.get("train").cloned().unwrap_or_default())
+            .map_err(|e| json_error(e.to_string()))?;
+        if train != self.config {
             return Err(CheckpointError::Mismatch {
-                path: meta_path,
-                message: format!("training settings differ (checkpoint: {:?})", meta.train),
+                path: path.to_path_buf(),
+                message: format!("training settings differ (checkpoint: {train:?})"),
             });
         }
-        let fresh = stable_param_ids(init(&self.device));
-        let ema = load_module(fresh.valid(), &dir.join("ema.safetensors"))?;
-        let model = load_module(fresh, &dir.join("model.safetensors"))?;
-        let opt_path = dir.join("optimizer.bpk");
-        let optim = self
-            .optimizer()
-            .load(&opt_path)
-            .map_err(|e| CheckpointError::Format { path: opt_path.clone(), message: format!("{e:?}") })?;
-        Ok(TrainState { step: meta.step, model, ema, optim })
+        Ok(())
     }
 }
 
-/// Scale all gradients so that their global L2 norm is at most `max_norm`; returns the norm
-/// before clipping. (burn's own clipping is per tensor.)
-pub fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
-    struct SqNorm<'g>(&'g GradientsParams, f64);
-    impl ModuleVisitor for SqNorm<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(g) = self.0.get::<D>(param.id) {
-                self.1 += g.square().sum().into_scalar::<f32>() as f64;
-            }
-        }
-    }
-    struct Scale<'g>(&'g mut GradientsParams, f64);
-    impl ModuleVisitor for Scale<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(g) = self.0.remove::<D>(param.id) {
-                self.0.register(param.id, g.mul_scalar(self.1));
-            }
-        }
-    }
-    let mut sq = SqNorm(grads, 0.0);
-    model.visit(&mut sq);
-    let norm = sq.1.sqrt();
-    if norm > max_norm {
-        model.visit(&mut Scale(grads, max_norm / norm));
-    }
-    norm
-}
-
-/// Re-creates every float parameter as a fresh autodiff leaf holding the same values.
-struct FreshLeaves;
-
-impl ModuleMapper for FreshLeaves {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let (id, value, mapper) = param.consume();
-        Param::from_mapped_value(id, value.detach().require_grad(), mapper)
-    }
-}
-
-/// Adds the gradients of `from` into `into`, parameter by parameter.
-struct AddGradients<'g> {
-    into: &'g mut GradientsParams,
-    from: &'g mut GradientsParams,
-}
-
-impl ModuleVisitor for AddGradients<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let sum = match (self.into.remove::<D>(param.id), self.from.remove::<D>(param.id)) {
-            (Some(a), Some(b)) => a + b,
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => return,
-        };
-        self.into.register(param.id, sum);
-    }
-}
-
-/// Default checkpoint directory inside a run directory.
+/// Default checkpoint pointer inside a run directory (`run/checkpoint`, a link to the newest
+/// generation `run/checkpoint-<step>/`).
 pub fn checkpoint_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("checkpoint")
 }

@@ -11,11 +11,14 @@
 //! becomes the narrowest).
 //! `bench/jax_unet_step.py` implements exactly the same network for the speed comparison.
 
-use burn::nn::{Dropout, DropoutConfig, GroupNorm, GroupNormConfig};
+use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use foundation::layers::Dropout;
+use foundation::rng::{stream_for, Purpose};
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::layers::{TapConv2d, TapLinear};
@@ -37,7 +40,8 @@ pub struct UNetConfig {
     pub blocks_per_level: usize,
     /// GroupNorm groups (must divide every channel count used).
     pub groups: usize,
-    /// Dropout probability inside residual blocks (active in training mode only).
+    /// Dropout probability inside residual blocks (active in training steps only, masks from the
+    /// run's seeded dropout stream).
     pub dropout: f64,
     /// The upsampling conv into level `l - 1` outputs `channels[l - 1]` channels instead of keeping
     /// its input's (saves about a sixth of the FLOPs of the 3-level 28x28 net). Absent in older
@@ -62,52 +66,65 @@ impl Default for UNetConfig {
 }
 
 impl UNetConfig {
-    /// Build the network.
+    /// Build the network with weights from the seed-0 initialisation stream (for a model whose
+    /// weights are loaded afterwards, or a fixed test model); see [`UNetConfig::init_with`].
     pub fn init(&self, device: &Device) -> UNet {
+        self.init_with(&mut stream_for(0, Purpose::Init, 0), device)
+    }
+
+    /// Build the network with weights drawn from `rng`, layer by layer in construction order.
+    pub fn init_with(&self, rng: &mut impl Rng, device: &Device) -> UNet {
         assert!(!self.channels.is_empty(), "U-Net needs at least one level");
         let c0 = self.channels[0];
         let temb = 4 * c0;
-        let res = |cin: usize, cout: usize| ResBlock::new(cin, cout, temb, self.groups, self.dropout, device);
+        // The time MLP and the input conv first, then the blocks in forward order.
+        let time_in = TapLinear::new(c0, temb, rng, device);
+        let time_out = TapLinear::new(temb, temb, rng, device);
+        let conv_in = TapConv2d::new(self.image_channels, c0, 3, 1, 1, rng, device);
+        let (groups, dropout) = (self.groups, self.dropout);
+        let res = |cin: usize, cout: usize, rng: &mut dyn rand::RngCore| {
+            ResBlock::new(cin, cout, temb, groups, dropout, rng, device)
+        };
         let mut down = Vec::new();
         let mut downsample = Vec::new();
         let mut skip_channels = Vec::new();
         let mut c = c0;
         for (l, &cl) in self.channels.iter().enumerate() {
             for _ in 0..self.blocks_per_level {
-                down.push(res(c, cl));
+                down.push(res(c, cl, rng));
                 c = cl;
                 skip_channels.push(c);
             }
             if l + 1 < self.channels.len() {
-                downsample.push(TapConv2d::new(c, c, 3, 2, 1, device));
+                downsample.push(TapConv2d::new(c, c, 3, 2, 1, rng, device));
             }
         }
-        let mid = res(c, c);
+        let mid = res(c, c, rng);
         let mut up = Vec::new();
         let mut upsample = Vec::new();
         for (l, &cl) in self.channels.iter().enumerate().rev() {
             for _ in 0..self.blocks_per_level {
                 let skip = skip_channels.pop().expect("one skip per down block");
-                up.push(res(c + skip, cl));
+                up.push(res(c + skip, cl, rng));
                 c = cl;
             }
             if l > 0 {
                 let c_next = if self.upsample_to_level_channels { self.channels[l - 1] } else { c };
-                upsample.push(TapConv2d::new(c, c_next, 3, 1, 1, device));
+                upsample.push(TapConv2d::new(c, c_next, 3, 1, 1, rng, device));
                 c = c_next;
             }
         }
         UNet {
-            time_in: TapLinear::new(c0, temb, device),
-            time_out: TapLinear::new(temb, temb, device),
-            conv_in: TapConv2d::new(self.image_channels, c0, 3, 1, 1, device),
+            time_in,
+            time_out,
+            conv_in,
             down,
             downsample,
             mid,
             up,
             upsample,
             norm_out: GroupNormConfig::new(self.groups, c0).init(device),
-            conv_out: TapConv2d::new(c0, self.image_channels, 3, 1, 1, device),
+            conv_out: TapConv2d::new(c0, self.image_channels, 3, 1, 1, rng, device),
             shape: [self.image_channels, self.height, self.width],
             base_channels: c0,
             blocks_per_level: self.blocks_per_level,
@@ -128,15 +145,23 @@ pub struct ResBlock {
 }
 
 impl ResBlock {
-    fn new(cin: usize, cout: usize, temb: usize, groups: usize, dropout: f64, device: &Device) -> Self {
+    fn new(
+        cin: usize,
+        cout: usize,
+        temb: usize,
+        groups: usize,
+        dropout: f64,
+        mut rng: &mut dyn rand::RngCore,
+        device: &Device,
+    ) -> Self {
         Self {
             norm1: GroupNormConfig::new(groups, cin).init(device),
-            conv1: TapConv2d::new(cin, cout, 3, 1, 1, device),
-            film: TapLinear::new(temb, 2 * cout, device),
+            conv1: TapConv2d::new(cin, cout, 3, 1, 1, &mut rng, device),
+            film: TapLinear::new(temb, 2 * cout, &mut rng, device),
             norm2: GroupNormConfig::new(groups, cout).init(device),
-            dropout: DropoutConfig::new(dropout).init(),
-            conv2: TapConv2d::new(cout, cout, 3, 1, 1, device),
-            skip: (cin != cout).then(|| TapConv2d::new(cin, cout, 1, 1, 0, device)),
+            dropout: Dropout::new(dropout),
+            conv2: TapConv2d::new(cout, cout, 3, 1, 1, &mut rng, device),
+            skip: (cin != cout).then(|| TapConv2d::new(cin, cout, 1, 1, 0, &mut rng, device)),
         }
     }
 

@@ -66,7 +66,7 @@ fn mlp_denoiser_learns_the_analytic_gaussian_optimum() {
     };
     let trainer = Trainer::new(cfg.clone(), &diff, &data, &dev());
     let model_cfg = MlpConfig { data_dim: 1, hidden: 64, layers: 2, time_dim: 32 };
-    let mut state = trainer.init_state(|d| model_cfg.init(d));
+    let mut state = trainer.init_state(|rng, d| model_cfg.init_with(rng, d));
     for _ in 0..cfg.steps {
         trainer.step(&mut state);
     }
@@ -220,11 +220,11 @@ fn train_20_equals_train_10_then_resume_10() {
     let model_cfg = common::tiny_unet();
     let trainer = Trainer::new(cfg.clone(), &diff, &data, &dev());
 
-    let mut straight = trainer.init_state(|d| model_cfg.init(d));
+    let mut straight = trainer.init_state(|rng, d| model_cfg.init_with(rng, d));
     let losses_a: Vec<f32> = (0..20).map(|_| trainer.step(&mut straight)).collect();
 
     let dir = std::env::temp_dir().join(format!("ddpm-resume-{}", std::process::id()));
-    let mut first = trainer.init_state(|d| model_cfg.init(d));
+    let mut first = trainer.init_state(|rng, d| model_cfg.init_with(rng, d));
     let mut losses_b: Vec<f32> = (0..10).map(|_| trainer.step(&mut first)).collect();
     trainer.save(&first, &dir).unwrap();
     drop(first);
@@ -240,10 +240,10 @@ fn train_20_equals_train_10_then_resume_10() {
 
 #[test]
 fn checkpoint_round_trip_is_bit_exact_and_mismatch_is_an_error() {
-    let model = stable_param_ids(common::tiny_unet().init(&dev()));
+    let model = stable_param_ids(common::tiny_unet().init_with(&mut stream(3, 0, 0), &dev()));
     let path = std::env::temp_dir().join(format!("ddpm-ckpt-{}.safetensors", std::process::id()));
     save_module(&model, &path).unwrap();
-    let fresh = stable_param_ids(common::tiny_unet().init(&dev()));
+    let fresh = stable_param_ids(common::tiny_unet().init_with(&mut stream(4, 0, 0), &dev()));
     assert_ne!(param_values(&fresh), param_values(&model));
     let loaded = load_module(fresh, &path).unwrap();
     assert_eq!(param_values(&loaded), param_values(&model));
@@ -271,7 +271,7 @@ fn resume_on_other_data_is_refused() {
     let (data, diff, cfg) = tiny_run(4);
     let model_cfg = common::tiny_unet();
     let trainer = Trainer::new(cfg.clone(), &diff, &data, &dev());
-    let mut state = trainer.init_state(|d| model_cfg.init(d));
+    let mut state = trainer.init_state(|rng, d| model_cfg.init_with(rng, d));
     trainer.step(&mut state);
     let dir = std::env::temp_dir().join(format!("ddpm-otherdata-{}", std::process::id()));
     trainer.save(&state, &dir).unwrap();
@@ -363,7 +363,7 @@ fn concurrent_microbatches_give_the_full_batch_gradient_deterministically() {
     let one = Trainer::new(cfg.clone(), &diff, &data, &dev());
     // Three uneven slices of 16 (5, 5, 6): the size weighting matters.
     let three = Trainer::new(TrainConfig { microbatches: 3, ..cfg.clone() }, &diff, &data, &dev());
-    let state = one.init_state(|d| model_cfg.init(d));
+    let state = one.init_state(|rng, d| model_cfg.init_with(rng, d));
     let idx = one.batch_indices(0);
     let mut rng = stream(9, 0, 0);
     let t = timesteps(&mut rng, idx.len(), diff.steps());
@@ -372,9 +372,9 @@ fn concurrent_microbatches_give_the_full_batch_gradient_deterministically() {
         &one.device,
     );
     let x0 = data.batch(&idx, &one.device);
-    let (loss_1, g_1) = one.batch_gradients(&state.model, x0.clone(), &t, eps.clone());
-    let (loss_3, g_3) = three.batch_gradients(&state.model, x0.clone(), &t, eps.clone());
-    let (loss_3b, g_3b) = three.batch_gradients(&state.model, x0, &t, eps);
+    let (loss_1, g_1) = one.batch_gradients(&state.model, x0.clone(), &t, eps.clone(), 0);
+    let (loss_3, g_3) = three.batch_gradients(&state.model, x0.clone(), &t, eps.clone(), 0);
+    let (loss_3b, g_3b) = three.batch_gradients(&state.model, x0, &t, eps, 0);
     assert!((loss_1 - loss_3).abs() <= 1e-5 * loss_1.abs(), "loss {loss_1} vs {loss_3}");
     let rel = gradient_distance(&state.model, &g_1, Some(&g_3)) / gradient_distance(&state.model, &g_1, None);
     assert!(rel < 1e-5, "gradient differs by {rel} (relative)");
@@ -383,7 +383,7 @@ fn concurrent_microbatches_give_the_full_batch_gradient_deterministically() {
 
     // Whole steps: same seed, same weights, run after run.
     let run = || {
-        let mut s = three.init_state(|d| model_cfg.init(d));
+        let mut s = three.init_state(|rng, d| model_cfg.init_with(rng, d));
         let losses: Vec<f32> = (0..3).map(|_| three.step(&mut s)).collect();
         (losses, param_values(&s.model))
     };
@@ -400,7 +400,7 @@ fn a_model_with_dropout_ignores_microbatches_and_steps_exactly_as_one_pass() {
     assert!(!common::tiny_unet().init(&dev()).draws_randomness());
     assert!(with_dropout.init(&dev()).draws_randomness());
     let run = |trainer: &Trainer| {
-        let mut s = trainer.init_state(|d| with_dropout.init(d));
+        let mut s = trainer.init_state(|rng, d| with_dropout.init_with(rng, d));
         let losses: Vec<f32> = (0..3).map(|_| trainer.step(&mut s)).collect();
         (losses, param_values(&s.model))
     };

@@ -3,7 +3,7 @@
 //! ([`atomic`]), progress reporting as a trait ([`progress`]), summary statistics ([`stats`]),
 //! f64/f32 safetensors files with a checked JSON header ([`tensor_file`]), the one data
 //! fingerprint ([`fingerprint`]), and the hook point of curvature code, the [`tap::Tap`] and the
-//! tapped layers ([`layers`]).
+//! tapped layers ([`layers`]), and the one training loop ([`train`]).
 
 #![warn(missing_docs)]
 
@@ -15,3 +15,4 @@ pub mod rng;
 pub mod stats;
 pub mod tap;
 pub mod tensor_file;
+pub mod train;

@@ -116,6 +116,21 @@ impl Purpose {
             Purpose::AttributeBenchData => 5,
             Purpose::DdpmBenchData => 99,
             Purpose::Bootstrap => 0xB0075,
+            Purpose::DataSubset | Purpose::DataClassSubset => 0xDA7A,
+            Purpose::GpProbes | Purpose::GpSolverBatches | Purpose::GpSubsample => 0x69,
+        }
+    }
+
+    /// Purposes whose streams predate [`stream`]: ChaCha8 seeded with the user seed directly and
+    /// switched to a nonce stream (the data crate's subsets and every GP draw since their first
+    /// stored results). `Some(nonce)` for those, given the index; `None` for the mixed streams.
+    const fn nonce_stream(self, index: u64) -> Option<u64> {
+        match self {
+            Purpose::DataSubset | Purpose::GpProbes => Some(0),
+            Purpose::GpSolverBatches => Some(1),
+            Purpose::GpSubsample => Some(2),
+            Purpose::DataClassSubset => Some(index),
+            _ => None,
         }
     }
 }

@@ -2,7 +2,8 @@
 //! `p4-ddpm.md`, "Metrics"):
 //!
 //! * (a) Fréchet classifier distance (FCD) on the penultimate features of a
-//!   small MNIST CNN ([`classifier::MnistClassifier`], ≥ 99 % test accuracy),
+//!   small MNIST CNN (the `mnist-classifier` crate, re-exported as [`classifier`],
+//!   ≥ 99 % test accuracy),
 //!   reported for samples vs test and, as the reference, real training images
 //!   vs test;
 //! * (b) recognisability: the share of samples whose top class probability
@@ -17,40 +18,30 @@
 //! reference set with as many images as there are samples (the Fréchet
 //! distance is biased upwards for small sets).
 
-pub mod classifier;
+//!
+//! The Fréchet distance stays here, next to the metrics that use it: it is a
+//! statement about two feature sets, independent of the network that made them.
+
 pub mod frechet;
 
-use std::path::{Path, PathBuf};
-
-use anyhow::{Context, Result};
 use burn::prelude::*;
-use data::{load_mnist, shared_data_dir, Dataset, Split};
+use data::Dataset;
 use serde::Serialize;
 
-pub use classifier::{
-    features, load_classifier, predict_proba, save_classifier, train_classifier, ClassifierTrainConfig,
-    MnistClassifier, MnistClassifierConfig,
-};
 pub use frechet::{frechet_distance, GaussianStats};
+/// The MNIST classifier (the `mnist-classifier` crate), kept at its old path.
+pub use mnist_classifier as classifier;
+pub use mnist_classifier::{
+    default_classifier_path, features, load_classifier, load_or_train_classifier, predict_proba,
+    save_classifier, train_classifier, ClassifierTrainConfig, MnistClassifier, MnistClassifierConfig,
+    DEFAULT_CLASSIFIER_PATH, DEFAULT_CLASSIFIER_SEED,
+};
 
-use classifier::{argmax, features_and_proba, features_sized, NUM_CLASSES};
 use frechet::frechet_distance_from_stats;
-
-/// Where the trained classifier weights live, relative to the workspace root
-/// (see [`default_classifier_path`] for the absolute path).
-pub const DEFAULT_CLASSIFIER_PATH: &str = "assets/mnist-classifier.safetensors";
-
-/// Seed used by [`load_or_train_classifier`] when it has to train.
-pub const DEFAULT_CLASSIFIER_SEED: u64 = 0;
+use mnist_classifier::{argmax, features_and_proba, features_sized, NUM_CLASSES};
 
 /// Probability threshold above which a sample counts as recognisable.
 pub const CONFIDENCE_THRESHOLD: f32 = 0.9;
-
-/// Absolute path of [`DEFAULT_CLASSIFIER_PATH`], resolved from this crate's
-/// manifest directory at compile time (`<crate>/../../assets/...`).
-pub fn default_classifier_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(DEFAULT_CLASSIFIER_PATH)
-}
 
 /// Sample-quality metrics for a set of generated MNIST images.
 #[derive(Clone, Debug, Serialize)]
@@ -133,38 +124,4 @@ pub fn evaluate_samples(
         class_histogram,
         class_kl_from_uniform: kl_from_uniform(&class_histogram),
     }
-}
-
-/// Loads the classifier cached at `path`, or, if there is no file there,
-/// trains one on full MNIST and caches it (weights at `path`, a training
-/// report as JSON next to it with the extension `.json`).
-///
-/// Training data come from `data_dir` (a directory with the four MNIST IDX
-/// files); with `None`, `shared_data_dir()/mnist` is used if it exists, else
-/// the small embedded subset (which will not reach 99 % accuracy). Training
-/// uses [`ClassifierTrainConfig::new`] and [`DEFAULT_CLASSIFIER_SEED`] and
-/// takes a few minutes on 2 CPU cores. The model is returned on the plain
-/// flex device, in validation mode.
-///
-/// An existing but unreadable/corrupt file is an error (it is not silently
-/// overwritten).
-pub fn load_or_train_classifier(path: &Path, data_dir: Option<&Path>) -> Result<MnistClassifier> {
-    let device = Device::flex();
-    if path.exists() {
-        return load_classifier(path, &device);
-    }
-    let dir: Option<PathBuf> = match data_dir {
-        Some(d) => Some(d.to_path_buf()),
-        None => shared_data_dir().map(|d| d.join("mnist")).filter(|d| d.is_dir()),
-    };
-    let train = load_mnist(dir.as_deref(), Split::Train).context("loading MNIST training set")?;
-    let test = load_mnist(dir.as_deref(), Split::Test).context("loading MNIST test set")?;
-    let cfg = ClassifierTrainConfig::new();
-    let (model, report) =
-        classifier::train_classifier_with_report(&train, &test, &cfg, DEFAULT_CLASSIFIER_SEED)?;
-    save_classifier(&model, path)?;
-    let json_path = path.with_extension("json");
-    std::fs::write(&json_path, serde_json::to_string_pretty(&report).context("serialising training report")?)
-        .with_context(|| format!("writing {}", json_path.display()))?;
-    Ok(model)
 }
