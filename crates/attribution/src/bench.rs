@@ -11,10 +11,10 @@ use burn::prelude::*;
 use curvature::diffusion_batch::DiffusionBatch;
 use curvature::fit::{fit_factors, GgnKind};
 use curvature::KfacApprox;
-use diffusion::tap::layer_names;
 use diffusion::{ModelConfig, UNetConfig};
 use foundation::progress::Progress;
 use foundation::rng::{stream_for, Purpose};
+use foundation::tap::layer_names;
 use serde::{Deserialize, Serialize};
 
 use crate::{DiffusionTask, Measurement, Role, Scorer};

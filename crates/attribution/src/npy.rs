@@ -7,7 +7,7 @@ use npyz::WriterBuilder;
 /// Write a row-major f32 matrix `[rows, cols]` as `.npy` (temp file + rename).
 pub fn write_matrix(path: &Path, data: &[f32], rows: usize, cols: usize) -> std::io::Result<()> {
     assert_eq!(data.len(), rows * cols);
-    data::atomic::write_atomic_with(
+    foundation::atomic::write_atomic_with(
         path,
         |tmp| {
             let file = std::io::BufWriter::new(std::fs::File::create(tmp)?);

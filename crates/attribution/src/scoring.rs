@@ -10,9 +10,9 @@ use burn::module::{Module, ParamId};
 use burn::prelude::*;
 use curvature::{EigenCurvature, KfacApprox, LayerInfo};
 use diffusion::run::{load_trained, TrainedModel};
-use diffusion::tap::{layer_names, Tap};
 use diffusion::{AnyDenoiser, Denoiser};
 use foundation::progress::Progress;
+use foundation::tap::{layer_names, Tap};
 use serde::{Deserialize, Serialize};
 
 use crate::fit::{fit_curvature, CurvatureSettings};

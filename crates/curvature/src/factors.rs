@@ -10,8 +10,8 @@
 
 use burn::prelude::*;
 use burn::tensor::Gradients;
-use diffusion::tap::{LayerKind, TapRecord};
 use faer::{Mat, Side};
+use foundation::tap::{LayerKind, TapRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::layer::{from_f64, to_f64, LayerBatch};

@@ -4,7 +4,7 @@
 use burn::prelude::*;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Gradients, Slice};
-use diffusion::tap::{Activation, LayerKind, TapRecord};
+use foundation::tap::{Activation, LayerKind, TapRecord};
 
 /// Inputs and output gradients of one layer for a batch of N data, as `[N, S, d]` tensors:
 /// S shared positions (conv: output pixels; linear: 1), `d_in` patch features, `d_out` channels.

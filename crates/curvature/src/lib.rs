@@ -1,6 +1,6 @@
 //! Curvature of diffusion models for influence functions: K-FAC and EK-FAC approximations of
 //! the Gauss-Newton matrix over every `Linear` and `Conv2d` layer, recorded through
-//! `diffusion::tap::Tap`.
+//! `foundation::tap::Tap`.
 //!
 //! The pieces read as in curvlinops: fit Kronecker factors ([`fit::fit_factors`]), eigendecompose
 //! them ([`factors::KfacFactors::eigendecompose`]), optionally correct the eigenvalues

@@ -7,7 +7,7 @@
 
 use burn::prelude::*;
 use burn::tensor::Gradients;
-use diffusion::tap::TapRecord;
+use foundation::tap::TapRecord;
 
 use crate::factors::{EigenCurvature, LayerInfo};
 use crate::layer::{to_f64, LayerBatch};

@@ -1,7 +1,7 @@
 //! The in-memory dataset and the operations on it.
 
-use rand::seq::index::sample;
 use foundation::rng::{stream_for, Purpose};
+use rand::seq::index::sample;
 
 use crate::{DataError, RawImages};
 

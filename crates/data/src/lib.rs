@@ -8,7 +8,6 @@
 
 #![warn(missing_docs)]
 
-pub use foundation::atomic;
 mod dataset;
 mod error;
 mod idx;

@@ -78,7 +78,7 @@ pub fn write_png_grid(
         }
     }
 
-    crate::atomic::write_atomic_with(
+    foundation::atomic::write_atomic_with(
         path,
         |tmp| {
             image::save_buffer_with_format(

@@ -9,6 +9,7 @@ use std::time::Instant;
 use burn::prelude::*;
 use data::{load_mnist, write_png_grid, Split};
 use foundation::progress::Progress;
+use foundation::train::Checkpoints;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{write_atomic, CheckpointError};
@@ -101,20 +102,22 @@ impl TrainJob {
     /// finds no checkpoint says so instead of starting over.
     pub fn run(&self, device: &Device, progress: &dyn Progress) -> Result<TrainReport> {
         self.validate()?;
-        let ckpt = checkpoint_dir(&self.out);
+        // Whether a complete checkpoint exists is decided by the crash-safe lookup (pointer, else
+        // the newest complete generation), not by the pointer alone.
+        let checkpoints = Checkpoints::new(&checkpoint_dir(&self.out));
         let config = match &self.config {
             None => {
                 let c = RunConfig::load(&self.out)?;
-                if !ckpt.join("state.json").exists() {
+                if checkpoints.latest().is_none() {
                     bail!(
-                        "{}: nothing to resume (no checkpoint yet); run without --resume to start it",
+                        "{}: nothing to resume (no complete checkpoint); run without --resume to start it",
                         self.out.display()
                     );
                 }
                 c
             }
             Some(c) => {
-                if ckpt.exists() {
+                if checkpoints.latest().is_some() || checkpoints.pointer().exists() {
                     bail!(
                         "{} already holds a checkpoint; pass --resume to continue it or choose another --out",
                         self.out.display()

@@ -4,7 +4,7 @@
 //! conditioning), Rao-Blackwellised denoising targets (epsilon or x0 parametrisation), a choice
 //! of loss weighting over t, and ancestral sampling.
 //!
-//! Every `Linear` and `Conv2d` of the networks is called through [`tap::Tap`], the hook point the
+//! Every `Linear` and `Conv2d` of the networks is called through [`foundation::tap::Tap`], the hook point the
 //! curvature/attribution crates use to record layer inputs and output gradients.
 
 pub mod bench;
@@ -13,22 +13,19 @@ pub mod diffusion;
 pub mod elbo;
 pub mod ema;
 pub mod eval;
-pub use foundation::layers;
 pub mod jobs;
 pub mod model;
 pub mod progress;
-pub use foundation::rng;
 pub mod run;
 pub mod sample;
 pub mod schedule;
-pub use foundation::tap;
 pub mod train;
 pub mod unet;
 
 pub use diffusion::{Diffusion, DiffusionConfig, LossWeighting, Parametrisation};
+pub use foundation::tap::{Tap, TapRecord};
 pub use model::{AnyDenoiser, Denoiser, Mlp, MlpConfig, ModelConfig};
 pub use sample::{sample, sample_batched, ReverseVariance, Sampler};
 pub use schedule::{NoiseSchedule, ScheduleConfig, ScheduleKind};
-pub use tap::{Tap, TapRecord};
 pub use train::{TrainConfig, TrainData, TrainState, Trainer};
 pub use unet::{UNet, UNetConfig};

@@ -6,9 +6,9 @@ use foundation::rng::{stream_for, Purpose};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::layers::TapLinear;
-use crate::tap::Tap;
 use crate::unet::{timestep_embedding, UNet, UNetConfig};
+use foundation::layers::TapLinear;
+use foundation::tap::Tap;
 
 /// A network `f(x_t, t)` on flattened data `[N, D]` with float timesteps `[N]`.
 /// What it predicts (epsilon or x0) is decided by the [`Parametrisation`](crate::Parametrisation).

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::CheckpointError;
 use crate::diffusion::Diffusion;
 use crate::model::Denoiser;
-use crate::tap::Tap;
+use foundation::tap::Tap;
 
 pub use foundation::train::{clip_global_norm, TrainState};
 

@@ -21,9 +21,9 @@ use foundation::rng::{stream_for, Purpose};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{TapConv2d, TapLinear};
 use crate::model::Denoiser;
-use crate::tap::Tap;
+use foundation::layers::{TapConv2d, TapLinear};
+use foundation::tap::Tap;
 
 /// U-Net hyper-parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

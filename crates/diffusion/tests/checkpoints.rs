@@ -9,13 +9,13 @@ use burn::module::Module;
 use burn::prelude::*;
 use diffusion::checkpoint::{CheckpointError, Checkpoints};
 use diffusion::ema::flat_params;
-use diffusion::rng::{normals, stream};
 use diffusion::run::{resume_run, train_run, DataSpec, RunConfig};
 use diffusion::train::checkpoint_dir;
 use diffusion::{
     Diffusion, DiffusionConfig, MlpConfig, ModelConfig, TrainConfig, TrainData, Trainer, UNetConfig,
 };
 use foundation::progress::{NoProgress, Progress};
+use foundation::rng::{normals, stream};
 
 fn params<M: Module>(m: &M) -> Vec<Vec<f32>> {
     flat_params(m).into_iter().map(|t| t.into_data().try_into_vec::<f32>().unwrap()).collect()

@@ -7,8 +7,8 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use diffusion::ema::flat_params;
-use diffusion::rng::{normals, stream};
 use diffusion::{Diffusion, DiffusionConfig, ModelConfig, TrainConfig, TrainData, Trainer, UNetConfig};
+use foundation::rng::{normals, stream};
 
 fn params<M: Module>(m: &M) -> Vec<Vec<f32>> {
     flat_params(m).into_iter().map(|t| t.into_data().try_into_vec::<f32>().unwrap()).collect()

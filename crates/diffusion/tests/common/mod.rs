@@ -4,8 +4,8 @@
 use burn::module::Param;
 use burn::prelude::*;
 use diffusion::model::Denoiser;
-use diffusion::tap::Tap;
 use diffusion::{ModelConfig, NoiseSchedule, UNetConfig};
+use foundation::tap::Tap;
 
 /// A tiny U-Net config for fast tests (8x8 images, 2 levels of 8/16 channels).
 pub fn tiny_unet() -> ModelConfig {
