@@ -46,19 +46,20 @@ impl Default for DataSpec {
 
 /// The data-selection flags shared by the binaries that train models (`ddpm train`,
 /// `attribute lds`), flattened into their argument structs.
-#[derive(Clone, Debug, Default, clap::Args)]
+#[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct DataArgs {
     /// Directory with the MNIST IDX files (default: the embedded subset).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub data: Option<PathBuf>,
     /// Comma-separated classes to keep (default: all).
-    #[arg(long, value_delimiter = ',')]
+    #[cfg_attr(feature = "cli", arg(long, value_delimiter = ','))]
     pub classes: Option<Vec<u8>>,
     /// Image side after area downsampling.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub size: Option<usize>,
     /// Keep at most this many images per class.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub per_class: Option<usize>,
 }
 

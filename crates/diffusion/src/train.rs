@@ -143,17 +143,10 @@ impl TrainData {
         Self { rows, n, dim }
     }
 
-    /// A 64-bit fingerprint of the values (FNV-1a over the f32 bits), stored in checkpoints so a
-    /// resume on different data is refused.
+    /// The workspace's data fingerprint ([`foundation::fingerprint::of_f32`]) of the values,
+    /// stored in checkpoints so a resume on different data is refused.
     pub fn fingerprint(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for v in &self.rows {
-            for b in v.to_bits().to_le_bytes() {
-                h ^= b as u64;
-                h = h.wrapping_mul(0x100_0000_01b3);
-            }
-        }
-        h ^ (self.n as u64).rotate_left(32)
+        foundation::fingerprint::of_f32(&self.rows, self.n)
     }
 
     /// Gather rows into a `[idx.len(), dim]` tensor.

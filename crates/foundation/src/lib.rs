@@ -8,8 +8,11 @@
 #![warn(missing_docs)]
 
 pub mod atomic;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod fingerprint;
 pub mod layers;
+pub mod paths;
 pub mod progress;
 pub mod rng;
 pub mod stats;

@@ -5,7 +5,7 @@
 //! "centred" nearest-neighbour subsampling.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use faer::Mat;
 use flate2::read::GzDecoder;
@@ -24,15 +24,7 @@ pub const NUM_SPLITS: usize = 10;
 const EMBEDDED_POL_DATA: &[u8] = include_bytes!("../embedded/pol-data.csv.gz");
 const EMBEDDED_POL_MASK: &[u8] = include_bytes!("../embedded/pol-test_mask.csv.gz");
 
-/// Finds the shared data directory: `$SHARED_DATA_DIR` if set and non-empty, otherwise the first
-/// existing of `../shared/data` (relative to the current directory) and `<workspace>/../shared/data`.
-pub fn shared_data_dir() -> Option<PathBuf> {
-    if let Some(v) = std::env::var_os("SHARED_DATA_DIR").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(v));
-    }
-    let workspace_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    [PathBuf::from("../shared/data"), workspace_root.join("../shared/data")].into_iter().find(|p| p.is_dir())
-}
+pub use foundation::paths::shared_data_dir;
 
 /// A whole dataset with its split masks.
 #[derive(Clone, Debug)]

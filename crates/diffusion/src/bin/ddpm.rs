@@ -9,12 +9,12 @@ use clap::{Args, Parser, Subcommand};
 use diffusion::bench::{table, BenchConfig};
 use diffusion::checkpoint::write_atomic;
 use diffusion::jobs::{model_kind, ElboJob, SampleJob, TrainJob};
-use diffusion::progress::{exit_code, Bar};
 use diffusion::run::{DataArgs, DataSpec, RunConfig};
 use diffusion::{
     DiffusionConfig, LossWeighting, ModelConfig, Parametrisation, ReverseVariance, Sampler, ScheduleConfig,
     ScheduleKind, TrainConfig, UNetConfig,
 };
+use foundation::cli::{exit_code, Bar};
 
 const EXAMPLES: &str = "\
 Examples:

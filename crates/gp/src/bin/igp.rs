@@ -9,14 +9,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use foundation::progress::Progress;
+use foundation::cli::Bar;
 use gp::estimator::EstimatorKind;
 use gp::experiment::{self, BenchConfig, CheckpointPlan, DataConfig, FitConfig};
 use gp::kernel::KernelKind;
 use gp::predict::Metrics;
 use gp::solvers::{SolveOptions, Solver};
 use gp::train::TrainConfig;
-use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -206,38 +205,6 @@ fn run() -> Result<()> {
     }
 }
 
-/// An indicatif bar behind the library's progress trait.
-struct Bar(ProgressBar);
-
-impl Bar {
-    fn new() -> Self {
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
-                .expect("static template")
-                .progress_chars("=> "),
-        );
-        Bar(bar)
-    }
-}
-
-impl Progress for Bar {
-    fn start(&self, label: &str, total: u64) {
-        self.0.reset();
-        self.0.set_length(total);
-        self.0.set_prefix(label.to_string());
-    }
-    fn advance(&self, units: u64) {
-        self.0.inc(units);
-    }
-    fn message(&self, text: &str) {
-        self.0.set_message(text.to_string());
-    }
-    fn finish(&self) {
-        self.0.finish_and_clear();
-    }
-}
-
 fn data_config(common: &CommonArgs) -> Result<DataConfig> {
     Ok(DataConfig {
         data_dir: common.data_dir.clone(),
@@ -312,7 +279,7 @@ fn fit(args: FitArgs) -> Result<()> {
         },
         &mut |record| {
             if !args.quiet {
-                bar.0.suspend(|| eprintln!("{}", experiment::format_step(record)));
+                bar.suspend(|| eprintln!("{}", experiment::format_step(record)));
             }
         },
     )?;
@@ -357,7 +324,7 @@ fn bench(args: BenchArgs, command: String) -> Result<()> {
     };
     let started = Instant::now();
     let bar = Bar::new();
-    experiment::bench(&config, &bar, &mut |line| bar.0.suspend(|| eprintln!("{line}")))?;
+    experiment::bench(&config, &bar, &mut |line| bar.suspend(|| eprintln!("{line}")))?;
     eprintln!(
         "bench done in {:.0}s; wrote {}",
         started.elapsed().as_secs_f64(),

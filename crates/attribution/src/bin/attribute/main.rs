@@ -15,9 +15,10 @@ use burn::prelude::*;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use curvature::fit::GgnKind;
 use curvature::KfacApprox;
-use diffusion::progress::{exit_code, Bar, LogLines};
+use diffusion::progress::LogLines;
 use diffusion::run::DataArgs;
 use diffusion::ModelConfig;
+use foundation::cli::{exit_code, Bar};
 
 const EXAMPLES: &str = "\
 Examples:
