@@ -1,6 +1,7 @@
 //! Finite-difference checks in f64: U-Net parameter gradients, and the output gradients the
 //! tap records for every Linear/Conv2d (the hook point of the curvature code).
 
+#[path = "suite/common/mod.rs"]
 mod common;
 
 use std::sync::OnceLock;

@@ -1,7 +1,7 @@
 //! Training owns its randomness: two trainers on two threads of one process (and a third thread
 //! drawing from burn's process-wide RNG) give exactly the weights each gives alone.
 
-mod common;
+use crate::common;
 
 use burn::module::Module;
 use burn::prelude::*;

@@ -1,6 +1,6 @@
 //! Solvers against the Cholesky oracle, residual honesty, early stopping, warm start, determinism.
 
-mod common;
+use crate::common;
 
 use faer::Mat;
 use gp::estimator::EstimatorKind;

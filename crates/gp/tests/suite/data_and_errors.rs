@@ -1,7 +1,7 @@
 //! UCI loader, normalisation and centred subsampling; bad input gives clear one-line errors, in the
 //! library and in the `igp` binary.
 
-mod common;
+use crate::common;
 
 use faer::Mat;
 use gp::estimator::EstimatorKind;

@@ -1,7 +1,7 @@
 //! Checkpoint and resume of the outer loop: a run stopped and resumed takes exactly the steps of
 //! the uninterrupted run; a checkpoint refuses other data, other settings and corrupt files.
 
-mod common;
+use crate::common;
 
 use gp::checkpoint::TrainCheckpoint;
 use gp::estimator::EstimatorKind;

@@ -1,6 +1,6 @@
 //! Diffusion maths on tensors, training, sampling, ELBO, checkpoints and determinism.
 
-mod common;
+use crate::common;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;

@@ -1,7 +1,7 @@
 //! Gradients: exact gradient vs finite differences, stochastic estimators vs exact as probes grow,
 //! RFF covariance vs the kernel matrix, free pathwise predictions vs exact predictions.
 
-mod common;
+use crate::common;
 
 use faer::Mat;
 use gp::estimator::{estimate_gradient, exact_gradient};

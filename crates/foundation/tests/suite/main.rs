@@ -1,0 +1,8 @@
+//! The foundation crate's integration tests as one test binary: each test binary is a full
+//! link of the workspace's dependencies, so one per crate keeps the release build short.
+
+mod atomic;
+mod layers;
+mod stats;
+mod tensor_file_and_fingerprint;
+mod train;
