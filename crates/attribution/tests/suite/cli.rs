@@ -287,7 +287,7 @@ fn lds_benchmark_runs_end_to_end_and_shards_reproduce_it() {
     assert_eq!(std::fs::read(a.join("benchmark.json")).unwrap(), before);
 
     // Retraining without top influences.
-    let (ok, err) = attribute(&[
+    let retrain_top = [
         "retrain-top",
         "--out",
         s(&a),
@@ -297,21 +297,12 @@ fn lds_benchmark_runs_end_to_end_and_shards_reproduce_it() {
         "ekfac,random",
         "--fractions",
         "0.1",
-    ]);
+    ];
+    let (ok, err) = attribute(&retrain_top);
     assert!(ok, "{err}");
     let top = read_json(&a.join("retrain-top.json"));
     // Rerunning finds every retrained model on disk, says so, and rebuilds the same report.
-    let (ok, err) = attribute(&[
-        "retrain-top",
-        "--out",
-        s(&a),
-        "--top-queries",
-        "2",
-        "--methods",
-        "ekfac,random",
-        "--fractions",
-        "0.1",
-    ]);
+    let (ok, err) = attribute(&retrain_top);
     assert!(ok && err.contains("nothing to continue"), "{err}");
     assert_eq!(read_json(&a.join("retrain-top.json")), top);
     assert_eq!(top.as_array().unwrap().len(), 2);

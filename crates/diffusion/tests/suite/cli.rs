@@ -15,6 +15,14 @@ fn tmp(name: &str) -> PathBuf {
     p
 }
 
+/// Trains a tiny run into `run` (a few images, `steps` steps) with `extra` flags; panics on failure.
+fn tiny_run(run: &std::path::Path, steps: &str, extra: &[&str]) {
+    let mut args = vec!["train", "--steps", steps, "--per-class", "2", "--out", run.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let (ok, err) = ddpm(&args);
+    assert!(ok, "{err}");
+}
+
 fn assert_clean_error(ok: bool, err: &str, needle: &str) {
     assert!(!ok, "expected failure");
     assert!(err.starts_with("error: "), "not a one-line error: {err}");
@@ -53,20 +61,7 @@ fn corrupt_idx_file_is_a_clear_error() {
 #[test]
 fn sampling_from_a_mismatched_checkpoint_is_a_clear_error_and_existing_runs_are_kept() {
     let run = tmp("mismatch");
-    let (ok, err) = ddpm(&[
-        "train",
-        "--steps",
-        "2",
-        "--per-class",
-        "3",
-        "--samples",
-        "1",
-        "--checkpoint-every",
-        "1",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
+    tiny_run(&run, "2", &["--samples", "1", "--checkpoint-every", "1"]);
     // Training again into the same directory must refuse rather than overwrite.
     let before = std::fs::read(run.join("checkpoint/ema.safetensors")).unwrap();
     let (ok, err) = ddpm(&["train", "--steps", "2", "--out", run.to_str().unwrap()]);
@@ -84,38 +79,13 @@ fn sampling_from_a_mismatched_checkpoint_is_a_clear_error_and_existing_runs_are_
 fn unknown_sampler_is_a_clear_error_that_names_it() {
     // A real (tiny) run, so the only thing wrong is the sampler.
     let run = tmp("sampler");
-    let (ok, err) = ddpm(&[
-        "train",
-        "--steps",
-        "1",
-        "--per-class",
-        "2",
-        "--classes",
-        "0,1",
-        "--size",
-        "8",
-        "--channels",
-        "8,8",
-        "--samples",
-        "0",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
+    tiny_run(&run, "1", &["--classes", "0,1", "--size", "8", "--channels", "8,8", "--samples", "0"]);
     let (ok, err) = ddpm(&["sample", "--run", run.to_str().unwrap(), "--n", "1", "--sampler", "euler"]);
     assert_clean_error(ok, &err, "unknown sampler 'euler'");
     // The same run samples with a known sampler: the failure above was the sampler's alone.
-    let (ok, err) = ddpm(&[
-        "sample",
-        "--run",
-        run.to_str().unwrap(),
-        "--n",
-        "1",
-        "--sampler",
-        "ddim",
-        "--sample-steps",
-        "2",
-    ]);
+    let sample =
+        ["sample", "--run", run.to_str().unwrap(), "--n", "1", "--sampler", "ddim", "--sample-steps", "2"];
+    let (ok, err) = ddpm(&sample);
     assert!(ok, "{err}");
     std::fs::remove_dir_all(&run).ok();
 }
@@ -124,18 +94,7 @@ fn unknown_sampler_is_a_clear_error_that_names_it() {
 fn resume_without_a_checkpoint_says_so() {
     let run = tmp("resume");
     std::fs::create_dir_all(&run).unwrap();
-    let (ok, err) = ddpm(&[
-        "train",
-        "--steps",
-        "1",
-        "--per-class",
-        "2",
-        "--samples",
-        "0",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
+    tiny_run(&run, "1", &["--samples", "0"]);
     // Every checkpoint generation and the pointer go: only config.json is left.
     for entry in std::fs::read_dir(&run).unwrap() {
         let path = entry.unwrap().path();
