@@ -135,6 +135,26 @@ impl BenchmarkConfig {
     }
 }
 
+/// `a` followed by `b` (`C = A + B`, checked when the constant is evaluated): the method lists
+/// are built from one another, so each method's place in the report order is written once.
+const fn concat<const A: usize, const B: usize, const C: usize>(
+    a: [Method; A],
+    b: [Method; B],
+) -> [Method; C] {
+    assert!(A + B == C, "concat: C must be A + B");
+    let mut out = [Method::Random; C];
+    let mut i = 0;
+    while i < A {
+        out[i] = a[i];
+        i += 1;
+    }
+    while i < C {
+        out[i] = b[i - A];
+        i += 1;
+    }
+    out
+}
+
 /// An attribution method of the benchmark (its name is the file stem of its scores).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -167,31 +187,10 @@ impl Method {
         [Method::Ekfac, Method::Kfac, Method::EkfacReduce, Method::EkfacGgnLoss, Method::Trak, Method::Dtrak];
     /// Methods without damping.
     pub const PLAIN: [Method; 3] = [Method::GradDot, Method::Pixel, Method::SameClass];
-    /// Every method with scores, in report order.
-    pub const SCORED: [Method; 9] = [
-        Method::Ekfac,
-        Method::Kfac,
-        Method::EkfacReduce,
-        Method::EkfacGgnLoss,
-        Method::Trak,
-        Method::Dtrak,
-        Method::GradDot,
-        Method::Pixel,
-        Method::SameClass,
-    ];
-    /// Every method, `random` last.
-    pub const ALL: [Method; 10] = [
-        Method::Ekfac,
-        Method::Kfac,
-        Method::EkfacReduce,
-        Method::EkfacGgnLoss,
-        Method::Trak,
-        Method::Dtrak,
-        Method::GradDot,
-        Method::Pixel,
-        Method::SameClass,
-        Method::Random,
-    ];
+    /// Every method with scores, in report order: [`Method::DAMPED`], then [`Method::PLAIN`].
+    pub const SCORED: [Method; 9] = concat(Method::DAMPED, Method::PLAIN);
+    /// Every method, `random` last: [`Method::SCORED`], then [`Method::Random`].
+    pub const ALL: [Method; 10] = concat(Method::SCORED, [Method::Random]);
 
     /// The name on the command line, in file names and reports.
     pub const fn name(self) -> &'static str {

@@ -25,34 +25,34 @@ use foundation::tap::Tap;
 
 pub use foundation::train::{clip_global_norm, TrainState};
 
-/// Optimisation hyper-parameters.
+/// Optimisation hyper-parameters: the minibatch size and the trainer's settings
+/// ([`OptimConfig`], which documents each field; [`TrainConfig::optim`] converts), flat as they
+/// stand in a run's `config.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    /// Total optimisation steps (sets the cosine schedule's length).
+    /// [`OptimConfig::steps`].
     pub steps: usize,
     /// Minibatch size.
     pub batch_size: usize,
-    /// Peak learning rate.
+    /// [`OptimConfig::lr`].
     pub lr: f64,
-    /// Linear warmup steps from 0 to `lr`.
+    /// [`OptimConfig::warmup_steps`].
     pub warmup_steps: usize,
-    /// Final learning rate as a fraction of `lr` at the end of the cosine decay.
+    /// [`OptimConfig::min_lr_ratio`].
     pub min_lr_ratio: f64,
-    /// AdamW decoupled weight decay.
+    /// [`OptimConfig::weight_decay`].
     pub weight_decay: f64,
-    /// Clip the global gradient norm to this value (None: no clipping).
+    /// [`OptimConfig::grad_clip`].
     pub grad_clip: Option<f64>,
-    /// EMA decay per step.
+    /// [`OptimConfig::ema_decay`].
     pub ema_decay: f64,
-    /// Seed of every random draw of the run.
+    /// [`OptimConfig::seed`]; also of every other random draw of the run.
     pub seed: u64,
-    /// Each batch is split into this many near-equal microbatches whose forward and backward passes
-    /// run concurrently on the rayon pool; their gradients are combined, weighted by size, before
-    /// clipping. Burn's CPU ops have serial stretches (a 28x28 U-Net step keeps 1.3 of 2 cores
-    /// busy), which a second pass fills. Same objective as one pass over the batch, same numbers up
-    /// to float rounding, deterministic. A model with dropout runs in one pass regardless
-    /// ([`Denoiser::draws_randomness`]), with the step's seeded dropout stream (`ddpm train`
-    /// refuses the combination outright). Absent in older configs (= 1).
+    /// [`OptimConfig::microbatches`]. Burn's CPU ops have serial stretches (a 28x28 U-Net step
+    /// keeps 1.3 of 2 cores busy), which a second pass fills; same numbers up to float rounding,
+    /// deterministic. A model with dropout runs in one pass regardless
+    /// ([`Denoiser::draws_randomness`]; `ddpm train` refuses the combination outright). Absent in
+    /// older configs (= 1).
     #[serde(default = "one")]
     pub microbatches: usize,
 }
