@@ -2,6 +2,24 @@
 //! progress bar behind [`Progress`](crate::progress::Progress). Library code only ever sees the
 //! trait.
 
+/// Tells the C allocator to keep freed memory for reuse; binaries call it first thing in `main`.
+///
+/// burn's CPU backend allocates a fresh buffer for every tensor op. With glibc's defaults, buffers
+/// above a dynamic threshold are `mmap`ed and handed back to the kernel on free, and the top of
+/// the heap is trimmed, so every op page-faults and zeroes new memory: about a fifth of a
+/// one-pass U-Net training step (`../shared/specs/rust-stack.md`). Serving buffers of up to 32 MiB
+/// (glibc's largest allowed threshold) from the heap and never trimming it keeps them for reuse.
+/// Elsewhere than Linux with glibc this does nothing.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
+
 /// The binaries' error policy: success, or the whole error chain on one line of stderr
 /// (`error: ...`) and a non-zero exit code.
 pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {

@@ -269,6 +269,7 @@ fn device(name: &str) -> Result<Device> {
 }
 
 fn main() -> ExitCode {
+    foundation::cli::keep_freed_memory();
     let cli = Cli::parse();
     let result = device(&cli.device).and_then(|dev| match cli.command {
         Command::Train(a) => train(a, &dev),

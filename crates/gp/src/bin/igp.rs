@@ -183,6 +183,7 @@ struct BenchArgs {
 }
 
 fn main() {
+    foundation::cli::keep_freed_memory();
     if let Err(err) = run() {
         // One line naming the problem (the chain joined), non-zero exit.
         let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();

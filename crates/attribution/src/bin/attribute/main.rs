@@ -327,6 +327,7 @@ struct DemoArgs {
 }
 
 fn main() -> ExitCode {
+    foundation::cli::keep_freed_memory();
     let cli = Cli::parse();
     let dev = Device::flex();
     let result = match cli.command {
