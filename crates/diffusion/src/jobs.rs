@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::prelude::*;
-use data::{load_mnist, write_png_grid, Split};
+use data::{write_png_grid, Split};
 use foundation::progress::Progress;
 use foundation::train::Checkpoints;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{write_atomic, CheckpointError};
 use crate::elbo::elbo_bits_per_dim;
-use crate::eval::{default_classifier_path, evaluate_samples, SampleQuality};
+use crate::eval::{default_classifier_path, evaluate_samples, real_references, SampleQuality};
 use crate::model::{AnyDenoiser, ModelConfig};
 use crate::run::{load_trained, train_run, DataSpec, RunConfig, TrainEvent};
 use crate::sample::{sample, sample_batched, ReverseVariance, Sampler};
@@ -269,8 +269,7 @@ impl SampleJob {
         let quality = if self.eval {
             let classifier = crate::eval::classifier::load_classifier(&default_classifier_path(), device)
                 .map_err(JobError::Classifier)?;
-            let test = load_mnist(self.data.as_deref(), Split::Test)?;
-            let train_ref = load_mnist(self.data.as_deref(), Split::Train)?.subset(self.n.max(2), 12345);
+            let (test, train_ref) = real_references(self.data.as_deref(), side, self.n)?;
             let q = evaluate_samples(&classifier, &x, self.n, side, side, &test, &train_ref, device);
             write_atomic(&self.run.join("quality.json"), serde_json::to_string_pretty(&q)?.as_bytes())?;
             Some(q)

@@ -14,9 +14,9 @@
 //! Samples that are not 28×28 (e.g. 14×14) are bilinearly resized to 28×28
 //! before classification; so are the test and reference images if they are not
 //! 28×28. For comparable FCDs, pass test/reference images that went through the
-//! same resolution as the samples (e.g. `test.resize_area(14, 14)`), and a
-//! reference set with as many images as there are samples (the Fréchet
-//! distance is biased upwards for small sets).
+//! same resolution as the samples ([`real_references`] does, and `ddpm sample
+//! --eval` uses it), and a reference set with as many images as there are
+//! samples (the Fréchet distance is biased upwards for small sets).
 
 //!
 //! The Fréchet distance stays here, next to the metrics that use it: it is a
@@ -77,6 +77,27 @@ pub fn kl_from_uniform(hist: &[usize; NUM_CLASSES]) -> f64 {
         })
         .sum::<f64>()
         .max(0.0)
+}
+
+/// The real images `--eval` compares `side x side` samples with: the MNIST test set and `n`
+/// training images (seeded subset), both area-downsampled to the samples' resolution when it is
+/// not 28x28. Real images then go through the same path as the samples (down to `side`, back up to
+/// 28x28 for the classifier), so the ratio of the samples' FCD to the real reference's means the
+/// same at every size.
+pub fn real_references(
+    dir: Option<&std::path::Path>,
+    side: usize,
+    n: usize,
+) -> Result<(Dataset, Dataset), data::DataError> {
+    let mut test = data::load_mnist(dir, data::Split::Test)?;
+    let mut train_ref = data::load_mnist(dir, data::Split::Train)?.subset(n.max(2), 12345);
+    if test.height != side || test.width != side {
+        test = test.resize_area(side, side);
+    }
+    if train_ref.height != side || train_ref.width != side {
+        train_ref = train_ref.resize_area(side, side);
+    }
+    Ok((test, train_ref))
 }
 
 /// Computes [`SampleQuality`] for `n` generated `h`×`w` images (`samples`,

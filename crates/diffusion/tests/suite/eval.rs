@@ -181,3 +181,19 @@ fn committed_classifier_is_accurate_and_confident_on_real_digits() {
     eprintln!("accuracy on 14x14 (area-downsampled, bilinear-upsampled) digits {acc14:.4}");
     assert!(acc14 > 0.9, "accuracy on 14x14 digits {acc14}");
 }
+
+/// `--eval` of 14x14 samples compares them with real images that went through 14x14: the
+/// references are the embedded test set and a training subset, area-downsampled to the samples'
+/// side (pixel for pixel `resize_area`), and left as they are at 28x28.
+#[test]
+fn real_references_have_the_samples_resolution() {
+    let (test, train_ref) = diffusion::eval::real_references(None, 14, 20).unwrap();
+    assert_eq!((test.height, test.width, train_ref.height, train_ref.width), (14, 14, 14, 14));
+    assert_eq!(train_ref.n, 20);
+    let full_test = load_mnist(None, Split::Test).unwrap();
+    assert_eq!(test.n, full_test.n);
+    assert_eq!(test.images, full_test.resize_area(14, 14).images);
+    let (test28, train28) = diffusion::eval::real_references(None, 28, 20).unwrap();
+    assert_eq!(test28.images, full_test.images);
+    assert_eq!((train28.height, train28.width, train28.n), (28, 28, 20));
+}
