@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::baselines::{grad_dot, pixel_cosine, RandomProjection, TrakScorer};
 use crate::fit::{fit_curvature, CurvatureSettings};
 use crate::lds::{lds_per_query, random_subsets, removal_predictions, seed_ceiling, seed_mean, LdsResult};
-use crate::measure::measure_loss;
+use crate::measure::measure;
 use crate::npy::{read_matrix, write_matrix};
 use crate::plot::{write_bar_chart, Bar};
 use crate::scoring::quantise;
@@ -378,9 +378,10 @@ impl<'p> Benchmark<'p> {
             }
         }
         let trained = load_trained(run_dir, &self.device)?;
-        let loss = measure_loss(
+        let loss = measure(
             &trained.model,
             &trained.diffusion,
+            Measurement::Loss,
             queries,
             ids,
             self.config.measure_draws,

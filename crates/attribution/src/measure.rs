@@ -59,20 +59,3 @@ pub fn measure<M: Denoiser>(
     }
     sums.into_iter().map(|s| s / draws as f64).collect()
 }
-
-/// The run's training loss ([`Diffusion::per_example_loss`], whatever its parametrisation and
-/// weighting) of each query, averaged over the draws of [`measure`]: the ground truth of
-/// [`Measurement::Loss`].
-#[allow(clippy::too_many_arguments)]
-pub fn measure_loss<M: Denoiser>(
-    model: &M,
-    diffusion: &Diffusion,
-    queries: &[f32],
-    ids: &[usize],
-    draws: usize,
-    seed: u64,
-    batch: usize,
-    device: &Device,
-) -> Vec<f64> {
-    measure(model, diffusion, Measurement::Loss, queries, ids, draws, seed, batch, device)
-}

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use attribution::measure::measure_loss;
+use attribution::measure::measure;
 use attribution::{DiffusionTask, Measurement, Role};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
@@ -169,7 +169,7 @@ fn attribution_gradients_are_autodiff_of_per_example_loss() {
     }
 }
 
-/// `measure_loss` is the mean of `per_example_loss` over the draws of each query's
+/// `measure(.., Measurement::Loss, ..)` is the mean of `per_example_loss` over the draws of each query's
 /// `Purpose::Measurement` stream, whatever the batch size.
 #[test]
 fn measured_loss_is_the_mean_of_per_example_loss() {
@@ -177,7 +177,7 @@ fn measured_loss_is_the_mean_of_per_example_loss() {
     let (ids, seed, draws) = ([2usize, 5, 8, 13], 11u64, 5usize);
     let queries = rows(ids.len());
     for (name, diffusion) in objectives() {
-        let got = measure_loss(&model, &diffusion, &queries, &ids, draws, seed, 7, &plain());
+        let got = measure(&model, &diffusion, Measurement::Loss, &queries, &ids, draws, seed, 7, &plain());
         for (k, &id) in ids.iter().enumerate() {
             let mut rng = stream_for(seed, Purpose::Measurement, id as u64);
             let (mut t, mut eps) = (Vec::new(), Vec::new());

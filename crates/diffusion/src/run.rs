@@ -237,21 +237,9 @@ pub fn train_run(
     run(config, run_dir, checkpoint_every, device, false, &NoProgress, on_event)
 }
 
-/// [`train_run`] that also reports every step to `progress` (stage `train`, one unit per step,
-/// the loss as message).
-pub fn train_run_with_progress(
-    config: &RunConfig,
-    run_dir: &Path,
-    checkpoint_every: usize,
-    device: &Device,
-    progress: &dyn Progress,
-    on_event: impl FnMut(TrainEvent) -> Result<(), CheckpointError>,
-) -> Result<TrainState<AnyDenoiser>, CheckpointError> {
-    run(config, run_dir, checkpoint_every, device, false, progress, on_event)
-}
-
 /// Continue the run in `run_dir` (settings from its `config.json`) from its newest complete
-/// checkpoint to its last step, like [`train_run_with_progress`] (`ddpm train --resume`); a run
+/// checkpoint to its last step, like [`train_run`] but reporting every step to `progress` (`ddpm train
+/// --resume`); a run
 /// without a complete checkpoint is an error ([`CheckpointError::NoCheckpoint`], one line), never
 /// a silent restart from step 0.
 pub fn resume_run(
