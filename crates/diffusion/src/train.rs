@@ -12,9 +12,8 @@ use std::path::{Path, PathBuf};
 
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use foundation::rng::{normals, stream_for, timesteps, Purpose};
+use foundation::rng::{epoch_order, normals, stream_for, timesteps, Purpose};
 use foundation::train::{Checkpoints, Objective, OptimConfig};
-use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -115,9 +114,7 @@ impl TrainConfig {
         for k in step * b..(step + 1) * b {
             let (epoch, pos) = (k / n, k % n);
             if cached.as_ref().map(|c| c.0) != Some(epoch) {
-                let mut perm: Vec<usize> = (0..n).collect();
-                perm.shuffle(&mut stream_for(self.seed, Purpose::TrainOrder, epoch as u64));
-                cached = Some((epoch, perm));
+                cached = Some((epoch, epoch_order(self.seed, epoch, n)));
             }
             out.push(cached.as_ref().unwrap().1[pos]);
         }

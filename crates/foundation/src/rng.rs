@@ -24,6 +24,15 @@ pub fn normals(rng: &mut impl Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.sample::<f32, _>(StandardNormal)).collect()
 }
 
+/// The order in which epoch `epoch` visits `n` training examples: a permutation of `0..n` drawn
+/// from [`Purpose::TrainOrder`], so that every trainer shuffles its data the same way.
+pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut stream_for(seed, Purpose::TrainOrder, epoch as u64));
+    order
+}
+
 /// `n` uniform timesteps in `0..steps`.
 pub fn timesteps(rng: &mut impl Rng, n: usize, steps: usize) -> Vec<usize> {
     (0..n).map(|_| rng.gen_range(0..steps)).collect()

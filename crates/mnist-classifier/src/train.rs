@@ -11,9 +11,8 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::TensorData;
 use data::Dataset;
 use foundation::progress::Progress;
-use foundation::rng::{stream_for, Purpose};
+use foundation::rng::{epoch_order, stream_for, Purpose};
 use foundation::train::{Objective, OptimConfig, Trainer};
-use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -118,8 +117,7 @@ impl Objective<MnistClassifier> for ClassifierObjective<'_> {
         let n = self.train.n;
         let per_epoch = self.config.steps_per_epoch(n);
         let (epoch, pos) = (step / per_epoch, step % per_epoch);
-        let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut stream_for(self.seed, Purpose::TrainOrder, epoch as u64));
+        let order = epoch_order(self.seed, epoch, n);
         let chunk = &order[pos * self.config.batch_size..((pos + 1) * self.config.batch_size).min(n)];
         let mut rng = stream_for(self.seed, Purpose::TrainNoise, step as u64);
         let side = CLASSIFIER_SIDE;
