@@ -1,7 +1,7 @@
 //! Seeded random draws. Every draw in the crate comes from a ChaCha8 stream derived from a
 //! user seed and a purpose/step counter, so results do not depend on call order elsewhere.
 
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
@@ -12,11 +12,6 @@ pub fn stream(seed: u64, a: u64, b: u64) -> ChaCha8Rng {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     ChaCha8Rng::seed_from_u64(z ^ (z >> 31))
-}
-
-/// A 64-bit seed derived from `(seed, a, b)`, e.g. to seed burn's device RNG.
-pub fn derived_seed(seed: u64, a: u64, b: u64) -> u64 {
-    stream(seed, a, b).next_u64()
 }
 
 /// `n` standard normal draws.
@@ -154,21 +149,4 @@ pub fn stream_for(seed: u64, purpose: Purpose, index: u64) -> ChaCha8Rng {
         }
         None => stream(seed, purpose.label(), index),
     }
-}
-
-/// Purpose labels for [`stream`] (the diffusion training labels of [`Purpose`], as constants).
-pub mod purpose {
-    use super::Purpose;
-    /// Minibatch order.
-    pub const ORDER: u64 = Purpose::TrainOrder.label();
-    /// Timesteps and noise of a training step.
-    pub const TRAIN_NOISE: u64 = Purpose::TrainNoise.label();
-    /// Sampling noise.
-    pub const SAMPLE: u64 = Purpose::Sample.label();
-    /// ELBO estimation.
-    pub const ELBO: u64 = Purpose::Elbo.label();
-    /// Dropout.
-    pub const DROPOUT: u64 = Purpose::Dropout.label();
-    /// Model initialisation.
-    pub const INIT: u64 = Purpose::Init.label();
 }
