@@ -162,7 +162,7 @@ impl TrainJob {
         let mut samples_png = None;
         if self.samples > 0 {
             let model: AnyDenoiser = state.ema;
-            let sampler = Sampler::Ancestral { variance: ReverseVariance::BetaTilde };
+            let sampler = Sampler::default();
             let x = sample(&model, &config.diffusion(), &sampler, self.samples, 1, device, Some(progress));
             progress.finish();
             let png = self.out.join("samples.png");

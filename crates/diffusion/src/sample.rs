@@ -37,6 +37,17 @@ pub enum Sampler {
     },
 }
 
+/// The default sampler of `ddpm sample` and of the grid `ddpm train` writes at the end: DDIM on
+/// 100 strided steps with eta = 1 (fresh noise at every step). Chosen by measurement for the
+/// default run (docs/ddpm.md): on a model trained for a few minutes it gives more confident
+/// samples and a lower Fréchet distance than the 1000-step ancestral sampler, in a tenth of the time;
+/// the stochastic steps correct errors that a deterministic (eta = 0) path carries to the end.
+impl Default for Sampler {
+    fn default() -> Self {
+        Sampler::Ddim { steps: 100, eta: 1.0 }
+    }
+}
+
 impl Sampler {
     /// The sampler named `name` (`ancestral` or `ddim`); `variance` applies to the ancestral
     /// sampler, `steps` and `eta` to DDIM. An unknown name is an error that names it.

@@ -164,10 +164,11 @@ impl TrainArgs {
     }
 }
 
+/// Sampler flags; with none given they select `Sampler::default()` (a test checks that).
 #[derive(Args)]
 struct SamplerArgs {
     /// ancestral (T steps) or ddim (--sample-steps steps).
-    #[arg(long, default_value = "ancestral")]
+    #[arg(long, default_value = "ddim")]
     sampler: String,
     /// Reverse variance of the ancestral sampler.
     #[arg(long, value_enum, default_value = "beta-tilde")]
@@ -175,8 +176,8 @@ struct SamplerArgs {
     /// DDIM steps.
     #[arg(long, default_value_t = 100)]
     sample_steps: usize,
-    /// DDIM eta (0 = deterministic).
-    #[arg(long, default_value_t = 0.0)]
+    /// DDIM eta (0 = deterministic, 1 = fresh noise at every step).
+    #[arg(long, default_value_t = 1.0)]
     eta: f64,
 }
 
@@ -192,8 +193,8 @@ struct SampleArgs {
     /// Run directory of a trained model.
     #[arg(long, default_value = "runs/ddpm")]
     run: PathBuf,
-    /// Number of samples.
-    #[arg(long, default_value_t = 64)]
+    /// Number of samples (256 by default: the Fréchet distance of --eval is too noisy with fewer).
+    #[arg(long, default_value_t = 256)]
     n: usize,
     /// Sampling seed.
     #[arg(long, default_value_t = 1)]
@@ -366,4 +367,17 @@ fn bench(args: BenchArgs, dev: &Device) -> Result<()> {
         write_atomic(&out, format!("{table}\n").as_bytes())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sampler flags' defaults are the library's one default sampler.
+    #[test]
+    fn sampler_flags_default_to_the_library_default() {
+        let cli = Cli::try_parse_from(["ddpm", "sample"]).unwrap();
+        let Command::Sample(args) = cli.command else { panic!("parsed another command") };
+        assert_eq!(args.sampler.sampler().unwrap(), Sampler::default());
+    }
 }
