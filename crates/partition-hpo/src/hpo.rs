@@ -484,7 +484,7 @@ pub fn train(
 /// probabilities averaged over `samples` augmentation draws (from
 /// `stream_for(seed, HpoDataTransform, 2)`; no dropout); with rotation off, one pass.
 pub fn accuracy(model: &PartitionedNet, data: &Inputs, psi_use: PsiUse, samples: usize, seed: u64) -> f64 {
-    let c = model.layers[0].weight_part.val().max().into_scalar::<f32>() as usize;
+    let c = model.layers[0].partitions - 1;
     let use_ = PsiUse { dropout: false, ..psi_use };
     let samples = if use_.rotation { samples } else { 1 };
     let mut rng = stream_for(seed, Purpose::HpoDataTransform, 2);

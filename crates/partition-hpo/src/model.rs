@@ -65,15 +65,30 @@ pub struct PartitionedLinear {
     pub weight_part: Param<Tensor<2>>,
     /// Partition index of every bias entry.
     pub bias_part: Param<Tensor<1>>,
+    /// Number of partitions C.
+    pub partitions: usize,
 }
 
-/// `w` as seen by `mode` (see [`Mode`]).
-fn effective<const D: usize>(w: Tensor<D>, w0: Tensor<D>, part: Tensor<D>, mode: Mode) -> Tensor<D> {
+/// `w` as seen by `mode` (see [`Mode`]) when the layer has `partitions` partitions.
+///
+/// Training: `W0 [p > k] + sg(W) [p < k] + W [p = k]`, the first two terms built from detached
+/// tensors (no graph), so the graph holds one product and one sum per tensor. Entries of
+/// partition k are exactly `0 + W`, so their gradient is exactly that of subnetwork k.
+fn effective<const D: usize>(w: Tensor<D>, w0: Tensor<D>, part: Tensor<D>, mode: Mode, partitions: usize) -> Tensor<D> {
+    if partitions == 1 {
+        return match mode {
+            Mode::Train(_) => w,
+            Mode::Eval(_) => w.detach(),
+        };
+    }
     match mode {
         Mode::Train(k) => {
-            let below = part.clone().lower_elem(k as f32);
-            let own = part.equal_elem(k as f32);
-            w0.mask_where(below, w.clone().detach()).mask_where(own, w)
+            let k = k as f32;
+            let own = part.clone().equal_elem(k).float();
+            let below = part.clone().lower_elem(k).float();
+            let above = part.greater_elem(k).float();
+            let fixed = w0 * above + w.clone().detach() * below;
+            fixed + w * own
         }
         Mode::Eval(k) => w0.mask_where(part.lower_equal_elem(k as f32), w.detach()),
     }
@@ -104,19 +119,15 @@ impl PartitionedLinear {
                 .set_require_grad(false),
             weight,
             bias,
+            partitions: proportions.len(),
         }
     }
 
     /// `x W_k + b_k` for the subnetwork of `mode`.
     pub fn forward(&self, x: Tensor<2>, mode: Mode) -> Tensor<2> {
-        let w = effective(
-            self.weight.val(),
-            self.weight_init.val().detach(),
-            self.weight_part.val().detach(),
-            mode,
-        );
-        let b =
-            effective(self.bias.val(), self.bias_init.val().detach(), self.bias_part.val().detach(), mode);
+        let c = self.partitions;
+        let w = effective(self.weight.val(), self.weight_init.val().detach(), self.weight_part.val().detach(), mode, c);
+        let b = effective(self.bias.val(), self.bias_init.val().detach(), self.bias_part.val().detach(), mode, c);
         x.matmul(w) + b.unsqueeze::<2>()
     }
 }
