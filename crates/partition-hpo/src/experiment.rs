@@ -188,7 +188,8 @@ pub fn run_experiment(
                 let out = train(&run, &train_rows, None, device, progress)?;
                 let test_accuracy = acc(&out.model, use_);
                 let (retrained_accuracy, retrain_seconds) = if config.retrain {
-                    let rerun = RunConfig { signal: None, init: PsiInit::Values(out.psi.clone()), ..single(&base) };
+                    let rerun =
+                        RunConfig { signal: None, init: PsiInit::Values(out.psi.clone()), ..single(&base) };
                     let again = train(&rerun, &train_rows, None, device, progress)?;
                     (Some(acc(&again.model, use_)), Some(again.seconds))
                 } else {
@@ -234,7 +235,8 @@ pub fn run_experiment(
                 let run = RunConfig { psi_use: rot, ..with_theta(&single(&base), best.0) };
                 let out = train(&run, &train_rows, None, device, progress)?;
                 seconds += out.seconds;
-                let mut r = summarise(method, rot, image_pixels, acc(&out.model, rot), &out.psi, out.trace, seconds);
+                let mut r =
+                    summarise(method, rot, image_pixels, acc(&out.model, rot), &out.psi, out.trace, seconds);
                 r.grid = grid;
                 r
             }
@@ -271,10 +273,15 @@ fn summarise(
     trace: Vec<TracePoint>,
     seconds: f64,
 ) -> MethodResult {
-    let share = |v: &[f32], f: &dyn Fn(f32) -> bool| v.iter().filter(|&&k| f(k)).count() as f64 / v.len().max(1) as f64;
+    let share = |v: &[f32], f: &dyn Fn(f32) -> bool| {
+        v.iter().filter(|&&k| f(k)).count() as f64 / v.len().max(1) as f64
+    };
     let (pixels_kept, noise_dropped) = if use_.mask {
         let (pix, noise) = psi.keep.split_at(image_pixels.min(psi.keep.len()));
-        (Some(share(pix, &|k| k > 0.5)), if noise.is_empty() { None } else { Some(share(noise, &|k| k <= 0.5)) })
+        (
+            Some(share(pix, &|k| k > 0.5)),
+            if noise.is_empty() { None } else { Some(share(noise, &|k| k <= 0.5)) },
+        )
     } else {
         (None, None)
     };
@@ -292,6 +299,10 @@ fn summarise(
         grid: Vec::new(),
         keep: use_.mask.then(|| psi.keep.clone()),
     }
+}
+
+fn shares(v: &[f64]) -> String {
+    format!("[{}]", v.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", "))
 }
 
 fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
@@ -317,7 +328,7 @@ pub fn write_report(
     let _ = writeln!(
         md,
         "{} training images ({}), {} test images, {} input features; MLP {} -> {:?} -> 10; {} steps of {} examples, \
-         lr {}, seed {}; partitioned: C = {}, weight shares {:?}, data shares {:?}; psi step every {} steps \
+         lr {}, seed {}; partitioned: C = {}, weight shares {}, data shares {}; psi step every {} steps \
          (Adam lr {}, {} rows per shard, {} augmentation samples averaged; the same samples at test time).\n",
         train_rows.n,
         config.data.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "embedded subset".into()),
@@ -330,8 +341,8 @@ pub fn write_report(
         run.lr,
         run.seed,
         run.partitions,
-        run.weight_proportions,
-        run.data_proportions,
+        shares(&run.weight_proportions),
+        shares(&run.data_proportions),
         run.psi_every,
         run.psi_lr,
         run.psi_batch,
@@ -352,7 +363,7 @@ pub fn write_report(
             opt(r.pixels_kept, |p| format!("{:.1} %", 100.0 * p)),
             opt(r.noise_dropped, |p| format!("{:.1} %", 100.0 * p)),
             r.seconds,
-            opt(r.retrain_seconds, |s| format!(" + {s:.1} retrain")),
+            r.retrain_seconds.map(|s| format!(" + {s:.1} retrain")).unwrap_or_default(),
         );
     }
     if let Some(g) = results.iter().find(|r| r.method == Method::Grid) {
@@ -360,12 +371,42 @@ pub fn write_report(
             g.grid.iter().map(|(t, a)| format!("{t}: {:.2} %", 100.0 * a)).collect::<Vec<_>>().join(", ")
         });
     }
+    // Wall time side by side: the partitioned run against one standard run (C = 1, the same
+    // steps, psi fixed at the learned values: the retraining) and against the grid search.
+    let part = results.iter().find(|r| r.method == Method::Partitioned);
+    if let Some((p, standard)) = part.and_then(|p| p.retrain_seconds.map(|s| (p, s))) {
+        let _ = writeln!(
+            md,
+            "\n| wall time | seconds | x one standard run |\n|---|---|---|\n| one standard run (C = 1, learned psi fixed) | {standard:.1} | 1.00 |\n| partitioned run (psi learned) | {:.1} | {:.2} |",
+            p.seconds,
+            p.seconds / standard
+        );
+        if let Some(g) = results.iter().find(|r| r.method == Method::Grid) {
+            let _ = writeln!(
+                md,
+                "| grid search ({} ranges on 80 % + retraining on all) | {:.1} | {:.2} |",
+                g.grid.len(),
+                g.seconds,
+                g.seconds / standard
+            );
+        }
+        if let Some(n) = results.iter().find(|r| r.method == Method::None) {
+            let _ = writeln!(
+                md,
+                "| no augmentation (no resampling cost) | {:.1} | {:.2} |",
+                n.seconds,
+                n.seconds / standard
+            );
+        }
+    }
     // Theta over training.
     let traced: Vec<&MethodResult> =
         results.iter().filter(|r| r.theta_max_deg.is_some() && r.trace.len() > 1).collect();
     if !traced.is_empty() {
-        let series: Vec<Vec<(f64, f64)>> =
-            traced.iter().map(|r| r.trace.iter().map(|p| (p.step as f64, p.theta_max_deg)).collect()).collect();
+        let series: Vec<Vec<(f64, f64)>> = traced
+            .iter()
+            .map(|r| r.trace.iter().map(|p| (p.step as f64, p.theta_max_deg)).collect())
+            .collect();
         write_lines(&out.join("theta_max.png"), &series, 180.0, 45.0)?;
         let legend = traced
             .iter()
@@ -380,9 +421,17 @@ pub fn write_report(
     }
     let bars: Vec<Bar> = results
         .iter()
-        .map(|r| Bar { label: r.method.name().replace('(', "").replace(')', ""), value: 100.0 * r.test_accuracy, se: 0.0 })
+        .map(|r| Bar {
+            label: r.method.name().replace(['(', ')'], ""),
+            value: 100.0 * r.test_accuracy,
+            se: 0.0,
+        })
         .chain(results.iter().filter_map(|r| {
-            r.retrained_accuracy.map(|a| Bar { label: "partitioned retrained".into(), value: 100.0 * a, se: 0.0 })
+            r.retrained_accuracy.map(|a| Bar {
+                label: "partitioned retrained".into(),
+                value: 100.0 * a,
+                se: 0.0,
+            })
         }))
         .collect();
     write_bar_chart(&out.join("accuracy.png"), "test accuracy (%)", &bars, |v, _| format!("{v:.2}"))
@@ -392,12 +441,15 @@ pub fn write_report(
         let keep = r.keep.as_ref().expect("mask");
         let (h, w) = train_rows.image;
         write_map(&out.join("mask.png"), &keep[..h * w], h, w, 8)?;
-        let mut md_mask = "\n![learned input mask](mask.png)\n\nKeep probability of each pixel (white = 1)".to_string();
+        let mut md_mask =
+            "\n![learned input mask](mask.png)\n\nKeep probability of each pixel (white = 1)".to_string();
         if keep.len() > h * w {
             let extra = &keep[h * w..];
             let cols = 20;
             write_map(&out.join("mask_noise.png"), extra, extra.len().div_ceil(cols), cols, 8)?;
-            md_mask.push_str(" and of the noise features (mask_noise.png, 20 per row): ![noise mask](mask_noise.png)");
+            md_mask.push_str(
+                " and of the noise features (mask_noise.png, 20 per row): ![noise mask](mask_noise.png)",
+            );
         }
         let _ = writeln!(md, "{md_mask}.");
     }

@@ -159,6 +159,7 @@ pub struct WeightBatch {
 
 /// Draws `count` rows uniformly (with replacement) from `pool`, `samples` augmentation copies of
 /// each (copy `s` of row `i` at position `s * count + i`), with rotation draws and dropout noise.
+#[allow(clippy::too_many_arguments)]
 fn draw_group(
     data: &Inputs,
     pool: &[usize],
@@ -309,7 +310,6 @@ impl Objective<PartitionedNet> for WeightObjective<'_> {
 }
 
 /// The groups of hyperparameter step `j` for `signal` (`S = samples` copies per row).
-#[allow(clippy::too_many_arguments)]
 pub fn psi_groups(
     signal: PsiSignal,
     train: &Inputs,

@@ -74,7 +74,13 @@ pub struct PartitionedLinear {
 /// Training: `W0 [p > k] + sg(W) [p < k] + W [p = k]`, the first two terms built from detached
 /// tensors (no graph), so the graph holds one product and one sum per tensor. Entries of
 /// partition k are exactly `0 + W`, so their gradient is exactly that of subnetwork k.
-fn effective<const D: usize>(w: Tensor<D>, w0: Tensor<D>, part: Tensor<D>, mode: Mode, partitions: usize) -> Tensor<D> {
+fn effective<const D: usize>(
+    w: Tensor<D>,
+    w0: Tensor<D>,
+    part: Tensor<D>,
+    mode: Mode,
+    partitions: usize,
+) -> Tensor<D> {
     if partitions == 1 {
         return match mode {
             Mode::Train(_) => w,
@@ -126,8 +132,15 @@ impl PartitionedLinear {
     /// `x W_k + b_k` for the subnetwork of `mode`.
     pub fn forward(&self, x: Tensor<2>, mode: Mode) -> Tensor<2> {
         let c = self.partitions;
-        let w = effective(self.weight.val(), self.weight_init.val().detach(), self.weight_part.val().detach(), mode, c);
-        let b = effective(self.bias.val(), self.bias_init.val().detach(), self.bias_part.val().detach(), mode, c);
+        let w = effective(
+            self.weight.val(),
+            self.weight_init.val().detach(),
+            self.weight_part.val().detach(),
+            mode,
+            c,
+        );
+        let b =
+            effective(self.bias.val(), self.bias_init.val().detach(), self.bias_part.val().detach(), mode, c);
         x.matmul(w) + b.unsqueeze::<2>()
     }
 }
@@ -249,9 +262,10 @@ pub struct Draws {
 }
 
 impl PartitionedNet {
-    /// A network `d_in -> hidden.. -> classes` with weights from `stream_for(seed, Init, 0)`'s
-    /// caller-provided `init` stream and partitions from `stream_for(seed, HpoWeightPartition,
+    /// A network `d_in -> hidden.. -> classes` with weights drawn from `init` (the trainer passes
+    /// `stream_for(seed, Init, 0)`) and partitions from `stream_for(seed, HpoWeightPartition,
     /// layer)`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         d_in: usize,
         hidden: &[usize],

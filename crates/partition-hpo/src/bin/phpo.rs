@@ -152,7 +152,8 @@ fn run(cli: Cli) -> Result<()> {
     config.retrain = !cli.no_retrain;
     let bar = Bar::new();
     let started = std::time::Instant::now();
-    let results = run_experiment(&config, &Device::flex(), &bar, &|line| bar.suspend(|| eprintln!("{line}")))?;
+    let results =
+        run_experiment(&config, &Device::flex(), &bar, &|line| bar.suspend(|| eprintln!("{line}")))?;
     println!(
         "{} methods in {:.1} s; report: {}",
         results.len(),
