@@ -13,6 +13,7 @@
 
 use std::time::Instant;
 
+use burn::module::Param;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
@@ -79,6 +80,9 @@ pub struct RunConfig {
     pub samples: usize,
     /// Initial values of `psi`.
     pub init: PsiInit,
+    /// Untrained partitions hold zeros instead of their initial values.
+    #[serde(default)]
+    pub zero_defaults: bool,
 }
 
 /// Initial `psi`.
@@ -375,8 +379,8 @@ pub struct TracePoint {
     pub sigma: f64,
     /// Mean keep probability of the input mask.
     pub mean_keep: f64,
-    /// The hyperparameter objective at this step (before the update).
-    pub objective: f64,
+    /// The hyperparameter objective at this step, before the update (`None` at the start).
+    pub objective: Option<f64>,
 }
 
 /// What a run returns.
@@ -403,6 +407,9 @@ pub fn train(
     progress: &dyn Progress,
 ) -> Result<RunOutcome, HpoError> {
     config.validate()?;
+    // Without rotation or dropout a forward pass draws nothing: one sample says it all.
+    let stochastic = config.psi_use.rotation || config.psi_use.dropout;
+    let config = &RunConfig { samples: if stochastic { config.samples } else { 1 }, ..config.clone() };
     if config.signal == Some(PsiSignal::Validation) && val.is_none_or(|v| v.n == 0) {
         return Err(HpoError::InvalidArgument("the validation signal needs validation rows".into()));
     }
@@ -427,7 +434,7 @@ pub fn train(
             }
             PsiInit::Values(v) => Psi::from_values(v, dev),
         };
-        PartitionedNet::new(
+        let mut net = PartitionedNet::new(
             train.d,
             &config.hidden,
             CLASSES,
@@ -436,18 +443,25 @@ pub fn train(
             config.seed,
             rng,
             dev,
-        )
+        );
+        if config.zero_defaults {
+            for l in &mut net.layers {
+                l.weight_init = Param::from_tensor(l.weight_init.val().zeros_like()).set_require_grad(false);
+                l.bias_init = Param::from_tensor(l.bias_init.val().zeros_like()).set_require_grad(false);
+            }
+        }
+        net
     });
     let mut trace = Vec::new();
     let mut losses = Vec::with_capacity(config.steps);
     let start = Instant::now();
     progress.start("train", config.steps as u64);
-    let trace_point = |model: &PartitionedNet, step: usize, objective: f64| {
+    let trace_point = |model: &PartitionedNet, step: usize, objective: Option<f64>| {
         let v = model.psi.values();
         let mean_keep = v.keep.iter().map(|&k| k as f64).sum::<f64>() / v.keep.len().max(1) as f64;
         TracePoint { step, theta_max_deg: v.theta_max_deg, sigma: v.sigma, mean_keep, objective }
     };
-    trace.push(trace_point(&state.model, 0, f64::NAN));
+    trace.push(trace_point(&state.model, 0, None));
     for step in 0..config.steps {
         let loss = trainer.step(&mut state);
         if !loss.is_finite() {
@@ -466,7 +480,7 @@ pub fn train(
                 let grads = GradientsParams::from_grads(obj.backward(), &state.model);
                 let model = std::mem::replace(&mut state.model, state.ema.clone());
                 state.model = psi_opt.step(psi_optim.lr, model, grads);
-                trace.push(trace_point(&state.model, step + 1, value as f64));
+                trace.push(trace_point(&state.model, step + 1, Some(value as f64)));
                 progress.message(&format!("loss {loss:.3} theta {:.1}", trace.last().unwrap().theta_max_deg));
             }
         }

@@ -70,12 +70,27 @@ struct Cli {
     /// Adam learning rate of psi.
     #[arg(long)]
     psi_lr: Option<f64>,
+    /// Rows per shard (or per batch) in a hyperparameter step.
+    #[arg(long)]
+    psi_batch: Option<usize>,
+    /// Augmentation samples averaged by the predictive (hyperparameter steps and evaluation).
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Augerino's width-regulariser weight.
+    #[arg(long)]
+    augerino_lambda: Option<f64>,
     /// Rotation ranges of the grid search, degrees.
     #[arg(long, value_delimiter = ',')]
     grid: Option<Vec<f64>>,
     /// Noise features of the noise task.
     #[arg(long)]
     noise_features: Option<usize>,
+    /// Untrained partitions hold zeros instead of their initial values.
+    #[arg(long)]
+    zero_defaults: bool,
+    /// Only rewrite report.md and the PNGs of --out from its results.json.
+    #[arg(long)]
+    report_only: bool,
     /// Skip retraining the partitioned network with the learned psi.
     #[arg(long)]
     no_retrain: bool,
@@ -90,6 +105,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if cli.report_only {
+        partition_hpo::experiment::rewrite_report(&cli.out)?;
+        println!("report: {}", cli.out.join("report.md").display());
+        return Ok(());
+    }
     let mut config = default_config(cli.task, &cli.out);
     config.data = cli.data;
     if let Some(n) = cli.n_train {
@@ -139,6 +159,16 @@ fn run(cli: Cli) -> Result<()> {
     }
     if let Some(v) = cli.psi_lr {
         r.psi_lr = v;
+    }
+    r.zero_defaults = cli.zero_defaults;
+    if let Some(v) = cli.psi_batch {
+        r.psi_batch = v;
+    }
+    if let Some(v) = cli.samples {
+        r.samples = v;
+    }
+    if let Some(v) = cli.augerino_lambda {
+        config.augerino_lambda = v;
     }
     if let Some(v) = cli.seed {
         r.seed = v;

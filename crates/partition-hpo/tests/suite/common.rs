@@ -44,5 +44,6 @@ pub fn small_config() -> RunConfig {
         psi_batch: 8,
         samples: 2,
         init: PsiInit::Uniform { theta_deg: 30.0, mask_keep: 0.9, sigma: 0.2 },
+        zero_defaults: false,
     }
 }
