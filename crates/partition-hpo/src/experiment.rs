@@ -526,7 +526,7 @@ pub fn default_config(task: Task, out: &Path) -> ExperimentConfig {
             zero_defaults: false,
         },
         grid_deg: vec![0.0, 45.0, 90.0, 135.0, 180.0],
-        augerino_lambda: 0.01,
+        augerino_lambda: 0.1,
         val_fraction: 0.2,
         retrain: true,
         out: out.to_path_buf(),
