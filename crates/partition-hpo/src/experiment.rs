@@ -327,14 +327,19 @@ pub fn write_report(
     let _ = writeln!(md, "# Partition-based HPO: {:?} MNIST\n", config.task);
     let _ = writeln!(
         md,
-        "{} training images ({}), {} test images, {} input features; MLP {} -> {:?} -> 10; {} steps of {} examples, \
+        "{} training images ({}), {} test images, {} input features; {}MLP {} -> {:?} -> 10; {} steps of {} examples, \
          lr {}, seed {}; partitioned: C = {}, weight shares {}, data shares {}; psi step every {} steps \
          (Adam lr {}, {} rows per shard, {} augmentation samples averaged; the same samples at test time).\n",
         train_rows.n,
         config.data.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "embedded subset".into()),
         test.n,
         train_rows.d,
-        train_rows.d,
+        if run.conv_channels.is_empty() {
+            String::new()
+        } else {
+            format!("3x3 stride-2 convolutions with channels {:?}, then ", run.conv_channels)
+        },
+        if run.conv_channels.is_empty() { train_rows.d.to_string() } else { "features".to_string() },
         run.hidden,
         run.steps,
         run.batch,
@@ -508,6 +513,7 @@ pub fn default_config(task: Task, out: &Path) -> ExperimentConfig {
         },
         psi_use: None,
         run: RunConfig {
+            conv_channels: Vec::new(),
             hidden: vec![256, 256],
             steps: 1500,
             batch: 128,

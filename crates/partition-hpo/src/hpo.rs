@@ -50,6 +50,9 @@ pub enum PsiSignal {
 /// Settings of one training run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
+    /// Output channels of the 3x3 stride-2 convolutions on the image (empty: an MLP).
+    #[serde(default)]
+    pub conv_channels: Vec<usize>,
     /// Hidden widths of the ReLU MLP.
     pub hidden: Vec<usize>,
     /// Parameter steps.
@@ -436,6 +439,8 @@ pub fn train(
         };
         let mut net = PartitionedNet::new(
             train.d,
+            train.image,
+            &config.conv_channels,
             &config.hidden,
             CLASSES,
             &config.weight_proportions,
@@ -446,6 +451,10 @@ pub fn train(
         );
         if config.zero_defaults {
             for l in &mut net.layers {
+                l.weight_init = Param::from_tensor(l.weight_init.val().zeros_like()).set_require_grad(false);
+                l.bias_init = Param::from_tensor(l.bias_init.val().zeros_like()).set_require_grad(false);
+            }
+            for l in &mut net.convs {
                 l.weight_init = Param::from_tensor(l.weight_init.val().zeros_like()).set_require_grad(false);
                 l.bias_init = Param::from_tensor(l.bias_init.val().zeros_like()).set_require_grad(false);
             }

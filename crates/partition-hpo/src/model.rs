@@ -12,6 +12,8 @@
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::activation::{relu, sigmoid, softplus};
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
 use foundation::layers::kaiming_uniform;
 use foundation::rng::{stream_for, Purpose};
 use rand::Rng;
@@ -145,6 +147,79 @@ impl PartitionedLinear {
     }
 }
 
+/// A 3x3 convolution (stride 2, padding 1) whose entries are split into partitions like those of
+/// [`PartitionedLinear`].
+#[derive(Module, Debug)]
+pub struct PartitionedConv2d {
+    /// Trained weight `[c_out, c_in, 3, 3]`.
+    pub weight: Param<Tensor<4>>,
+    /// Trained bias `[c_out]`.
+    pub bias: Param<Tensor<1>>,
+    /// Initial weight.
+    pub weight_init: Param<Tensor<4>>,
+    /// Initial bias.
+    pub bias_init: Param<Tensor<1>>,
+    /// Partition index of every weight entry.
+    pub weight_part: Param<Tensor<4>>,
+    /// Partition index of every bias entry.
+    pub bias_part: Param<Tensor<1>>,
+    /// Number of partitions C.
+    pub partitions: usize,
+}
+
+impl PartitionedConv2d {
+    /// A layer with burn's default initial distribution (`fan_in = 9 c_in`) drawn from `init`,
+    /// its entries assigned to partitions from `assign`.
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        proportions: &[f64],
+        init: &mut impl Rng,
+        assign: &mut impl Rng,
+        device: &Device,
+    ) -> Self {
+        let weight = kaiming_uniform([c_out, c_in, 3, 3], 9 * c_in, init, device);
+        let bias = kaiming_uniform([c_out], 9 * c_in, init, device);
+        let n = c_out * c_in * 9;
+        let wp: Vec<f32> = assign_partitions(n, proportions, assign).iter().map(|&p| p as f32).collect();
+        let bp: Vec<f32> = assign_partitions(c_out, proportions, assign).iter().map(|&p| p as f32).collect();
+        Self {
+            weight_init: Param::from_tensor(weight.val().detach()).set_require_grad(false),
+            bias_init: Param::from_tensor(bias.val().detach()).set_require_grad(false),
+            weight_part: Param::from_tensor(Tensor::from_data(
+                TensorData::new(wp, [c_out, c_in, 3, 3]),
+                device,
+            ))
+            .set_require_grad(false),
+            bias_part: Param::from_tensor(Tensor::from_data(TensorData::new(bp, [c_out]), device))
+                .set_require_grad(false),
+            weight,
+            bias,
+            partitions: proportions.len(),
+        }
+    }
+
+    /// The convolution of `x: [N, c_in, H, W]` by the subnetwork of `mode`.
+    pub fn forward(&self, x: Tensor<4>, mode: Mode) -> Tensor<4> {
+        let c = self.partitions;
+        let w = effective(
+            self.weight.val(),
+            self.weight_init.val().detach(),
+            self.weight_part.val().detach(),
+            mode,
+            c,
+        );
+        let b =
+            effective(self.bias.val(), self.bias_init.val().detach(), self.bias_part.val().detach(), mode, c);
+        conv2d(x, w, Some(b), ConvOptions::new([2, 2], [1, 1], [1, 1], 1))
+    }
+}
+
+/// Side of a 3x3, stride-2, padding-1 convolution's output.
+pub fn conv_out(side: usize) -> usize {
+    (side + 2 - 3) / 2 + 1
+}
+
 /// The hyperparameters that enter the forward pass, in unconstrained form.
 #[derive(Module, Debug)]
 pub struct Psi {
@@ -242,10 +317,15 @@ pub struct PsiUse {
     pub dropout: bool,
 }
 
-/// A ReLU MLP with partitioned layers, and its hyperparameters.
+/// A ReLU network with partitioned layers (optional 3x3 stride-2 convolutions on the image part,
+/// then an MLP on their flattened output and the remaining features), and its hyperparameters.
 #[derive(Module, Debug)]
 pub struct PartitionedNet {
-    /// Layers: `d_in -> hidden.. -> classes`.
+    /// Convolutions on the image (none: an MLP).
+    pub convs: Vec<PartitionedConv2d>,
+    /// Image height and width (the first `h * w` input features).
+    pub image: [usize; 2],
+    /// Linear layers: `features -> hidden.. -> classes`.
     pub layers: Vec<PartitionedLinear>,
     /// Hyperparameters.
     pub psi: Psi,
@@ -262,12 +342,16 @@ pub struct Draws {
 }
 
 impl PartitionedNet {
-    /// A network `d_in -> hidden.. -> classes` with weights drawn from `init` (the trainer passes
-    /// `stream_for(seed, Init, 0)`) and partitions from `stream_for(seed, HpoWeightPartition,
-    /// layer)`.
+    /// A network on `d_in` features (the first `image.0 * image.1` an image): convolutions with
+    /// `conv_channels` output channels (may be empty), then `hidden.. -> classes`. Weights are
+    /// drawn from `init` (the trainer passes `stream_for(seed, Init, 0)`; convolutions first),
+    /// partitions from `stream_for(seed, HpoWeightPartition, layer)` (convolution `l`: index
+    /// `1000 + l`).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         d_in: usize,
+        image: (usize, usize),
+        conv_channels: &[usize],
         hidden: &[usize],
         classes: usize,
         proportions: &[f64],
@@ -276,7 +360,15 @@ impl PartitionedNet {
         init: &mut impl Rng,
         device: &Device,
     ) -> Self {
-        let mut dims = vec![d_in];
+        let (mut c, mut h, mut w) = (1, image.0, image.1);
+        let mut convs = Vec::new();
+        for (l, &c_out) in conv_channels.iter().enumerate() {
+            let mut assign = stream_for(seed, Purpose::HpoWeightPartition, 1000 + l as u64);
+            convs.push(PartitionedConv2d::new(c, c_out, proportions, init, &mut assign, device));
+            (c, h, w) = (c_out, conv_out(h), conv_out(w));
+        }
+        let features = if convs.is_empty() { d_in } else { c * h * w + d_in - image.0 * image.1 };
+        let mut dims = vec![features];
         dims.extend_from_slice(hidden);
         dims.push(classes);
         let layers = dims
@@ -287,17 +379,12 @@ impl PartitionedNet {
                 PartitionedLinear::new(w[0], w[1], proportions, init, &mut assign, device)
             })
             .collect();
-        Self { layers, psi }
+        Self { convs, image: [image.0, image.1], layers, psi }
     }
 
     /// Widths of the hidden layers.
     pub fn hidden_widths(&self) -> Vec<usize> {
         self.layers[..self.layers.len() - 1].iter().map(|l| l.bias.dims()[0]).collect()
-    }
-
-    /// Input width.
-    pub fn d_in(&self) -> usize {
-        self.layers[0].weight.dims()[0]
     }
 
     /// Logits `[n, classes]` of the raw inputs `x` (`n x d_in`, row-major; the first `h * w`
@@ -315,7 +402,7 @@ impl PartitionedNet {
         mode: Mode,
     ) -> Tensor<2> {
         let device = self.layers[0].weight.val().device();
-        let d = self.d_in();
+        let d = x.len() / n.max(1);
         let maybe = |t: Tensor<1>| if psi_grad { t } else { t.detach() };
         let mut h = if use_.rotation {
             crate::augment::rotate_tensor(x, n, d, image, &draws.u, maybe(self.psi.theta_max()), &device)
@@ -324,6 +411,16 @@ impl PartitionedNet {
         };
         if use_.mask {
             h = h * maybe(self.psi.keep()).unsqueeze::<2>();
+        }
+        if !self.convs.is_empty() {
+            let [ih, iw] = self.image;
+            let p = ih * iw;
+            let mut img = h.clone().narrow(1, 0, p).reshape([n, 1, ih, iw]);
+            for conv in &self.convs {
+                img = relu(conv.forward(img, mode));
+            }
+            let flat: Tensor<2> = img.flatten(1, 3);
+            h = if d > p { Tensor::cat(vec![flat, h.narrow(1, p, d - p)], 1) } else { flat };
         }
         let last = self.layers.len() - 1;
         for (l, layer) in self.layers.iter().enumerate() {

@@ -52,6 +52,9 @@ struct Cli {
     /// Examples per parameter step.
     #[arg(long)]
     batch: Option<usize>,
+    /// Channels of 3x3 stride-2 convolutions on the image before the MLP (a small CNN), e.g. 16,32.
+    #[arg(long, value_delimiter = ',')]
+    conv: Option<Vec<usize>>,
     /// Hidden widths of the MLP, e.g. 512,512.
     #[arg(long, value_delimiter = ',')]
     hidden: Option<Vec<usize>>,
@@ -139,6 +142,9 @@ fn run(cli: Cli) -> Result<()> {
     }
     if let Some(v) = cli.batch {
         r.batch = v;
+    }
+    if let Some(v) = cli.conv {
+        r.conv_channels = v;
     }
     if let Some(v) = cli.hidden {
         r.hidden = v;

@@ -29,6 +29,7 @@ pub fn toy_inputs(n: usize, extra: usize, seed: u64) -> Inputs {
 /// A small partitioned run: C = 3, hidden [8], 24 steps, psi fixed unless a signal is set.
 pub fn small_config() -> RunConfig {
     RunConfig {
+        conv_channels: Vec::new(),
         hidden: vec![8],
         steps: 24,
         batch: 12,

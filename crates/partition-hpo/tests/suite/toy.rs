@@ -35,7 +35,7 @@ fn oots_objective_finds_the_computable_best_mask() {
     // Logit of class 1 minus class 0 is s * x: weight [1, 10] with 1 in column 1.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let psi = Psi::new(1, 10.0, 0.9, 0.1, &dev);
-    let mut net = PartitionedNet::new(1, &[], 10, &props, psi, 3, &mut rng, &dev);
+    let mut net = PartitionedNet::new(1, (1, 1), &[], &[], 10, &props, psi, 3, &mut rng, &dev);
     let mut wv = vec![0.0f32; 10];
     wv[1] = 1.0;
     let layer = &mut net.layers[0];
