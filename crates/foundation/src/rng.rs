@@ -97,6 +97,15 @@ pub enum Purpose {
     GpSubsample,
     /// Bootstrap resampling of `foundation::stats::bootstrap_ci` (index: 0).
     Bootstrap,
+    /// Partition-based HPO: the assignment of every weight to a partition (index: layer).
+    HpoWeightPartition,
+    /// Partition-based HPO: the split of the training data into shards and a validation part.
+    HpoDataShards,
+    /// Partition-based HPO: batches and augmentation draws of a hyperparameter step (index: step).
+    HpoHyperStep,
+    /// Partition-based HPO: the fixed transforms of derived data sets (rotations, noise features;
+    /// index: 0 training set, 1 test set) and the evaluation draws (index: 2).
+    HpoDataTransform,
 }
 
 impl Purpose {
@@ -120,6 +129,10 @@ impl Purpose {
             Purpose::AttributeBenchData => 5,
             Purpose::DdpmBenchData => 99,
             Purpose::Bootstrap => 0xB0075,
+            Purpose::HpoWeightPartition => 0x4890_0001,
+            Purpose::HpoDataShards => 0x4890_0002,
+            Purpose::HpoHyperStep => 0x4890_0003,
+            Purpose::HpoDataTransform => 0x4890_0004,
             Purpose::DataSubset | Purpose::DataClassSubset => 0xDA7A,
             Purpose::GpProbes | Purpose::GpSolverBatches | Purpose::GpSubsample => 0x69,
         }

@@ -1,0 +1,542 @@
+//! Training with hyperparameter steps: the parameter objective on `foundation::train`, the
+//! hyperparameter objectives (out-of-training-sample loss and the baselines' signals), the
+//! alternation, and evaluation.
+//!
+//! Parameter steps go through [`foundation::train::Trainer::step`] with [`WeightObjective`]: one
+//! step sums, over k = 1..C, the mean cross-entropy of subnetwork k (in [`Mode::Train`]) on a
+//! batch from shards `D_1..D_k`, with `psi` detached. Because subnetwork k sees partitions `< k`
+//! detached and partitions `> k` at their initial values, partition k receives the gradient of
+//! its own subnetwork only; AdamW is elementwise, so partition k never depends on shards `> k`.
+//! Hyperparameter steps do not fit the trainer (a second optimiser on other parameters, every
+//! `n` steps): [`train`] takes them in its own loop around `Trainer::step`, with a second
+//! optimiser built by `foundation::train::OptimConfig` (Adam, constant rate).
+
+use std::time::Instant;
+
+use burn::module::Param;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::activation::{log_softmax, softmax};
+use foundation::progress::Progress;
+use foundation::rng::{stream_for, Purpose};
+use foundation::train::{Objective, OptimConfig, Trainer};
+use rand::Rng;
+use rand_distr::StandardNormal;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{check_proportions, shards, Inputs};
+use crate::model::{Draws, Mode, PartitionedNet, Psi, PsiUse, PsiValues};
+use crate::HpoError;
+
+/// Number of classes.
+pub const CLASSES: usize = 10;
+
+/// Where the gradient of `psi` comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PsiSignal {
+    /// The out-of-training-sample loss: `sum_{k>=2}` loss of subnetwork k-1 on shard k.
+    Oots,
+    /// The training loss of the full network (augmentation should collapse).
+    TrainLoss,
+    /// Augerino: the training loss minus `lambda * theta_max` (radians), the width regulariser.
+    Augerino {
+        /// Weight of the width regulariser.
+        lambda: f64,
+    },
+    /// The loss of the full network on the validation rows.
+    Validation,
+}
+
+/// Settings of one training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// Output channels of the 3x3 stride-2 convolutions on the image (empty: an MLP).
+    #[serde(default)]
+    pub conv_channels: Vec<usize>,
+    /// Hidden widths of the ReLU MLP.
+    pub hidden: Vec<usize>,
+    /// Parameter steps.
+    pub steps: usize,
+    /// Examples per parameter step in all (split evenly over the C subnetworks).
+    pub batch: usize,
+    /// Peak learning rate of the weights (AdamW, no decay, cosine to 5 %).
+    pub lr: f64,
+    /// Seed of every draw.
+    pub seed: u64,
+    /// Number of partitions C (1: standard training).
+    pub partitions: usize,
+    /// Share of the weights in each partition (C entries summing to 1).
+    pub weight_proportions: Vec<f64>,
+    /// Share of the training rows in each shard (C entries summing to 1).
+    pub data_proportions: Vec<f64>,
+    /// Which parts of `psi` the network uses.
+    pub psi_use: PsiUse,
+    /// Where `psi` is learned from (`None`: held at its initial value).
+    pub signal: Option<PsiSignal>,
+    /// A hyperparameter step every this many parameter steps.
+    pub psi_every: usize,
+    /// Adam learning rate of `psi`.
+    pub psi_lr: f64,
+    /// Examples per shard (or per batch) in a hyperparameter step.
+    pub psi_batch: usize,
+    /// Augmentation samples averaged in the predictive of a hyperparameter step and of evaluation.
+    pub samples: usize,
+    /// Initial values of `psi`.
+    pub init: PsiInit,
+    /// Untrained partitions hold zeros instead of their initial values.
+    #[serde(default)]
+    pub zero_defaults: bool,
+}
+
+/// Initial `psi`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PsiInit {
+    /// The same value for every entry.
+    Uniform {
+        /// Rotation range, degrees.
+        theta_deg: f64,
+        /// Keep probability of every input feature.
+        mask_keep: f64,
+        /// Gaussian dropout standard deviation.
+        sigma: f64,
+    },
+    /// Given values (e.g. learned by an earlier run).
+    Values(PsiValues),
+}
+
+impl RunConfig {
+    /// The checks every run makes: C partitions with proportions summing to 1, positive sizes.
+    pub fn validate(&self) -> Result<(), HpoError> {
+        check_proportions(&self.weight_proportions, self.partitions, "weight")?;
+        check_proportions(&self.data_proportions, self.partitions, "data")?;
+        if self.steps == 0 || self.batch < self.partitions || self.psi_every == 0 || self.samples == 0 {
+            return Err(HpoError::InvalidArgument(format!(
+                "steps ({}), psi_every ({}) and samples ({}) must be positive and the batch ({}) at least C ({})",
+                self.steps, self.psi_every, self.samples, self.batch, self.partitions
+            )));
+        }
+        if self.signal == Some(PsiSignal::Oots) && self.partitions < 2 {
+            return Err(HpoError::InvalidArgument(
+                "the out-of-training-sample loss needs at least C = 2 partitions".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn optim(&self) -> OptimConfig {
+        OptimConfig {
+            steps: self.steps,
+            lr: self.lr,
+            warmup_steps: 0,
+            min_lr_ratio: 0.05,
+            weight_decay: 0.0,
+            grad_clip: None,
+            ema_decay: 0.0,
+            seed: self.seed,
+            microbatches: 1,
+        }
+    }
+
+    fn psi_optim(&self) -> OptimConfig {
+        OptimConfig { lr: self.psi_lr, min_lr_ratio: 1.0, ..self.optim() }
+    }
+}
+
+/// Rows of one subnetwork's batch with their random draws and the subnetwork to run.
+#[derive(Clone, Debug)]
+pub struct Group {
+    /// Features, `n * d`.
+    pub x: Vec<f32>,
+    /// Labels.
+    pub y: Vec<u8>,
+    /// Rows.
+    pub n: usize,
+    /// Draws of the forward pass.
+    pub draws: Draws,
+    /// Which subnetwork.
+    pub mode: Mode,
+}
+
+/// The batch of a parameter step: one group per subnetwork.
+#[derive(Clone, Debug)]
+pub struct WeightBatch {
+    /// Groups, subnetwork 1 first.
+    pub groups: Vec<Group>,
+}
+
+/// Draws `count` rows uniformly (with replacement) from `pool`, `samples` augmentation copies of
+/// each (copy `s` of row `i` at position `s * count + i`), with rotation draws and dropout noise.
+#[allow(clippy::too_many_arguments)]
+fn draw_group(
+    data: &Inputs,
+    pool: &[usize],
+    count: usize,
+    samples: usize,
+    hidden: &[usize],
+    use_: PsiUse,
+    mode: Mode,
+    rng: &mut impl Rng,
+) -> Group {
+    let idx: Vec<usize> = (0..count).map(|_| pool[rng.gen_range(0..pool.len())]).collect();
+    let n = count * samples;
+    let mut x = Vec::with_capacity(n * data.d);
+    let mut y = Vec::with_capacity(n);
+    for _ in 0..samples {
+        for &i in &idx {
+            x.extend_from_slice(&data.x[i * data.d..(i + 1) * data.d]);
+            y.push(data.y[i]);
+        }
+    }
+    let u = (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let eps = if use_.dropout {
+        hidden.iter().map(|&w| (0..n * w).map(|_| rng.sample::<f32, _>(StandardNormal)).collect()).collect()
+    } else {
+        Vec::new()
+    };
+    Group { x, y, n, draws: Draws { u, eps }, mode }
+}
+
+/// One-hot labels `[n, CLASSES]`.
+fn one_hot(y: &[u8], device: &Device) -> Tensor<2> {
+    let mut v = vec![0.0f32; y.len() * CLASSES];
+    for (i, &c) in y.iter().enumerate() {
+        v[i * CLASSES + c as usize] = 1.0;
+    }
+    Tensor::from_data(TensorData::new(v, [y.len(), CLASSES]), device)
+}
+
+/// Mean cross-entropy of `logits` against `y`.
+pub fn cross_entropy(logits: Tensor<2>, y: &[u8]) -> Tensor<1> {
+    let device = logits.device();
+    (log_softmax(logits, 1) * one_hot(y, &device)).sum_dim(1).mean().neg()
+}
+
+/// Mean negative log-likelihood of the predictive that averages the class probabilities of
+/// `samples` copies (`logits` rows `s * n + i`, labels `y` repeated the same way).
+pub fn averaged_nll(logits: Tensor<2>, y: &[u8], samples: usize) -> Tensor<1> {
+    let [rows, k] = logits.dims();
+    let n = rows / samples;
+    let device = logits.device();
+    let lp = log_softmax(logits, 1).reshape([samples, n, k]);
+    let m = lp.clone().detach().max_dim(0);
+    let lme = (lp - m.clone()).exp().mean_dim(0).log() + m;
+    (lme.reshape([n, k]) * one_hot(&y[..n], &device)).sum_dim(1).mean().neg()
+}
+
+/// The parameter objective: the sum over subnetworks k of the mean cross-entropy of subnetwork k
+/// on a batch drawn from shards `1..k` (one augmentation sample per row), `psi` detached.
+pub struct WeightObjective<'a> {
+    /// Training rows.
+    pub data: &'a Inputs,
+    /// Rows of `D_1 ∪ .. ∪ D_k` for each k.
+    pub prefixes: Vec<Vec<usize>>,
+    /// Rows per subnetwork per step.
+    pub per_group: usize,
+    /// Hidden widths (for dropout noise).
+    pub hidden: Vec<usize>,
+    /// Parts of `psi` in use.
+    pub psi_use: PsiUse,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl Objective<PartitionedNet> for WeightObjective<'_> {
+    type Batch = WeightBatch;
+
+    fn batch(&self, step: usize, _device: &Device) -> WeightBatch {
+        // One stream per step; subnetwork k's rows are drawn after those of 1..k-1, and every draw
+        // depends only on shard sizes, never on their content.
+        let mut rng = stream_for(self.seed, Purpose::TrainNoise, step as u64);
+        let groups = self
+            .prefixes
+            .iter()
+            .enumerate()
+            .map(|(k, pool)| {
+                draw_group(
+                    self.data,
+                    pool,
+                    self.per_group,
+                    1,
+                    &self.hidden,
+                    self.psi_use,
+                    Mode::Train(k),
+                    &mut rng,
+                )
+            })
+            .collect();
+        WeightBatch { groups }
+    }
+
+    fn batch_len(&self, batch: &WeightBatch) -> usize {
+        batch.groups.iter().map(|g| g.n).sum()
+    }
+
+    fn slice(&self, batch: &WeightBatch, range: std::ops::Range<usize>) -> WeightBatch {
+        // Rows in the concatenated order of the groups.
+        let mut groups = Vec::new();
+        let mut offset = 0;
+        for g in &batch.groups {
+            let (a, b) = (range.start.max(offset), range.end.min(offset + g.n));
+            if a < b {
+                let (a, b) = (a - offset, b - offset);
+                let d = g.x.len() / g.n;
+                let eps = g
+                    .draws
+                    .eps
+                    .iter()
+                    .map(|e| {
+                        let w = e.len() / g.n;
+                        e[a * w..b * w].to_vec()
+                    })
+                    .collect();
+                groups.push(Group {
+                    x: g.x[a * d..b * d].to_vec(),
+                    y: g.y[a..b].to_vec(),
+                    n: b - a,
+                    draws: Draws { u: g.draws.u[a..b].to_vec(), eps },
+                    mode: g.mode,
+                });
+            }
+            offset += g.n;
+        }
+        WeightBatch { groups }
+    }
+
+    fn loss(&self, model: &PartitionedNet, batch: WeightBatch) -> Tensor<1> {
+        let mut total: Option<Tensor<1>> = None;
+        for g in batch.groups {
+            let logits = model.forward(&g.x, g.n, self.data.image, &g.draws, self.psi_use, false, g.mode);
+            let l = cross_entropy(logits, &g.y);
+            total = Some(match total {
+                Some(t) => t + l,
+                None => l,
+            });
+        }
+        total.expect("at least one group")
+    }
+}
+
+/// The groups of hyperparameter step `j` for `signal` (`S = samples` copies per row).
+pub fn psi_groups(
+    signal: PsiSignal,
+    train: &Inputs,
+    shards: &[Vec<usize>],
+    val: Option<&Inputs>,
+    config: &RunConfig,
+    j: usize,
+) -> Vec<(Group, &'static str)> {
+    let mut rng = stream_for(config.seed, Purpose::HpoHyperStep, j as u64);
+    let c = config.partitions;
+    let (b, s, h, u) = (config.psi_batch, config.samples, &config.hidden, config.psi_use);
+    match signal {
+        PsiSignal::Oots => (1..c)
+            .map(|k| (draw_group(train, &shards[k], b, s, h, u, Mode::Eval(k - 1), &mut rng), "oots"))
+            .collect(),
+        PsiSignal::TrainLoss | PsiSignal::Augerino { .. } => {
+            let all: Vec<usize> = (0..train.n).collect();
+            vec![(draw_group(train, &all, b, s, h, u, Mode::Eval(c - 1), &mut rng), "train")]
+        }
+        PsiSignal::Validation => {
+            let v = val.expect("validation rows");
+            let all: Vec<usize> = (0..v.n).collect();
+            vec![(draw_group(v, &all, b, s, h, u, Mode::Eval(c - 1), &mut rng), "validation")]
+        }
+    }
+}
+
+/// The hyperparameter objective of `groups` under `model`: the sum over groups of the averaged
+/// predictive's NLL (weights detached, `psi` live), plus Augerino's regulariser. Only `psi`
+/// receives gradients: they come through the forward pass alone.
+pub fn psi_objective(
+    model: &PartitionedNet,
+    groups: &[Group],
+    image: (usize, usize),
+    psi_use: PsiUse,
+    samples: usize,
+    signal: PsiSignal,
+) -> Tensor<1> {
+    let mut total: Option<Tensor<1>> = None;
+    for g in groups {
+        let logits = model.forward(&g.x, g.n, image, &g.draws, psi_use, true, g.mode);
+        let l = averaged_nll(logits, &g.y, samples);
+        total = Some(match total {
+            Some(t) => t + l,
+            None => l,
+        });
+    }
+    let mut total = total.expect("at least one group");
+    if let PsiSignal::Augerino { lambda } = signal {
+        total = total - model.psi.theta_max().mul_scalar(lambda);
+    }
+    total
+}
+
+/// One point of the hyperparameter trace.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TracePoint {
+    /// Parameter steps taken.
+    pub step: usize,
+    /// Rotation range, degrees.
+    pub theta_max_deg: f64,
+    /// Gaussian dropout standard deviation.
+    pub sigma: f64,
+    /// Mean keep probability of the input mask.
+    pub mean_keep: f64,
+    /// The hyperparameter objective at this step, before the update (`None` at the start).
+    pub objective: Option<f64>,
+}
+
+/// What a run returns.
+pub struct RunOutcome {
+    /// The trained network (no autodiff).
+    pub model: PartitionedNet,
+    /// Final `psi`.
+    pub psi: PsiValues,
+    /// `psi` over training.
+    pub trace: Vec<TracePoint>,
+    /// Wall time of training (parameter and hyperparameter steps), seconds.
+    pub seconds: f64,
+    /// Mean training loss of the last 10 % of the steps.
+    pub final_loss: f64,
+}
+
+/// Trains a partitioned network on `train` (and `psi` from `config.signal`; `val` is needed for
+/// [`PsiSignal::Validation`]).
+pub fn train(
+    config: &RunConfig,
+    train: &Inputs,
+    val: Option<&Inputs>,
+    device: &Device,
+    progress: &dyn Progress,
+) -> Result<RunOutcome, HpoError> {
+    config.validate()?;
+    // Without rotation or dropout a forward pass draws nothing: one sample says it all.
+    let stochastic = config.psi_use.rotation || config.psi_use.dropout;
+    let config = &RunConfig { samples: if stochastic { config.samples } else { 1 }, ..config.clone() };
+    if config.signal == Some(PsiSignal::Validation) && val.is_none_or(|v| v.n == 0) {
+        return Err(HpoError::InvalidArgument("the validation signal needs validation rows".into()));
+    }
+    let parts = shards(train.n, &config.data_proportions, config.seed)?;
+    let prefixes: Vec<Vec<usize>> =
+        (0..parts.len()).map(|k| parts[..=k].iter().flatten().copied().collect()).collect();
+    let objective = WeightObjective {
+        data: train,
+        prefixes,
+        per_group: config.batch / config.partitions,
+        hidden: config.hidden.clone(),
+        psi_use: config.psi_use,
+        seed: config.seed,
+    };
+    let trainer = Trainer::new(config.optim(), objective, device);
+    let psi_optim = config.psi_optim();
+    let mut psi_opt = psi_optim.optimizer();
+    let mut state = trainer.init_state(|rng, dev| {
+        let psi = match &config.init {
+            PsiInit::Uniform { theta_deg, mask_keep, sigma } => {
+                Psi::new(train.d, *theta_deg, *mask_keep, *sigma, dev)
+            }
+            PsiInit::Values(v) => Psi::from_values(v, dev),
+        };
+        let mut net = PartitionedNet::new(
+            train.d,
+            train.image,
+            &config.conv_channels,
+            &config.hidden,
+            CLASSES,
+            &config.weight_proportions,
+            psi,
+            config.seed,
+            rng,
+            dev,
+        );
+        if config.zero_defaults {
+            for l in &mut net.layers {
+                l.weight_init = Param::from_tensor(l.weight_init.val().zeros_like()).set_require_grad(false);
+                l.bias_init = Param::from_tensor(l.bias_init.val().zeros_like()).set_require_grad(false);
+            }
+            for l in &mut net.convs {
+                l.weight_init = Param::from_tensor(l.weight_init.val().zeros_like()).set_require_grad(false);
+                l.bias_init = Param::from_tensor(l.bias_init.val().zeros_like()).set_require_grad(false);
+            }
+        }
+        net
+    });
+    let mut trace = Vec::new();
+    let mut losses = Vec::with_capacity(config.steps);
+    let start = Instant::now();
+    progress.start("train", config.steps as u64);
+    let trace_point = |model: &PartitionedNet, step: usize, objective: Option<f64>| {
+        let v = model.psi.values();
+        let mean_keep = v.keep.iter().map(|&k| k as f64).sum::<f64>() / v.keep.len().max(1) as f64;
+        TracePoint { step, theta_max_deg: v.theta_max_deg, sigma: v.sigma, mean_keep, objective }
+    };
+    trace.push(trace_point(&state.model, 0, None));
+    for step in 0..config.steps {
+        let loss = trainer.step(&mut state);
+        if !loss.is_finite() {
+            return Err(HpoError::Diverged { step, loss });
+        }
+        losses.push(loss as f64);
+        progress.advance(1);
+        if let Some(signal) = config.signal {
+            if (step + 1) % config.psi_every == 0 {
+                let j = (step + 1) / config.psi_every;
+                let groups: Vec<Group> =
+                    psi_groups(signal, train, &parts, val, config, j).into_iter().map(|(g, _)| g).collect();
+                let obj =
+                    psi_objective(&state.model, &groups, train.image, config.psi_use, config.samples, signal);
+                let value: f32 = obj.clone().into_scalar();
+                let grads = GradientsParams::from_grads(obj.backward(), &state.model);
+                let model = std::mem::replace(&mut state.model, state.ema.clone());
+                state.model = psi_opt.step(psi_optim.lr, model, grads);
+                trace.push(trace_point(&state.model, step + 1, Some(value as f64)));
+                progress.message(&format!("loss {loss:.3} theta {:.1}", trace.last().unwrap().theta_max_deg));
+            }
+        }
+    }
+    progress.finish();
+    let seconds = start.elapsed().as_secs_f64();
+    let tail = (losses.len() / 10).max(1);
+    let final_loss = losses[losses.len() - tail..].iter().sum::<f64>() / tail as f64;
+    let model = state.model.valid();
+    let psi = model.psi.values();
+    Ok(RunOutcome { model, psi, trace, seconds, final_loss })
+}
+
+/// Accuracy of subnetwork `C` (the full network) on `data`, predicting with the class
+/// probabilities averaged over `samples` augmentation draws (from
+/// `stream_for(seed, HpoDataTransform, 2)`; no dropout); with rotation off, one pass.
+pub fn accuracy(model: &PartitionedNet, data: &Inputs, psi_use: PsiUse, samples: usize, seed: u64) -> f64 {
+    let c = model.layers[0].partitions - 1;
+    let use_ = PsiUse { dropout: false, ..psi_use };
+    let samples = if use_.rotation { samples } else { 1 };
+    let mut rng = stream_for(seed, Purpose::HpoDataTransform, 2);
+    let chunk = 250;
+    let mut correct = 0usize;
+    let mut start = 0;
+    while start < data.n {
+        let idx: Vec<usize> = (start..(start + chunk).min(data.n)).collect();
+        let n = idx.len();
+        let rows = data.select(&idx);
+        let mut x = Vec::with_capacity(n * samples * data.d);
+        for _ in 0..samples {
+            x.extend_from_slice(&rows.x);
+        }
+        let u = (0..n * samples).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let logits = model.forward(
+            &x,
+            n * samples,
+            data.image,
+            &Draws { u, eps: Vec::new() },
+            use_,
+            false,
+            Mode::Eval(c),
+        );
+        let probs = softmax(logits, 1).reshape([samples, n, CLASSES]).mean_dim(0).reshape([n, CLASSES]);
+        let pred =
+            probs.argmax(1).into_data().convert::<i64>().try_into_vec::<i64>().expect("int predictions");
+        correct += pred.iter().zip(&rows.y).filter(|(p, y)| **p == **y as i64).count();
+        start += n;
+    }
+    correct as f64 / data.n as f64
+}
