@@ -97,6 +97,9 @@ pub enum Purpose {
     GpSubsample,
     /// Bootstrap resampling of `foundation::stats::bootstrap_ci` (index: 0).
     Bootstrap,
+    /// Generated data of the `endd` crate: spiral, ring and grid points, augmented and noised
+    /// auxiliary images (index: which set, see `endd::data`).
+    EnddData,
 }
 
 impl Purpose {
@@ -120,6 +123,7 @@ impl Purpose {
             Purpose::AttributeBenchData => 5,
             Purpose::DdpmBenchData => 99,
             Purpose::Bootstrap => 0xB0075,
+            Purpose::EnddData => 0xE2DD,
             Purpose::DataSubset | Purpose::DataClassSubset => 0xDA7A,
             Purpose::GpProbes | Purpose::GpSolverBatches | Purpose::GpSubsample => 0x69,
         }

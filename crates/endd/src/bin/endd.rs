@@ -1,0 +1,259 @@
+//! `endd`: ensemble distribution distillation experiments. Argument parsing and printing only:
+//! the work is in [`endd::experiment`].
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use endd::data::{self as ddata, SPIRAL_CLASSES};
+use endd::experiment::{self, ExperimentConfig, ExperimentData, Summary};
+use endd::loss::Anneal;
+use endd::model::Arch;
+use endd::train::{Shard, TrainSettings};
+use foundation::cli::Bar;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "endd",
+    version,
+    about = "Ensemble distribution distillation (EnD, EnD², EnD²+AUX): train an ensemble, distil it into one \
+             network, compare uncertainties. Without a subcommand: the MNIST run on the embedded subset.",
+    after_help = "Examples:\n  \
+        endd                                  # MNIST, embedded 5000/1000 subset, into runs/endd-mnist\n  \
+        endd spiral --out runs/endd-spiral    # the authors' spiral, 100 members, ring as AUX/OOD\n  \
+        endd spiral --shard 0/4 --out DIR     # train a quarter of the ensemble (rerun without --shard after)\n  \
+        endd mnist --mnist ../shared/data/mnist --train-size 20000 --jobs 2 --out runs/endd-mnist-20k"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Three-class spiral (MLPs), noisy ring of radius 410 as AUX and OOD; writes report.md and
+    /// ku-grid.png.
+    Spiral(SpiralArgs),
+    /// MNIST (small CNNs), augmented/noised MNIST as AUX, Fashion-MNIST as OOD; writes report.md and
+    /// KU histograms.
+    Mnist(MnistArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Output directory (resumes a run found there).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Ensemble size M.
+    #[arg(long)]
+    members: Option<usize>,
+    /// Seed of data, initialisation and order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Local worker threads training members.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Train only members m with m % n == i ("i/n"), then stop.
+    #[arg(long)]
+    shard: Option<String>,
+    /// Member epochs.
+    #[arg(long)]
+    member_epochs: Option<usize>,
+    /// Student epochs.
+    #[arg(long)]
+    student_epochs: Option<usize>,
+    /// Initial temperature T0 (1 switches annealing off).
+    #[arg(long)]
+    t0: Option<f64>,
+    /// Skip the no-annealing ablation student.
+    #[arg(long)]
+    no_ablation: bool,
+}
+
+#[derive(Args, Debug)]
+struct SpiralArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Training points per class.
+    #[arg(long, default_value_t = 1000)]
+    per_class: usize,
+    /// Test points per class.
+    #[arg(long, default_value_t = 1000)]
+    test_per_class: usize,
+    /// Spiral noise (standard deviation per n^1.5).
+    #[arg(long, default_value_t = 0.5)]
+    noise: f64,
+    /// Ring points used as AUX (the same number again is drawn as OOD test inputs).
+    #[arg(long, default_value_t = 3000)]
+    ring: usize,
+    /// Side of the input grid of the KU pictures and the Spearman correlation.
+    #[arg(long, default_value_t = 200)]
+    grid: usize,
+}
+
+#[derive(Args, Debug)]
+struct MnistArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Directory with the four MNIST IDX files (default: the embedded 5000/1000 subset).
+    #[arg(long)]
+    mnist: Option<PathBuf>,
+    /// Use this many training images (balanced subset of the full set; 0: all).
+    #[arg(long, default_value_t = 0)]
+    train_size: usize,
+    /// Use this many test images (0: all).
+    #[arg(long, default_value_t = 0)]
+    test_size: usize,
+    /// Fashion-MNIST directory (OOD); default `<shared data>/fashion-mnist` if found.
+    #[arg(long)]
+    fashion: Option<PathBuf>,
+    /// Number of OOD images.
+    #[arg(long, default_value_t = 1000)]
+    ood_size: usize,
+    /// Auxiliary images per training image.
+    #[arg(long, default_value_t = 1.0)]
+    aux_ratio: f64,
+}
+
+/// The no-subcommand run: `endd mnist` with every default.
+#[derive(Parser, Debug)]
+struct DefaultRun {
+    #[command(flatten)]
+    args: MnistArgs,
+}
+
+fn settings(epochs: usize, batch_size: usize, lr: f64) -> TrainSettings {
+    TrainSettings { epochs, batch_size, lr, final_lr_fraction: 0.02, weight_decay: 0.0 }
+}
+
+fn config(
+    c: &Common,
+    arch: Arch,
+    members: usize,
+    member: TrainSettings,
+    student: TrainSettings,
+    anneal: Anneal,
+) -> Result<ExperimentConfig> {
+    let shard = c.shard.as_deref().map(Shard::parse).transpose()?;
+    let t0 = c.t0.unwrap_or(anneal.t0);
+    Ok(ExperimentConfig {
+        arch,
+        members: c.members.unwrap_or(members),
+        member_train: TrainSettings { epochs: c.member_epochs.unwrap_or(member.epochs), ..member },
+        student_train: TrainSettings { epochs: c.student_epochs.unwrap_or(student.epochs), ..student },
+        anneal: Anneal { t0, ..anneal },
+        seed: c.seed,
+        ablation: !c.no_ablation,
+        jobs: c.jobs,
+        shard,
+    })
+}
+
+fn print(summary: &Option<Summary>, out: &std::path::Path) {
+    match summary {
+        None => println!("shard trained; run the other shards, then the same command without --shard"),
+        Some(s) => {
+            for r in &s.rows {
+                println!(
+                    "{:<24} error {:6.2} %  NLL {:.3}  OOD AUROC KU {:5.1} %  TU {:5.1} %",
+                    r.model, r.error, r.nll, r.ood_auroc[2], r.ood_auroc[0]
+                );
+            }
+            if let Some([a, b]) = s.grid_spearman {
+                println!("Spearman KU over the grid: ensemble vs EnD²+AUX {a:.3}, vs EnD² {b:.3}");
+            }
+            println!("wrote {}", out.join("report.md").display());
+        }
+    }
+}
+
+fn spiral(a: SpiralArgs) -> Result<()> {
+    let arch =
+        Arch::Mlp { input_dim: 2, hidden: vec![100, 100], classes: SPIRAL_CLASSES, input_scale: 1.0 / 200.0 };
+    let cfg = config(
+        &a.common,
+        arch,
+        100,
+        settings(20, 100, 3e-3),
+        settings(60, 100, 2e-3),
+        Anneal { t0: 10.0, hold_epochs: 10, decay_epochs: 30 },
+    )?;
+    let out = a.common.out.clone().unwrap_or_else(|| PathBuf::from("runs/endd-spiral"));
+    let seed = cfg.seed;
+    let train = ddata::spiral(a.per_class, a.noise, seed, ddata::SET_SPIRAL_TRAIN);
+    let data = ExperimentData {
+        name: format!("spiral (3 classes, noise {}), ring of radius 410 as AUX and OOD", a.noise),
+        test: ddata::spiral(a.test_per_class, a.noise, seed, ddata::SET_SPIRAL_TEST),
+        train,
+        aux: ddata::ring(a.ring, 20.0, seed, ddata::SET_RING_AUX),
+        ood: Some(("noisy ring, radius 410".into(), ddata::ring(a.ring, 20.0, seed, ddata::SET_RING_OOD))),
+        grid: Some((a.grid, ddata::grid(a.grid, 500.0))),
+    };
+    let bar = Bar::new();
+    let summary = experiment::run(&out, &cfg, &data, &bar)?;
+    bar.suspend(|| print(&summary, &out));
+    Ok(())
+}
+
+fn mnist(a: MnistArgs) -> Result<()> {
+    let load = |split| data::load_mnist(a.mnist.as_deref(), split).context("loading MNIST");
+    let mut train = load(data::Split::Train)?;
+    let mut test = load(data::Split::Test)?;
+    let seed = a.common.seed;
+    if a.train_size > 0 && a.train_size < train.n {
+        train = train.balanced_subset(a.train_size / 10, seed);
+    }
+    if a.test_size > 0 && a.test_size < test.n {
+        test = test.subset(a.test_size, seed);
+    }
+    let fashion = a.fashion.clone().or_else(|| data::shared_data_dir().map(|d| d.join("fashion-mnist")));
+    let ood = match fashion.filter(|d| d.is_dir()) {
+        Some(dir) => {
+            let f = data::load_fashion_mnist(&dir).context("loading Fashion-MNIST")?;
+            Some((
+                "Fashion-MNIST".to_string(),
+                endd::data::from_dataset(&f.subset(a.ood_size.min(f.n), seed)).inputs,
+            ))
+        }
+        None => {
+            eprintln!("Fashion-MNIST not found (--fashion DIR): no OOD figures");
+            None
+        }
+    };
+    let side = train.height;
+    let arch = Arch::Cnn { side, channels: vec![16, 32], hidden: 100, classes: 10 };
+    let cfg = config(
+        &a.common,
+        arch,
+        10,
+        settings(8, 128, 2e-3),
+        settings(16, 128, 2e-3),
+        Anneal { t0: 10.0, hold_epochs: 3, decay_epochs: 8 },
+    )?;
+    let out = a.common.out.clone().unwrap_or_else(|| PathBuf::from("runs/endd-mnist"));
+    let train = ddata::from_dataset(&train);
+    let n_aux = ((train.inputs.n as f64) * a.aux_ratio).round() as usize;
+    let aux = ddata::augmented_mnist(&train.inputs, side, n_aux.max(1), seed);
+    let data = ExperimentData {
+        name: format!("MNIST ({} training images), augmented/noised MNIST as AUX", train.inputs.n),
+        train,
+        test: ddata::from_dataset(&test),
+        aux,
+        ood,
+        grid: None,
+    };
+    let bar = Bar::new();
+    let summary = experiment::run(&out, &cfg, &data, &bar)?;
+    bar.suspend(|| print(&summary, &out));
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    foundation::cli::keep_freed_memory();
+    let cli = Cli::parse();
+    foundation::cli::exit_code(match cli.command {
+        Some(Command::Spiral(a)) => spiral(a),
+        Some(Command::Mnist(a)) => mnist(a),
+        None => mnist(DefaultRun::parse_from(["endd"]).args),
+    })
+}
