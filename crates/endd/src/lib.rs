@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod data;
 pub mod experiment;
 pub mod loss;

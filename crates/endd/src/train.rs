@@ -89,6 +89,9 @@ pub struct TrainSettings {
     pub final_lr_fraction: f64,
     /// AdamW decoupled weight decay.
     pub weight_decay: f64,
+    /// Clip the global gradient norm to this value (None: no clipping).
+    #[serde(default)]
+    pub grad_clip: Option<f64>,
 }
 
 impl TrainSettings {
@@ -105,7 +108,7 @@ impl TrainSettings {
             warmup_steps: 0,
             min_lr_ratio: self.final_lr_fraction,
             weight_decay: self.weight_decay,
-            grad_clip: None,
+            grad_clip: self.grad_clip,
             ema_decay: 0.0,
             seed,
             microbatches: 1,

@@ -37,6 +37,25 @@ enum Command {
     /// MNIST (small CNNs), augmented/noised MNIST as AUX, Fashion-MNIST as OOD; writes report.md and
     /// KU histograms.
     Mnist(MnistArgs),
+    /// Time a member step and an EnD² step of the same network here and in JAX
+    /// (bench/endd_step.py); prints the ratio JAX time / Rust time (>= 1: Rust is faster).
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Network: the spiral MLP or the MNIST CNN.
+    #[arg(long, default_value = "cnn", value_parser = ["cnn", "mlp"])]
+    arch: String,
+    /// Batch size.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Timed steps (median) after 3 warm-up steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Skip the JAX side.
+    #[arg(long)]
+    no_jax: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -62,9 +81,24 @@ struct Common {
     /// Student epochs.
     #[arg(long)]
     student_epochs: Option<usize>,
+    /// Member peak learning rate.
+    #[arg(long)]
+    member_lr: Option<f64>,
+    /// Student peak learning rate.
+    #[arg(long)]
+    student_lr: Option<f64>,
+    /// Clip the students' global gradient norm to this value (0: no clipping).
+    #[arg(long)]
+    student_clip: Option<f64>,
     /// Initial temperature T0 (1 switches annealing off).
     #[arg(long)]
     t0: Option<f64>,
+    /// Epochs held at T0.
+    #[arg(long)]
+    hold_epochs: Option<usize>,
+    /// Epochs of the linear decay from T0 to 1.
+    #[arg(long)]
+    decay_epochs: Option<usize>,
     /// Skip the no-annealing ablation student.
     #[arg(long)]
     no_ablation: bool,
@@ -81,11 +115,14 @@ struct SpiralArgs {
     #[arg(long, default_value_t = 1000)]
     test_per_class: usize,
     /// Spiral noise (standard deviation per n^1.5).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.4)]
     noise: f64,
     /// Ring points used as AUX (the same number again is drawn as OOD test inputs).
     #[arg(long, default_value_t = 3000)]
     ring: usize,
+    /// Scale applied to the points before the first layer.
+    #[arg(long, default_value_t = 0.05)]
+    input_scale: f64,
     /// Side of the input grid of the KU pictures and the Spearman correlation.
     #[arg(long, default_value_t = 200)]
     grid: usize,
@@ -123,7 +160,7 @@ struct DefaultRun {
 }
 
 fn settings(epochs: usize, batch_size: usize, lr: f64) -> TrainSettings {
-    TrainSettings { epochs, batch_size, lr, final_lr_fraction: 0.02, weight_decay: 0.0 }
+    TrainSettings { epochs, batch_size, lr, final_lr_fraction: 0.02, weight_decay: 0.0, grad_clip: None }
 }
 
 fn config(
@@ -139,9 +176,22 @@ fn config(
     Ok(ExperimentConfig {
         arch,
         members: c.members.unwrap_or(members),
-        member_train: TrainSettings { epochs: c.member_epochs.unwrap_or(member.epochs), ..member },
-        student_train: TrainSettings { epochs: c.student_epochs.unwrap_or(student.epochs), ..student },
-        anneal: Anneal { t0, ..anneal },
+        member_train: TrainSettings {
+            epochs: c.member_epochs.unwrap_or(member.epochs),
+            lr: c.member_lr.unwrap_or(member.lr),
+            ..member
+        },
+        student_train: TrainSettings {
+            epochs: c.student_epochs.unwrap_or(student.epochs),
+            lr: c.student_lr.unwrap_or(student.lr),
+            grad_clip: c.student_clip.map_or(student.grad_clip, |v| (v > 0.0).then_some(v)),
+            ..student
+        },
+        anneal: Anneal {
+            t0,
+            hold_epochs: c.hold_epochs.unwrap_or(anneal.hold_epochs),
+            decay_epochs: c.decay_epochs.unwrap_or(anneal.decay_epochs),
+        },
         seed: c.seed,
         ablation: !c.no_ablation,
         jobs: c.jobs,
@@ -168,15 +218,19 @@ fn print(summary: &Option<Summary>, out: &std::path::Path) {
 }
 
 fn spiral(a: SpiralArgs) -> Result<()> {
-    let arch =
-        Arch::Mlp { input_dim: 2, hidden: vec![100, 100], classes: SPIRAL_CLASSES, input_scale: 1.0 / 200.0 };
+    let arch = Arch::Mlp {
+        input_dim: 2,
+        hidden: vec![100, 100],
+        classes: SPIRAL_CLASSES,
+        input_scale: a.input_scale,
+    };
     let cfg = config(
         &a.common,
         arch,
         100,
-        settings(20, 100, 3e-3),
-        settings(60, 100, 2e-3),
-        Anneal { t0: 10.0, hold_epochs: 10, decay_epochs: 30 },
+        settings(300, 100, 3e-3),
+        settings(300, 100, 1e-3),
+        Anneal { t0: 2.5, hold_epochs: 50, decay_epochs: 150 },
     )?;
     let out = a.common.out.clone().unwrap_or_else(|| PathBuf::from("runs/endd-spiral"));
     let seed = cfg.seed;
@@ -228,7 +282,7 @@ fn mnist(a: MnistArgs) -> Result<()> {
         10,
         settings(8, 128, 2e-3),
         settings(16, 128, 2e-3),
-        Anneal { t0: 10.0, hold_epochs: 3, decay_epochs: 8 },
+        Anneal { t0: 2.5, hold_epochs: 2, decay_epochs: 6 },
     )?;
     let out = a.common.out.clone().unwrap_or_else(|| PathBuf::from("runs/endd-mnist"));
     let train = ddata::from_dataset(&train);
@@ -248,12 +302,60 @@ fn mnist(a: MnistArgs) -> Result<()> {
     Ok(())
 }
 
+fn bench(a: BenchArgs) -> Result<()> {
+    let arch = if a.arch == "mlp" {
+        Arch::Mlp { input_dim: 2, hidden: vec![100, 100], classes: 3, input_scale: 0.05 }
+    } else {
+        Arch::Cnn { side: 28, channels: vec![16, 32], hidden: 100, classes: 10 }
+    };
+    let rust = endd::bench::bench_steps(&arch, a.batch, a.steps, 3);
+    println!(
+        "rust {} batch {}: member {:.2} ms/step, EnD² {:.2} ms/step",
+        a.arch,
+        a.batch,
+        rust.member_sec * 1e3,
+        rust.end2_sec * 1e3
+    );
+    if a.no_jax {
+        return Ok(());
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/endd_step.py");
+    let output = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--arch", &a.arch, "--batch", &a.batch.to_string(), "--steps", &a.steps.to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    anyhow::ensure!(output.status.success(), "{} failed", script.display());
+    let text = String::from_utf8_lossy(&output.stdout);
+    let last = text.lines().last().context("no output from the JAX script")?;
+    let json: serde_json::Value = serde_json::from_str(last).context("JAX script output is not JSON")?;
+    let get = |k: &str| json[k].as_f64().with_context(|| format!("JAX output lacks {k}"));
+    let (jm, je) = (get("member_sec")?, get("end2_sec")?);
+    println!(
+        "jax  {} batch {}: member {:.2} ms/step, EnD² {:.2} ms/step",
+        a.arch,
+        a.batch,
+        jm * 1e3,
+        je * 1e3
+    );
+    println!(
+        "ratio JAX / Rust (>= 1: Rust faster): member {:.2}x, EnD² {:.2}x; EnD² / member step: Rust {:.2}, JAX {:.2}",
+        jm / rust.member_sec,
+        je / rust.end2_sec,
+        rust.end2_sec / rust.member_sec,
+        je / jm
+    );
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     foundation::cli::keep_freed_memory();
     let cli = Cli::parse();
     foundation::cli::exit_code(match cli.command {
         Some(Command::Spiral(a)) => spiral(a),
         Some(Command::Mnist(a)) => mnist(a),
+        Some(Command::Bench(a)) => bench(a),
         None => mnist(DefaultRun::parse_from(["endd"]).args),
     })
 }
