@@ -401,7 +401,7 @@ fn write_report(
         let _ = writeln!(
             r,
             "![KU over the input plane](ku-grid.png)\n\n`ku-grid.png`: knowledge uncertainty over the grid, left to \
-             right ensemble, EnD², EnD²+AUX; each panel coloured from 0 (dark) to its own maximum (yellow): {}.\n",
+             right ensemble, EnD², EnD²+AUX; each panel coloured by sqrt(KU / its maximum), dark 0 to yellow maximum; maxima {}.\n",
             grid_max.iter().map(|m| format!("{m:.3}")).collect::<Vec<_>>().join(", ")
         );
     }

@@ -35,7 +35,7 @@ pub fn write_png(path: &Path, img: &RgbImage) -> Result<(), EndError> {
 }
 
 /// Heat maps of `side × side` grids (row-major, top row first), side by side with a 6-pixel white
-/// gap, each scaled to its own `[0, max]` (`max` returned per panel).
+/// gap, coloured by `sqrt(value / max)` with each panel's own `max` (returned per panel).
 pub fn heatmaps(panels: &[&[f64]], side: usize) -> (RgbImage, Vec<f64>) {
     let gap = 6u32;
     let w = panels.len() as u32 * side as u32 + gap * (panels.len() as u32).saturating_sub(1);
@@ -46,7 +46,7 @@ pub fn heatmaps(panels: &[&[f64]], side: usize) -> (RgbImage, Vec<f64>) {
         maxes.push(max);
         let x0 = k as u32 * (side as u32 + gap);
         for (i, &v) in values.iter().enumerate() {
-            img.put_pixel(x0 + (i % side) as u32, (i / side) as u32, colour(v / max));
+            img.put_pixel(x0 + (i % side) as u32, (i / side) as u32, colour((v / max).sqrt()));
         }
     }
     (img, maxes)

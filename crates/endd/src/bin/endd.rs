@@ -288,6 +288,9 @@ fn mnist(a: MnistArgs) -> Result<()> {
     let train = ddata::from_dataset(&train);
     let n_aux = ((train.inputs.n as f64) * a.aux_ratio).round() as usize;
     let aux = ddata::augmented_mnist(&train.inputs, side, n_aux.max(1), seed);
+    let shown = aux.n.min(24);
+    data::write_png_grid(&out.join("aux-samples.png"), &aux.x[..shown * side * side], shown, side, side, 12)
+        .context("writing aux-samples.png")?;
     let data = ExperimentData {
         name: format!("MNIST ({} training images), augmented/noised MNIST as AUX", train.inputs.n),
         train,

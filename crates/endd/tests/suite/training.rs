@@ -19,6 +19,7 @@ fn spec(seed: u64) -> EnsembleSpec {
             lr: 3e-3,
             final_lr_fraction: 0.1,
             weight_decay: 0.0,
+            grad_clip: None,
         },
         members: 3,
         seed,
