@@ -20,6 +20,8 @@ pub struct StepTimes {
     pub member_sec: f64,
     /// EnD² student step (Dirichlet NLL at T = 2.5, M = 10 teacher members).
     pub end2_sec: f64,
+    /// EnD student step (cross-entropy to the mean at T = 2.5).
+    pub end_sec: f64,
 }
 
 /// Times `steps` steps (after `warmup`) of each objective on synthetic data: `batch` inputs
@@ -67,21 +69,25 @@ pub fn bench_steps(arch: &Arch, batch: usize, steps: usize, warmup: usize) -> St
     let member_sec = time(&mut Vec::new(), &mut || {
         member.step(&mut state);
     });
-    let student = Trainer::new(
-        settings.optim(batch, 2),
-        StudentObjective {
-            inputs: &inputs,
-            teacher: &teacher,
-            kind: StudentKind::End2,
-            anneal: Anneal { t0: 2.5, hold_epochs: usize::MAX, decay_epochs: 0 },
-            batch_size: batch,
-            seed: 2,
-        },
-        &Device::flex(),
-    );
-    let mut state: TrainState<Net> = student.init_state(|r, d| arch.init_with(r, d));
-    let end2_sec = time(&mut Vec::new(), &mut || {
-        student.step(&mut state);
-    });
-    StepTimes { member_sec, end2_sec }
+    let student_sec = |kind| {
+        let student = Trainer::new(
+            settings.optim(batch, 2),
+            StudentObjective {
+                inputs: &inputs,
+                teacher: &teacher,
+                kind,
+                anneal: Anneal { t0: 2.5, hold_epochs: usize::MAX, decay_epochs: 0 },
+                batch_size: batch,
+                seed: 2,
+            },
+            &Device::flex(),
+        );
+        let mut state: TrainState<Net> = student.init_state(|r, d| arch.init_with(r, d));
+        time(&mut Vec::new(), &mut || {
+            student.step(&mut state);
+        })
+    };
+    let end2_sec = student_sec(StudentKind::End2);
+    let end_sec = student_sec(StudentKind::End);
+    StepTimes { member_sec, end2_sec, end_sec }
 }

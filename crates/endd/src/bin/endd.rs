@@ -313,11 +313,12 @@ fn bench(a: BenchArgs) -> Result<()> {
     };
     let rust = endd::bench::bench_steps(&arch, a.batch, a.steps, 3);
     println!(
-        "rust {} batch {}: member {:.2} ms/step, EnD² {:.2} ms/step",
+        "rust {} batch {}: member {:.2} ms/step, EnD² {:.2} ms/step (EnD {:.2} ms/step)",
         a.arch,
         a.batch,
         rust.member_sec * 1e3,
-        rust.end2_sec * 1e3
+        rust.end2_sec * 1e3,
+        rust.end_sec * 1e3
     );
     if a.no_jax {
         return Ok(());
