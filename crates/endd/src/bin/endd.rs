@@ -260,6 +260,9 @@ fn mnist(a: MnistArgs) -> Result<()> {
     if a.test_size > 0 && a.test_size < test.n {
         test = test.subset(a.test_size, seed);
     }
+    if let Some(dir) = a.fashion.as_ref().filter(|d| !d.is_dir()) {
+        anyhow::bail!("--fashion {}: no such directory", dir.display());
+    }
     let fashion = a.fashion.clone().or_else(|| data::shared_data_dir().map(|d| d.join("fashion-mnist")));
     let ood = match fashion.filter(|d| d.is_dir()) {
         Some(dir) => {
