@@ -106,6 +106,9 @@ pub enum Purpose {
     /// Partition-based HPO: the fixed transforms of derived data sets (rotations, noise features;
     /// index: 0 training set, 1 test set) and the evaluation draws (index: 2).
     HpoDataTransform,
+    /// Generated data of the `endd` crate: spiral, ring and grid points, augmented and noised
+    /// auxiliary images (index: which set, see `endd::data`).
+    EnddData,
 }
 
 impl Purpose {
@@ -133,6 +136,7 @@ impl Purpose {
             Purpose::HpoDataShards => 0x4890_0002,
             Purpose::HpoHyperStep => 0x4890_0003,
             Purpose::HpoDataTransform => 0x4890_0004,
+            Purpose::EnddData => 0xE2DD,
             Purpose::DataSubset | Purpose::DataClassSubset => 0xDA7A,
             Purpose::GpProbes | Purpose::GpSolverBatches | Purpose::GpSubsample => 0x69,
         }
