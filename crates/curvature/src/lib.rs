@@ -13,7 +13,9 @@ pub mod factors;
 pub mod fit;
 pub mod io;
 pub mod layer;
+pub mod loss;
 pub mod precondition;
 
 pub use factors::{EigenCurvature, KfacApprox, KfacFactors, LayerInfo};
 pub use fit::{CurvatureBatch, GgnKind};
+pub use loss::{LossKind, Mse, OutputLoss, SoftmaxCrossEntropy};
