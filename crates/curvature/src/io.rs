@@ -69,7 +69,9 @@ impl EigenCurvature {
         let mut tensors = Vec::new();
         for (k, l) in self.layers.iter().enumerate() {
             let (di, d_o) = (l.info.d_in, l.info.d_out);
-            tensors.push(NamedTensor::f64(format!("{k}.q_a"), vec![di, di], l.q_a.clone()));
+            if !l.info.diagonal_input {
+                tensors.push(NamedTensor::f64(format!("{k}.q_a"), vec![di, di], l.q_a.clone()));
+            }
             tensors.push(NamedTensor::f64(format!("{k}.q_b"), vec![d_o, d_o], l.q_b.clone()));
             tensors.push(NamedTensor::f64(format!("{k}.lambda_w"), vec![d_o, di], l.lambda_w.clone()));
             tensors.push(NamedTensor::f64(format!("{k}.lambda_b"), vec![d_o], l.lambda_b.clone()));
@@ -109,7 +111,7 @@ impl EigenCurvature {
         for (k, info) in header.layers.iter().cloned().enumerate() {
             let (di, d_o) = (info.d_in, info.d_out);
             layers.push(LayerEigen {
-                q_a: get(format!("{k}.q_a"), &[di, di])?,
+                q_a: if info.diagonal_input { Vec::new() } else { get(format!("{k}.q_a"), &[di, di])? },
                 q_b: get(format!("{k}.q_b"), &[d_o, d_o])?,
                 lambda_w: get(format!("{k}.lambda_w"), &[d_o, di])?,
                 lambda_b: get(format!("{k}.lambda_b"), &[d_o])?,

@@ -3,3 +3,4 @@
 
 mod kfac;
 mod output_loss;
+mod sequence;
