@@ -259,6 +259,8 @@ pub struct EigenCurvature {
     pub num_data: usize,
     /// Per layer.
     pub layers: Vec<LayerEigen>,
+    /// The settings it was fitted with (saved in the file header; default: unknown, MSE).
+    pub meta: crate::io::CurvatureMeta,
 }
 
 impl KfacFactors {
@@ -280,7 +282,13 @@ impl KfacFactors {
                 LayerEigen { info: f.info.clone(), q_a, q_b, lambda_w, lambda_b }
             })
             .collect();
-        EigenCurvature { approx: self.approx, corrected: false, num_data: self.num_data, layers }
+        EigenCurvature {
+            approx: self.approx,
+            corrected: false,
+            num_data: self.num_data,
+            layers,
+            meta: Default::default(),
+        }
     }
 }
 

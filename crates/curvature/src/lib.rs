@@ -18,4 +18,5 @@ pub mod precondition;
 
 pub use factors::{EigenCurvature, KfacApprox, KfacFactors, LayerInfo};
 pub use fit::{CurvatureBatch, GgnKind};
+pub use io::CurvatureMeta;
 pub use loss::{LossKind, Mse, OutputLoss, SoftmaxCrossEntropy};
