@@ -465,16 +465,14 @@ impl ClassifierDemoConfig {
             "Share of each query's top-{top} proponents / opponents with the query's label (chance: {chance:.3}, the share of the query's class in the training set):\n\n\
              | lambda | proponents | opponents |\n|---|---|---|\n"
         ));
-        let mut shares = Vec::new();
         for (li, l) in self.lambdas.iter().enumerate() {
             let (mut pro, mut opp) = (0usize, 0usize);
-            for qi in 0..q {
+            for (qi, &label) in qlabels.iter().enumerate() {
                 let o = order(li, qi);
-                pro += o[..top].iter().filter(|&&i| train.labels[i] == qlabels[qi]).count();
-                opp += o[n - top..].iter().filter(|&&i| train.labels[i] == qlabels[qi]).count();
+                pro += o[..top].iter().filter(|&&i| train.labels[i] == label).count();
+                opp += o[n - top..].iter().filter(|&&i| train.labels[i] == label).count();
             }
             let (ps, os) = (pro as f64 / (top * q) as f64, opp as f64 / (top * q) as f64);
-            shares.push(ps);
             md.push_str(&format!("| {l:e} | {ps:.3} | {os:.3} |\n"));
         }
         md.push_str("\n| query | label | predicted | top proponents (index: label) |\n|---|---|---|---|\n");
@@ -503,7 +501,6 @@ impl ClassifierDemoConfig {
         ));
         let path = self.out.join("report.md");
         write_bytes(&path, md.as_bytes())?;
-        let _ = shares;
         Ok(path)
     }
 }

@@ -139,7 +139,7 @@ fn embedding_input_factor_is_diagonal_and_expand_stays_exact() {
     let p = check_expand_exact_reduce_not(&net, &inputs);
     assert_eq!(p, net.num_params(), "every parameter is covered");
 
-    let batches = inputs.iter().map(|input| SeqBatch { net: &net, input: input });
+    let batches = inputs.iter().map(|input| SeqBatch { net: &net, input });
     let curv =
         fit_factors(batches, KfacApprox::Expand, GgnKind::Model, &mut stream(3, 0, 0), &no_names, |_| {})
             .eigendecompose();

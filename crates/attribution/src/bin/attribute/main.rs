@@ -41,6 +41,10 @@ Examples:
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Compute device: cpu (burn flex backend), cuda or wgpu (need the cargo features `cuda` /
+    /// `wgpu`).
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Subcommand)]
@@ -144,7 +148,7 @@ struct ClassifierDemoArgs {
     #[arg(long, default_value_t = 6)]
     top_k: usize,
     /// Training epochs of the demo classifier.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     epochs: usize,
     /// What is attributed on the queries.
     #[arg(long, value_enum, default_value = "cross-entropy")]
@@ -479,7 +483,10 @@ struct DemoArgs {
 fn main() -> ExitCode {
     foundation::cli::keep_freed_memory();
     let cli = Cli::parse();
-    let dev = Device::flex();
+    let dev = match foundation::cli::device(&cli.device) {
+        Ok(d) => d,
+        Err(e) => return exit_code(Err(e)),
+    };
     let result = match cli.command {
         Command::Fit(a) => fit_cmd(a, &dev),
         Command::Score(a) => score_cmd(a, &dev),
