@@ -39,7 +39,7 @@ impl CurvatureMeta {
         expected: Option<&CurvatureMeta>,
     ) -> Result<(), CurvatureIoError> {
         let mismatch =
-            |message: String| Err(CurvatureIoError::Mismatch { path: path.to_path_buf(), message });
+            |message: String| Err(CurvatureIoError::Settings { path: path.to_path_buf(), message });
         if self.loss != loss {
             return mismatch(format!("fitted with output loss {}, this model's loss is {loss}", self.loss));
         }
@@ -80,6 +80,14 @@ pub enum CurvatureIoError {
         /// File.
         path: PathBuf,
         /// Cause.
+        message: String,
+    },
+    /// The factors were fitted with other settings (output loss, GGN, draws, seed).
+    #[error("{path}: factors fitted with other settings: {message}")]
+    Settings {
+        /// File.
+        path: PathBuf,
+        /// Which setting differs.
         message: String,
     },
     /// The factors were fitted for another model.
