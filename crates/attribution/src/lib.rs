@@ -1,4 +1,5 @@
-//! Data attribution for diffusion models with influence functions (Mlodozeniec et al. 2025).
+//! Data attribution for diffusion models with influence functions (Mlodozeniec et al. 2025), and
+//! the same for classifiers ([`classifier`]).
 //!
 //! Read it like kronfluence: a [`DiffusionTask`] says what the training loss and the
 //! measurement are; the curvature crate turns the model and the task's training data into
@@ -22,11 +23,13 @@ use serde::{Deserialize, Serialize};
 pub mod baselines;
 pub mod bench;
 pub mod benchmark;
+pub mod classifier;
 pub mod demo;
 pub mod error;
 pub mod fit;
 pub mod lds;
 pub mod measure;
+pub mod meta;
 pub mod npy;
 pub mod plot;
 pub mod scoring;

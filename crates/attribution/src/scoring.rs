@@ -44,14 +44,7 @@ impl ScoreSettings {
                 bail!("--at-time {t}: must be below T = {steps}");
             }
         }
-        if self.lambdas.is_empty() {
-            bail!("--lambda: give at least one damping value");
-        }
-        for &l in &self.lambdas {
-            if !(l.is_finite() && l > 0.0) {
-                bail!("--lambda {l}: damping must be a positive number");
-            }
-        }
+        validate_lambdas(&self.lambdas)?;
         if self.train_draws == 0 || self.query_draws == 0 {
             bail!("--train-draws and --query-draws must be at least 1");
         }
@@ -69,6 +62,19 @@ impl ScoreSettings {
             seed: self.gradient_seed,
         }
     }
+}
+
+/// Checks a damping grid: at least one value, every value positive and finite.
+pub fn validate_lambdas(lambdas: &[f64]) -> Result<()> {
+    if lambdas.is_empty() {
+        bail!("--lambda: give at least one damping value");
+    }
+    for &l in lambdas {
+        if !(l.is_finite() && l > 0.0) {
+            bail!("--lambda {l}: damping must be a positive number");
+        }
+    }
+    Ok(())
 }
 
 /// The covered layers of a model, from one recording forward pass.
@@ -103,7 +109,7 @@ pub fn fit(
         progress.advance(n as u64)
     });
     progress.finish();
-    Ok(fitted.best())
+    Ok(fitted.best().with_meta(crate::meta::fit_meta(settings, curvature::LossKind::Mse)))
 }
 
 /// What `attribute fit` does: fit a run's curvature and save it.
@@ -243,6 +249,7 @@ impl ScoreJob {
         self.settings.validate(trained.diffusion.steps())?;
         let infos = layer_infos(&trained.model, dev);
         let curv = EigenCurvature::load(&self.factors, Some(&infos))?;
+        curv.meta.check(&self.factors, curvature::LossKind::Mse, None)?;
         let (queries, qn, qd) =
             read_matrix(&self.queries).with_context(|| self.queries.display().to_string())?;
         let d = trained.model.data_dim();
@@ -257,6 +264,12 @@ impl ScoreJob {
         let cols = range.len();
         let scores = score_range(&trained, &curv, &queries, range, &self.settings, dev, progress)?;
         write_score_grid(&self.out, &self.settings.lambdas, &scores, qn, cols)?;
+        crate::meta::ScoreMeta {
+            curvature: curv.meta.clone(),
+            measurement: format!("{:?}", self.settings.measurement),
+            shard: self.shard,
+        }
+        .write_beside(&self.out, &self.settings.lambdas)?;
         Ok((qn, cols))
     }
 }
@@ -267,6 +280,7 @@ pub fn merge_shards(out: &Path, shards: &[PathBuf]) -> Result<(usize, usize)> {
     if shards.is_empty() {
         bail!("merge needs at least one shard file");
     }
+    crate::meta::check_shards(shards)?;
     let mut parts = Vec::new();
     for p in shards {
         parts.push(read_matrix(p).with_context(|| p.display().to_string())?);
@@ -285,6 +299,7 @@ pub fn merge_shards(out: &Path, shards: &[PathBuf]) -> Result<(usize, usize)> {
         off += c;
     }
     write_matrix(out, &merged, rows, cols).with_context(|| out.display().to_string())?;
+    crate::meta::write_merged(out, shards)?;
     Ok((rows, cols))
 }
 

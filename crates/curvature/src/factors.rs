@@ -39,8 +39,14 @@ pub struct LayerInfo {
     pub d_in: usize,
     /// Output features.
     pub d_out: usize,
-    /// Shared positions per datum seen when fitting (conv: output pixels; linear: 1).
+    /// Shared positions per datum seen when fitting (conv: output pixels; linear: 1; sequences:
+    /// T).
     pub positions: usize,
+    /// The input factor A is kept diagonal (embeddings: one-hot inputs, so A is the diagonal of
+    /// token frequencies): A is stored as its `d_in` diagonal entries and its eigenbasis is the
+    /// identity, never materialised.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub diagonal_input: bool,
 }
 
 impl LayerInfo {
@@ -48,8 +54,18 @@ impl LayerInfo {
         let (d_in, d_out) = match rec.kind {
             LayerKind::Linear { d_in, d_out } => (d_in, d_out),
             LayerKind::Conv2d { c_in, c_out, kernel, .. } => (c_in * kernel[0] * kernel[1], c_out),
+            LayerKind::Embedding { vocab, dim } => (vocab, dim),
         };
-        Self { name, weight_id: rec.weight_id.val(), has_bias: rec.bias_id.is_some(), d_in, d_out, positions }
+        let diagonal_input = matches!(rec.kind, LayerKind::Embedding { .. });
+        Self {
+            name,
+            weight_id: rec.weight_id.val(),
+            has_bias: rec.bias_id.is_some(),
+            d_in,
+            d_out,
+            positions,
+            diagonal_input,
+        }
     }
 
     /// Number of parameters covered (weight + bias).
@@ -92,7 +108,7 @@ impl FactorAccumulator {
             if self.layers.len() <= k {
                 let mut info = LayerInfo::from_record(rec, names(rec.weight_id.val()), s);
                 info.d_in = d_in;
-                self.a_sum.push(vec![0.0; d_in * d_in]);
+                self.a_sum.push(vec![0.0; if info.diagonal_input { d_in } else { d_in * d_in }]);
                 self.b_sum.push(vec![0.0; info.d_out * info.d_out]);
                 self.layers.push(info);
             }
@@ -100,7 +116,11 @@ impl FactorAccumulator {
                 KfacApprox::Expand => a.reshape([n * s, d_in]),
                 KfacApprox::Reduce => a.mean_dim(1).reshape([n, d_in]),
             };
-            let aa = to_f64(a.clone().transpose().matmul(a));
+            let aa = if self.layers[k].diagonal_input {
+                to_f64(a.square().sum_dim(0))
+            } else {
+                to_f64(a.clone().transpose().matmul(a))
+            };
             self.a_sum[k].iter_mut().zip(aa).for_each(|(s, v)| *s += v);
         }
     }
@@ -151,7 +171,7 @@ impl FactorAccumulator {
 pub struct KroneckerFactors {
     /// Layer identity.
     pub info: LayerInfo,
-    /// Input factor `[d_in, d_in]`.
+    /// Input factor `[d_in, d_in]` (only its diagonal `[d_in]` when `info.diagonal_input`).
     pub a: Vec<f64>,
     /// Output-gradient factor `[d_out, d_out]`.
     pub b: Vec<f64>,
@@ -184,7 +204,8 @@ pub fn eigh(m: &[f64], d: usize) -> (Vec<f64>, Vec<f64>) {
 pub struct LayerEigen {
     /// Layer identity.
     pub info: LayerInfo,
-    /// Eigenvectors of A (columns), row-major `[d_in, d_in]`.
+    /// Eigenvectors of A (columns), row-major `[d_in, d_in]`; empty when `info.diagonal_input`
+    /// (the identity).
     pub q_a: Vec<f64>,
     /// Eigenvectors of B (columns), row-major `[d_out, d_out]`.
     pub q_b: Vec<f64>,
@@ -198,20 +219,31 @@ pub struct LayerEigen {
 impl LayerEigen {
     /// Rotate a weight-gradient matrix `V` (`[d_out, d_in]`) into the eigenbasis: `Q_B^T V Q_A`.
     pub fn rotate(&self, v: Tensor<3>, device: &Device) -> Tensor<3> {
-        let (qa, qb) = self.bases(device);
-        qb.transpose().unsqueeze_dim::<3>(0).matmul(v).matmul(qa.unsqueeze_dim::<3>(0))
+        let d_o = self.info.d_out;
+        let qb = from_f64(&self.q_b, d_o, d_o, device);
+        let left = qb.transpose().unsqueeze_dim::<3>(0).matmul(v);
+        if self.info.diagonal_input {
+            return left;
+        }
+        let di = self.info.d_in;
+        left.matmul(from_f64(&self.q_a, di, di, device).unsqueeze_dim::<3>(0))
     }
 
     /// Rotate bias gradients `[N, d_out]` into the eigenbasis: `Q_B^T v`.
     pub fn rotate_bias(&self, v: Tensor<2>, device: &Device) -> Tensor<2> {
-        let (_, qb) = self.bases(device);
-        v.matmul(qb)
+        let d_o = self.info.d_out;
+        v.matmul(from_f64(&self.q_b, d_o, d_o, device))
     }
 
-    /// `(Q_A, Q_B)` as tensors.
+    /// `(Q_A, Q_B)` as tensors (`Q_A` materialised as the identity for a diagonal input factor).
     pub fn bases(&self, device: &Device) -> (Tensor<2>, Tensor<2>) {
         let (di, d_o) = (self.info.d_in, self.info.d_out);
-        (from_f64(&self.q_a, di, di, device), from_f64(&self.q_b, d_o, d_o, device))
+        let qa = if self.info.diagonal_input {
+            Tensor::<2>::eye(di, device)
+        } else {
+            from_f64(&self.q_a, di, di, device)
+        };
+        (qa, from_f64(&self.q_b, d_o, d_o, device))
     }
 }
 
@@ -227,6 +259,8 @@ pub struct EigenCurvature {
     pub num_data: usize,
     /// Per layer.
     pub layers: Vec<LayerEigen>,
+    /// The settings it was fitted with (saved in the file header; default: unknown, MSE).
+    pub meta: crate::io::CurvatureMeta,
 }
 
 impl KfacFactors {
@@ -236,7 +270,11 @@ impl KfacFactors {
             .layers
             .iter()
             .map(|f| {
-                let (q_a, s_a) = eigh(&f.a, f.info.d_in);
+                let (q_a, s_a) = if f.info.diagonal_input {
+                    (Vec::new(), f.a.iter().map(|v| v.max(0.0)).collect())
+                } else {
+                    eigh(&f.a, f.info.d_in)
+                };
                 let (q_b, s_b) = eigh(&f.b, f.info.d_out);
                 let lambda_w = s_b.iter().flat_map(|sb| s_a.iter().map(move |sa| sb * sa)).collect();
                 // The bias "activation" is 1 at every position, so its A factor is exactly 1.
@@ -244,7 +282,13 @@ impl KfacFactors {
                 LayerEigen { info: f.info.clone(), q_a, q_b, lambda_w, lambda_b }
             })
             .collect();
-        EigenCurvature { approx: self.approx, corrected: false, num_data: self.num_data, layers }
+        EigenCurvature {
+            approx: self.approx,
+            corrected: false,
+            num_data: self.num_data,
+            layers,
+            meta: Default::default(),
+        }
     }
 }
 

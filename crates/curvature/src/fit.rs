@@ -8,10 +8,14 @@ use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 
 use crate::factors::{CorrectionAccumulator, EigenCurvature, FactorAccumulator, KfacApprox, KfacFactors};
+use crate::loss::{Mse, OutputLoss};
 
-/// Which Gauss-Newton matrix is approximated (spec p1 §1.4). The per-datum loss is the weighted
-/// per-pixel mean squared error `w_i (1/D) ||target_i - y_i||^2` of [`CurvatureOutput`], whose
-/// Hessian in the output is `(2 w_i / D) I`.
+/// Which Gauss-Newton matrix is approximated (spec p1 §1.4), for the batch's output loss
+/// ([`CurvatureBatch::output_loss`], [`crate::loss`]). The formulas below are those of the default
+/// loss, the weighted per-pixel mean squared error `w_i (1/D) ||target_i - y_i||^2` of
+/// [`CurvatureOutput`], whose Hessian in the output is `(2 w_i / D) I`; for softmax
+/// cross-entropy, `Model` samples labels from the model's predictive distribution and `Loss` uses
+/// the true labels (the empirical Fisher).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum GgnKind {
@@ -26,8 +30,9 @@ pub enum GgnKind {
     Loss,
 }
 
-/// What one forward pass of a [`CurvatureBatch`] gives: the outputs, the regression targets and
-/// the per-datum weights of the loss `w_i (1/D) ||target_i - y_i||^2`.
+/// What one forward pass of a [`CurvatureBatch`] gives: the outputs, the targets and the
+/// per-datum weights of the loss (for the default MSE, `w_i (1/D) ||target_i - y_i||^2`; for
+/// cross-entropy the targets are one-hot labels and the outputs logits).
 pub struct CurvatureOutput {
     /// Network outputs `[N, D]` (on an autodiff device, every covered layer tapped).
     pub output: Tensor<2>,
@@ -56,7 +61,7 @@ impl CurvatureOutput {
 
     /// `sqrt(w_i)` as a column `[N, 1]` (the factor by which datum i's output-space
     /// pseudo-gradients scale), or `None` when unweighted.
-    fn sqrt_weight_column(&self) -> Option<Tensor<2>> {
+    pub(crate) fn sqrt_weight_column(&self) -> Option<Tensor<2>> {
         let n = self.output.dims()[0];
         self.weight.as_ref().map(|w| w.clone().sqrt().reshape([n, 1]))
     }
@@ -72,6 +77,10 @@ pub trait CurvatureBatch {
     /// Whether the batch is empty.
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// The loss of the outputs (default: the weighted per-pixel MSE of diffusion models).
+    fn output_loss(&self) -> &dyn OutputLoss {
+        &Mse
     }
 }
 
@@ -93,30 +102,21 @@ pub fn backward_passes<B: CurvatureBatch>(
 ) -> usize {
     let mut tap = Tap::recording();
     let out = batch.forward(&mut tap);
-    let sqrt_w = out.sqrt_weight_column();
-    let [n, d] = out.output.dims();
-    let device = out.output.device();
+    let loss = batch.output_loss();
+    let n = out.output.dims()[0];
     match ggn {
         GgnKind::Model => {
-            let r = Tensor::<2>::from_data(TensorData::new(mse_pseudo_gradients(rng, n, d), [n, d]), &device);
-            let r = match sqrt_w {
-                None => r,
-                Some(s) => r * s,
-            };
-            let grads = (out.output * r).sum().backward();
+            let grads = loss.sampled_scalar(&out, rng).backward();
             sink(tap.records(), &grads, true);
         }
         GgnKind::Loss => {
-            let grads = match out.weight {
-                None => (out.target - out.output).square().sum().div_scalar(d as f64).backward(),
-                Some(_) => out.per_datum_loss().sum().backward(),
-            };
+            let grads = loss.loss_scalar(&out).backward();
             sink(tap.records(), &grads, true);
         }
         GgnKind::ModelExact => {
-            let scale = (2.0 / d as f64).sqrt();
-            let mut first = Some((tap, out.output));
-            for j in 0..d {
+            let passes = loss.exact_passes(&out);
+            let mut first = Some((tap, out.output.clone()));
+            for j in 0..passes {
                 let (tap_j, y_j) = match first.take() {
                     Some(v) => v,
                     None => {
@@ -125,12 +125,7 @@ pub fn backward_passes<B: CurvatureBatch>(
                         (t, y)
                     }
                 };
-                let column = y_j.narrow(1, j, 1);
-                let column = match &sqrt_w {
-                    None => column,
-                    Some(s) => column * s.clone(),
-                };
-                let grads = column.sum().mul_scalar(scale).backward();
+                let grads = loss.exact_scalar(&out, y_j, j).backward();
                 sink(tap_j.records(), &grads, j == 0);
             }
         }

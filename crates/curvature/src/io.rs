@@ -7,6 +7,61 @@ use foundation::tensor_file::{self, NamedTensor, TensorFileError};
 use serde::{Deserialize, Serialize};
 
 use crate::factors::{EigenCurvature, KfacApprox, LayerEigen, LayerInfo};
+use crate::fit::GgnKind;
+use crate::loss::LossKind;
+
+/// The settings a curvature was fitted with, recorded in the factor file's header next to the
+/// approximation (expand / reduce) and whether the EK-FAC correction was applied. Files written
+/// before 2026-11-29 have none: they read as MSE with the other fields unknown (`None`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CurvatureMeta {
+    /// The output loss (its GGN).
+    #[serde(default)]
+    pub loss: LossKind,
+    /// Which Gauss-Newton matrix.
+    #[serde(default)]
+    pub ggn: Option<GgnKind>,
+    /// Draws per example per pass (diffusion: (t, noise) draws; classifier: label draws).
+    #[serde(default)]
+    pub draws: Option<u64>,
+    /// Seed of the draws and pseudo-gradients.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+impl CurvatureMeta {
+    /// Refuses factors fitted for another output loss, or (when `expected` is given) with other
+    /// settings; unknown fields (older files) pass.
+    pub fn check(
+        &self,
+        path: &Path,
+        loss: LossKind,
+        expected: Option<&CurvatureMeta>,
+    ) -> Result<(), CurvatureIoError> {
+        let mismatch =
+            |message: String| Err(CurvatureIoError::Settings { path: path.to_path_buf(), message });
+        if self.loss != loss {
+            return mismatch(format!("fitted with output loss {}, this model's loss is {loss}", self.loss));
+        }
+        let Some(e) = expected else { return Ok(()) };
+        if let (Some(a), Some(b)) = (self.ggn, e.ggn) {
+            if a != b {
+                return mismatch(format!("fitted with GGN {a:?}, expected {b:?}"));
+            }
+        }
+        if let (Some(a), Some(b)) = (self.draws, e.draws) {
+            if a != b {
+                return mismatch(format!("fitted with {a} draws per example, expected {b}"));
+            }
+        }
+        if let (Some(a), Some(b)) = (self.seed, e.seed) {
+            if a != b {
+                return mismatch(format!("fitted with seed {a}, expected {b}"));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Errors reading or writing curvature files.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +82,14 @@ pub enum CurvatureIoError {
         /// Cause.
         message: String,
     },
+    /// The factors were fitted with other settings (output loss, GGN, draws, seed).
+    #[error("{path}: factors fitted with other settings: {message}")]
+    Settings {
+        /// File.
+        path: PathBuf,
+        /// Which setting differs.
+        message: String,
+    },
     /// The factors were fitted for another model.
     #[error("{path}: factors belong to another model: {message}")]
     Mismatch {
@@ -43,6 +106,12 @@ struct Header {
     corrected: bool,
     num_data: usize,
     layers: Vec<LayerInfo>,
+    #[serde(default, skip_serializing_if = "is_unknown")]
+    settings: CurvatureMeta,
+}
+
+fn is_unknown(m: &CurvatureMeta) -> bool {
+    *m == CurvatureMeta::default()
 }
 
 /// Key of the JSON header in the safetensors metadata (the format is unchanged since files were
@@ -65,16 +134,25 @@ impl EigenCurvature {
             corrected: self.corrected,
             num_data: self.num_data,
             layers: self.infos(),
+            settings: self.meta.clone(),
         };
         let mut tensors = Vec::new();
         for (k, l) in self.layers.iter().enumerate() {
             let (di, d_o) = (l.info.d_in, l.info.d_out);
-            tensors.push(NamedTensor::f64(format!("{k}.q_a"), vec![di, di], l.q_a.clone()));
+            if !l.info.diagonal_input {
+                tensors.push(NamedTensor::f64(format!("{k}.q_a"), vec![di, di], l.q_a.clone()));
+            }
             tensors.push(NamedTensor::f64(format!("{k}.q_b"), vec![d_o, d_o], l.q_b.clone()));
             tensors.push(NamedTensor::f64(format!("{k}.lambda_w"), vec![d_o, di], l.lambda_w.clone()));
             tensors.push(NamedTensor::f64(format!("{k}.lambda_b"), vec![d_o], l.lambda_b.clone()));
         }
         tensor_file::save(path, KEY, &header, &tensors).map_err(from_tensor_file)
+    }
+
+    /// The same curvature with `meta` as its recorded settings.
+    pub fn with_meta(mut self, meta: CurvatureMeta) -> Self {
+        self.meta = meta;
+        self
     }
 
     /// Read from `path`; if `expected` is given, every layer's name and shape must match it.
@@ -109,7 +187,7 @@ impl EigenCurvature {
         for (k, info) in header.layers.iter().cloned().enumerate() {
             let (di, d_o) = (info.d_in, info.d_out);
             layers.push(LayerEigen {
-                q_a: get(format!("{k}.q_a"), &[di, di])?,
+                q_a: if info.diagonal_input { Vec::new() } else { get(format!("{k}.q_a"), &[di, di])? },
                 q_b: get(format!("{k}.q_b"), &[d_o, d_o])?,
                 lambda_w: get(format!("{k}.lambda_w"), &[d_o, di])?,
                 lambda_b: get(format!("{k}.lambda_b"), &[d_o])?,
@@ -122,6 +200,7 @@ impl EigenCurvature {
             corrected: header.corrected,
             num_data: header.num_data,
             layers,
+            meta: header.settings.clone(),
         })
     }
 }

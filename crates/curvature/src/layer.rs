@@ -7,7 +7,8 @@ use burn::tensor::{Gradients, Slice};
 use foundation::tap::{Activation, LayerKind, TapRecord};
 
 /// Inputs and output gradients of one layer for a batch of N data, as `[N, S, d]` tensors:
-/// S shared positions (conv: output pixels; linear: 1), `d_in` patch features, `d_out` channels.
+/// S shared positions (conv: output pixels; linear on rows: 1; linear or embedding on sequences:
+/// the T positions), `d_in` patch features (embedding: one-hot rows), `d_out` channels.
 pub struct LayerBatch {
     /// `[N, S, d_in]` layer inputs (conv: im2col patches, channel-major like the weight).
     pub a: Tensor<3>,
@@ -25,6 +26,11 @@ impl LayerBatch {
                 let d_out = g.dims()[1];
                 LayerBatch { a: a.clone().reshape([n, 1, d_in]), g: g.reshape([n, 1, d_out]) }
             }
+            (
+                LayerKind::Linear { .. } | LayerKind::Embedding { .. },
+                Activation::Sequence(a),
+                Activation::Sequence(g),
+            ) => LayerBatch { a: a.clone(), g },
             (
                 LayerKind::Conv2d { kernel, stride, padding, .. },
                 Activation::Spatial(x),
@@ -46,6 +52,7 @@ impl LayerBatch {
                 let [n, d_in] = a.dims();
                 a.clone().reshape([n, 1, d_in])
             }
+            (LayerKind::Linear { .. } | LayerKind::Embedding { .. }, Activation::Sequence(a)) => a.clone(),
             (LayerKind::Conv2d { kernel, stride, padding, .. }, Activation::Spatial(x)) => {
                 im2col(x.clone(), *kernel, *stride, *padding)
             }

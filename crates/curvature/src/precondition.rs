@@ -68,11 +68,17 @@ impl EigenCurvature {
         let mut parts = Vec::new();
         for l in &self.layers {
             let (d_in, d_out) = (l.info.d_in, l.info.d_out);
-            let (qa, qb) = l.bases(&device);
+            let qb = crate::layer::from_f64(&l.q_b, d_out, d_out, &device);
             let w = g.clone().narrow(1, offset, d_out * d_in).reshape([n, d_out, d_in]);
-            let (left, right) =
-                if inverse { (qb.clone(), qa.transpose()) } else { (qb.clone().transpose(), qa) };
-            let w = left.unsqueeze_dim::<3>(0).matmul(w).matmul(right.unsqueeze_dim::<3>(0));
+            let left = if inverse { qb.clone() } else { qb.clone().transpose() };
+            let w = left.unsqueeze_dim::<3>(0).matmul(w);
+            let w = if l.info.diagonal_input {
+                w
+            } else {
+                let qa = crate::layer::from_f64(&l.q_a, d_in, d_in, &device);
+                let right = if inverse { qa.transpose() } else { qa };
+                w.matmul(right.unsqueeze_dim::<3>(0))
+            };
             parts.push(w.reshape([n, d_out * d_in]));
             offset += d_out * d_in;
             if l.info.has_bias {

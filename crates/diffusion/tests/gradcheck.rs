@@ -171,10 +171,12 @@ fn recorded_output_gradients_match_finite_differences_for_every_layer() {
                 );
                 (Activation::Spatial(dir.clone()), scalar((g.clone() * dir).sum()))
             }
+            Activation::Sequence(_) => unreachable!("the U-Net has no sequence layers"),
         };
         let scaled = |s: f64| match &dir {
             Activation::Dense(d) => Activation::Dense(d.clone().mul_scalar(s)),
             Activation::Spatial(d) => Activation::Spatial(d.clone().mul_scalar(s)),
+            Activation::Sequence(d) => Activation::Sequence(d.clone().mul_scalar(s)),
         };
         let lp = scalar(p.diff.loss(
             &plain,

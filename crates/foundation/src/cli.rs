@@ -20,6 +20,26 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// The compute device named by a binary's `--device` flag: `cpu` (burn's flex backend, always
+/// built), `cuda` (feature `cuda`: the first CUDA GPU) or `wgpu` (feature `wgpu`: the default
+/// adapter). Anything else, or a GPU backend the binary was built without, is an error naming the
+/// devices it has.
+pub fn device(name: &str) -> anyhow::Result<burn::prelude::Device> {
+    use burn::prelude::Device;
+    match name {
+        "cpu" => Ok(Device::flex()),
+        #[cfg(feature = "cuda")]
+        "cuda" => Ok(Device::cuda(0)),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+        other => anyhow::bail!(
+            "--device {other}: unknown or not built in (this binary has: cpu{}{}; GPU backends are the cargo features `cuda` and `wgpu`)",
+            if cfg!(feature = "cuda") { ", cuda" } else { "" },
+            if cfg!(feature = "wgpu") { ", wgpu" } else { "" }
+        ),
+    }
+}
+
 /// The binaries' error policy: success, or the whole error chain on one line of stderr
 /// (`error: ...`) and a non-zero exit code.
 pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {

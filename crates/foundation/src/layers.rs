@@ -1,4 +1,5 @@
-//! Tapped layers: burn's `Linear` and `Conv2d`, called through a [`Tap`] so that curvature code
+//! Tapped layers: burn's `Linear` (on `[N, d]` rows or `[N, T, d]` sequences), `Conv2d` and
+//! `Embedding`, called through a [`Tap`] so that curvature code
 //! can see their inputs and output gradients without touching the model definition; and
 //! [`Dropout`], whose masks come from a seeded stream instead of burn's process-wide RNG.
 //!
@@ -12,7 +13,7 @@ use std::cell::RefCell;
 
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use rand::distributions::{Distribution, Uniform};
 use rand::{Rng, RngCore};
@@ -63,6 +64,51 @@ impl TapLinear {
             return y;
         }
         tap.dense(self.inner.weight.id, self.inner.bias.as_ref().map(|b| b.id), self.kind(), &x, y)
+    }
+
+    /// `x W + b` at every position of `x: [N, T, d_in]` (the same weights at every position;
+    /// curvature code treats the T positions like shared positions: K-FAC expand / reduce).
+    pub fn forward_seq(&self, x: Tensor<3>, tap: &mut Tap) -> Tensor<3> {
+        let y = self.inner.forward(x.clone());
+        if !tap.is_active() {
+            return y;
+        }
+        tap.sequence(self.inner.weight.id, self.inner.bias.as_ref().map(|b| b.id), self.kind(), &x, y)
+    }
+}
+
+/// A token `Embedding` (no bias) whose calls can be recorded by a [`Tap`]: as a linear map of
+/// one-hot inputs, with the one-hot rows recorded as its input.
+#[derive(Module, Debug)]
+pub struct TapEmbedding {
+    /// The wrapped layer (weight `[vocab, dim]`).
+    pub inner: Embedding,
+}
+
+impl TapEmbedding {
+    /// A new embedding with weights drawn from N(0, 1) (burn's default) out of `rng`.
+    pub fn new(vocab: usize, dim: usize, rng: &mut impl Rng, device: &Device) -> Self {
+        let mut inner = EmbeddingConfig::new(vocab, dim).with_initializer(Initializer::Zeros).init(device);
+        let values = crate::rng::normals(rng, vocab * dim);
+        inner.weight = Param::from_data(TensorData::new(values, [vocab, dim]), device);
+        Self { inner }
+    }
+
+    /// Geometry of this layer.
+    pub fn kind(&self) -> LayerKind {
+        let [vocab, dim] = self.inner.weight.dims();
+        LayerKind::Embedding { vocab, dim }
+    }
+
+    /// Embeddings `[N, T, dim]` of token ids `[N, T]`.
+    pub fn forward(&self, ids: Tensor<2, Int>, tap: &mut Tap) -> Tensor<3> {
+        let y = self.inner.forward(ids.clone());
+        if !tap.is_active() {
+            return y;
+        }
+        let [vocab, _] = self.inner.weight.dims();
+        let one_hot: Tensor<3> = ids.one_hot::<3>(vocab).float();
+        tap.sequence(self.inner.weight.id, None, self.kind(), &one_hot, y)
     }
 }
 

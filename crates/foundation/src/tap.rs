@@ -1,5 +1,10 @@
-//! Hook point for curvature and attribution code: record, for every tapped `Linear` and
-//! `Conv2d`, the layer input and (after backward) the gradient at the layer output.
+//! Hook point for curvature and attribution code: record, for every tapped `Linear`, `Conv2d`
+//! and `Embedding`, the layer input and (after backward) the gradient at the layer output.
+//!
+//! Inputs come in three shapes: dense `[N, d]`, spatial `[N, C, H, W]` (convolutions) and
+//! sequences `[N, T, d]` (a linear layer applied with the same weights at every position, e.g.
+//! in a transformer; an embedding, whose input is recorded as one-hot rows `[N, T, vocab]`).
+//! Curvature code treats the T positions like a convolution's pixels (K-FAC expand / reduce).
 //!
 //! Design: models thread a `&mut Tap` through their forward pass and call their layers through
 //! [`TapLinear`](crate::layers::TapLinear) / [`TapConv2d`](crate::layers::TapConv2d). When the tap
@@ -41,15 +46,26 @@ pub enum LayerKind {
         /// Symmetric zero padding.
         padding: [usize; 2],
     },
+    /// Token embedding, a linear map of one-hot inputs; burn stores the weight as
+    /// `[vocab, dim]`. Its input factor is diagonal (token frequencies).
+    Embedding {
+        /// Vocabulary size (input features).
+        vocab: usize,
+        /// Embedding width (output features).
+        dim: usize,
+    },
 }
 
-/// A recorded activation: 2-D for linear layers, 4-D (NCHW) for convolutions.
+/// A recorded activation: 2-D for linear layers, 4-D (NCHW) for convolutions, 3-D for layers
+/// applied at every position of a sequence.
 #[derive(Clone, Debug)]
 pub enum Activation {
     /// `[N, features]`.
     Dense(Tensor<2>),
     /// `[N, C, H, W]`.
     Spatial(Tensor<4>),
+    /// `[N, T, features]` (embeddings: one-hot `[N, T, vocab]`).
+    Sequence(Tensor<3>),
 }
 
 impl Activation {
@@ -58,6 +74,7 @@ impl Activation {
         match self {
             Activation::Dense(t) => t.dims()[0],
             Activation::Spatial(t) => t.dims()[0],
+            Activation::Sequence(t) => t.dims()[0],
         }
     }
 }
@@ -84,6 +101,7 @@ impl TapRecord {
         match &self.probe {
             Activation::Dense(p) => p.grad(grads).map(Activation::Dense),
             Activation::Spatial(p) => p.grad(grads).map(Activation::Spatial),
+            Activation::Sequence(p) => p.grad(grads).map(Activation::Sequence),
         }
     }
 }
@@ -189,6 +207,35 @@ impl Tap {
     }
 }
 
+impl Tap {
+    /// Called by tapped layers applied at every position of a sequence (and by embeddings, with
+    /// one-hot inputs): records `input` `[N, T, d_in]` and returns `output` (+ probe).
+    pub fn sequence(
+        &mut self,
+        weight_id: ParamId,
+        bias_id: Option<ParamId>,
+        kind: LayerKind,
+        input: &Tensor<3>,
+        output: Tensor<3>,
+    ) -> Tensor<3> {
+        if let Some((_, Activation::Sequence(off))) = self.offsets.iter().find(|(id, _)| *id == weight_id) {
+            return output + off.clone();
+        }
+        if !self.recording {
+            return output;
+        }
+        let probe = Tensor::<3>::zeros(output.dims(), &output.device()).require_grad();
+        self.records.push(TapRecord {
+            weight_id,
+            bias_id,
+            kind,
+            input: Activation::Sequence(input.clone().inner()),
+            probe: Activation::Sequence(probe.clone()),
+        });
+        output + probe
+    }
+}
+
 /// Map every parameter id of `module` to its dotted path, e.g. `down.0.conv1.weight`.
 pub fn param_paths<M: Module>(module: &M) -> HashMap<ParamId, String> {
     struct Paths {
@@ -212,10 +259,17 @@ pub fn param_paths<M: Module>(module: &M) -> HashMap<ParamId, String> {
 }
 
 /// Map the weight id of every tapped layer to the layer's path (the weight path without its
-/// trailing `.inner.weight`), e.g. `Unet.down.0.conv1`.
+/// trailing `.inner.weight`), e.g. `Unet.down.0.conv1`. Plain burn layers reported to a tap by
+/// hand (see `mnist_classifier::MnistClassifier::forward_tapped`) are named by their weight path
+/// without `.weight`, e.g. `conv1`.
 pub fn layer_names<M: Module>(module: &M) -> HashMap<ParamId, String> {
     param_paths(module)
         .into_iter()
-        .filter_map(|(id, p)| p.strip_suffix(".inner.weight").map(|s| (id, s.to_string())))
+        .filter_map(|(id, p)| {
+            p.strip_suffix(".inner.weight")
+                .or_else(|| p.strip_suffix(".weight"))
+                .or_else(|| (p == "weight").then_some(""))
+                .map(|s| (id, s.to_string()))
+        })
         .collect()
 }

@@ -7,6 +7,7 @@ use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use foundation::layers::{kaiming_uniform, Dropout};
+use foundation::tap::{LayerKind, Tap};
 use rand::Rng;
 
 use crate::{CLASSIFIER_SIDE, NUM_CLASSES};
@@ -113,6 +114,21 @@ impl MnistClassifier {
         self.fc2.forward(self.dropout.forward(features))
     }
 
+    /// Class logits like [`MnistClassifier::forward`], with every convolution and linear layer
+    /// reported to `tap` (for curvature and influence functions: layer inputs and output
+    /// gradients; layers are named `conv1` ... `fc2` by `foundation::tap::layer_names`).
+    pub fn forward_tapped(&self, x: Tensor<4>, tap: &mut Tap) -> Tensor<2> {
+        let x = relu(tapped_conv(&self.conv1, x, tap));
+        let x = relu(tapped_conv(&self.conv2, x, tap));
+        let x = self.pool.forward(x);
+        let x = relu(tapped_conv(&self.conv3, x, tap));
+        let x = relu(tapped_conv(&self.conv4, x, tap));
+        let x = self.pool.forward(x);
+        let x: Tensor<2> = x.flatten(1, 3);
+        let h = relu(tapped_linear(&self.fc1, x, tap));
+        tapped_linear(&self.fc2, self.dropout.forward(h), tap)
+    }
+
     /// Width of the feature vector returned by [`MnistClassifier::features`].
     pub fn feature_dim(&self) -> usize {
         self.fc2.weight.val().dims()[0]
@@ -127,4 +143,26 @@ impl MnistClassifier {
             dropout: self.dropout.prob,
         }
     }
+}
+
+/// A 3x3 convolution (stride 1, padding 1, as built by [`MnistClassifierConfig::init_with`])
+/// reported to `tap`.
+fn tapped_conv(conv: &Conv2d, x: Tensor<4>, tap: &mut Tap) -> Tensor<4> {
+    let y = conv.forward(x.clone());
+    if !tap.is_active() {
+        return y;
+    }
+    let [c_out, c_in, kh, kw] = conv.weight.dims();
+    let kind = LayerKind::Conv2d { c_in, c_out, kernel: [kh, kw], stride: conv.stride, padding: [1, 1] };
+    tap.spatial(conv.weight.id, conv.bias.as_ref().map(|b| b.id), kind, &x, y)
+}
+
+/// A linear layer reported to `tap`.
+fn tapped_linear(linear: &Linear, x: Tensor<2>, tap: &mut Tap) -> Tensor<2> {
+    let y = linear.forward(x.clone());
+    if !tap.is_active() {
+        return y;
+    }
+    let [d_in, d_out] = linear.weight.dims();
+    tap.dense(linear.weight.id, linear.bias.as_ref().map(|b| b.id), LayerKind::Linear { d_in, d_out }, &x, y)
 }

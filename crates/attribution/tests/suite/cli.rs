@@ -113,6 +113,28 @@ fn shards_merge_exactly_and_bad_inputs_are_refused() {
         assert!(err.starts_with("error: ") && err.trim_end().lines().count() == 1, "{err}");
         assert!(err.contains(needle), "expected '{needle}' in: {err}");
     };
+    // Score files record their settings (side-car JSON); merge refuses shards out of order or
+    // scored with another damping.
+    let car: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("shard1.npy.json")).unwrap()).unwrap();
+    assert_eq!(car["shard"], serde_json::json!([1, 3]));
+    assert_eq!(car["curvature"]["loss"], "mse");
+    assert_eq!(car["curvature"]["draws"], 1);
+    let bad_merge = root.join("bad-merge.npy");
+    let (ok, err) =
+        attribute(&["merge", "--out", s(&bad_merge), s(&shards[1]), s(&shards[0]), s(&shards[2])]);
+    one_line(ok, &err, "in order");
+    let other_lambda = root.join("shard2-other.npy");
+    let mut extra = vec!["--shard", "2/3"];
+    extra.extend(common);
+    let i = extra.iter().position(|a| *a == "--lambda").unwrap() + 1;
+    extra[i] = "1e-2,1e-1";
+    let (ok, err) = score(&run, &factors, &queries, &other_lambda, &extra);
+    assert!(ok, "{err}");
+    let (ok, err) =
+        attribute(&["merge", "--out", s(&bad_merge), s(&shards[0]), s(&shards[1]), s(&other_lambda)]);
+    one_line(ok, &err, "damping");
+    assert!(!bad_merge.exists(), "a refused merge wrote its output");
     // Queries of the wrong size.
     let bad_q = root.join("bad_q.npy");
     write_matrix(&bad_q, &vec![0.0; 2 * 49], 2, 49).unwrap();

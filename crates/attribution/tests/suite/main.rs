@@ -3,6 +3,7 @@
 //! on an f64 device stay in binaries of their own (`tests/*.rs`): the CPU device's float type is
 //! set once per process.
 
+mod classifier;
 mod cli;
 mod lds;
 mod plot_rows;

@@ -30,7 +30,8 @@ Examples:
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Compute device: cpu (burn flex backend) or cuda (needs the `cuda` feature).
+    /// Compute device: cpu (burn flex backend), cuda or wgpu (need the cargo features `cuda` /
+    /// `wgpu`).
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
 }
@@ -257,22 +258,10 @@ struct BenchArgs {
     out: Option<PathBuf>,
 }
 
-fn device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::flex()),
-        #[cfg(feature = "cuda")]
-        "cuda" => Ok(Device::cuda(0)),
-        other => bail!(
-            "unknown or unavailable device '{other}' (built with: cpu{})",
-            if cfg!(feature = "cuda") { ", cuda" } else { "" }
-        ),
-    }
-}
-
 fn main() -> ExitCode {
     foundation::cli::keep_freed_memory();
     let cli = Cli::parse();
-    let result = device(&cli.device).and_then(|dev| match cli.command {
+    let result = foundation::cli::device(&cli.device).and_then(|dev| match cli.command {
         Command::Train(a) => train(a, &dev),
         Command::Sample(a) => sample_cmd(a, &dev),
         Command::Elbo(a) => elbo_cmd(a, &dev),

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use attribution::bench::BenchConfig;
 use attribution::benchmark::{default_config, BenchmarkConfig, LdsJob, Method, RetrainTopJob, Workers};
+use attribution::classifier::{ClassMeasurement, ClassifierDemoConfig, ClassifierFitJob, ClassifierScoreJob};
 use attribution::demo::DemoConfig;
 use attribution::fit::CurvatureSettings;
 use attribution::scoring::{merge_shards, FitJob, ScoreJob, ScoreSettings};
@@ -14,6 +15,7 @@ use attribution::{parse_shard, Measurement};
 use burn::prelude::*;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use curvature::fit::GgnKind;
+use curvature::CurvatureMeta;
 use curvature::KfacApprox;
 use diffusion::progress::LogLines;
 use diffusion::run::DataArgs;
@@ -29,13 +31,20 @@ Examples:
   attribute merge --out scores.npy scores-0.npy scores-1.npy scores-2.npy scores-3.npy
   attribute lds --out runs/lds --jobs 2           # LDS benchmark: EK-FAC vs TRAK, D-TRAK, ... (resumable)
   attribute lds --out runs/lds --shard 3/16       # one job-array task: train + measure its subset models
-  attribute retrain-top --out runs/lds            # retraining without top influences (after lds)";
+  attribute retrain-top --out runs/lds            # retraining without top influences (after lds)
+  attribute classifier demo                       # a small MNIST CNN: EK-FAC influence of test predictions
+  attribute classifier fit --model runs/attribution-classifier/classifier.safetensors --out cls-ekfac.safetensors
+  attribute classifier score --model ... --factors cls-ekfac.safetensors --queries 16 --shard 0/2 --out s-0.npy";
 
 #[derive(Parser)]
 #[command(name = "attribute", version, about = "Influence-function data attribution for diffusion models", after_help = EXAMPLES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Compute device: cpu (burn flex backend), cuda or wgpu (need the cargo features `cuda` /
+    /// `wgpu`).
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Subcommand)]
@@ -59,6 +68,151 @@ enum Command {
     /// Retraining without top influences (needs a finished `lds` directory): removes each
     /// method's top-k training images for some queries, retrains, reports the loss increase.
     RetrainTop(RetrainTopArgs),
+    /// Influence functions for an MNIST classifier (softmax cross-entropy GGN): demo, fit, score.
+    #[command(subcommand)]
+    Classifier(ClassifierCommand),
+}
+
+#[derive(Subcommand)]
+enum ClassifierCommand {
+    /// Train a small CNN on the embedded MNIST subset, fit EK-FAC, score the training set against
+    /// test queries; report.md (label agreement of proponents vs chance) and rows.png.
+    Demo(ClassifierDemoArgs),
+    /// Fit (EK-)FAC curvature of a trained classifier on its training set.
+    Fit(ClassifierFitArgs),
+    /// Score (a shard of) the training set against the first test images; merge shards with
+    /// `attribute merge`.
+    Score(ClassifierScoreArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ClassMeasurementArg {
+    CrossEntropy,
+    Margin,
+}
+
+impl ClassMeasurementArg {
+    fn value(self) -> ClassMeasurement {
+        match self {
+            ClassMeasurementArg::CrossEntropy => ClassMeasurement::CrossEntropy,
+            ClassMeasurementArg::Margin => ClassMeasurement::Margin,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct ClassifierCurvatureArgs {
+    /// Label draws per training image in each factor pass (GGN^model samples labels from the model).
+    #[arg(long, default_value_t = 1)]
+    factor_draws: u64,
+    /// K-FAC variant for shared positions (conv pixels).
+    #[arg(long, value_enum, default_value = "expand")]
+    approx: ApproxArg,
+    /// Which Gauss-Newton matrix: model (Fisher, sampled labels) or loss (empirical Fisher).
+    #[arg(long, value_enum, default_value = "model")]
+    ggn: GgnArg,
+    /// Plain K-FAC (skip the EK-FAC eigenvalue correction pass).
+    #[arg(long)]
+    no_ekfac: bool,
+    /// Images per forward/backward pass.
+    #[arg(long, default_value_t = 250)]
+    batch: usize,
+    /// Seed of the sampled labels.
+    #[arg(long, default_value_t = 0)]
+    factor_seed: u64,
+}
+
+impl ClassifierCurvatureArgs {
+    fn settings(&self) -> CurvatureSettings {
+        CurvatureArgs {
+            factor_draws: self.factor_draws,
+            approx: self.approx,
+            ggn: self.ggn,
+            no_ekfac: self.no_ekfac,
+            batch: self.batch,
+            factor_seed: self.factor_seed,
+        }
+        .settings()
+    }
+}
+
+#[derive(Args)]
+struct ClassifierDemoArgs {
+    /// Output directory.
+    #[arg(long, default_value = "runs/attribution-classifier")]
+    out: PathBuf,
+    /// Queries: the first this many test images.
+    #[arg(long, default_value_t = 20)]
+    queries: usize,
+    /// Proponents and opponents shown per query.
+    #[arg(long, default_value_t = 6)]
+    top_k: usize,
+    /// Training epochs of the demo classifier.
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// What is attributed on the queries.
+    #[arg(long, value_enum, default_value = "cross-entropy")]
+    measurement: ClassMeasurementArg,
+    /// Damping values (absolute, mean-loss GGN units); the first is the one shown.
+    #[arg(long, value_delimiter = ',', default_value = "1e-3,1e-4,1e-2,1e-1,1")]
+    lambda: Vec<f64>,
+    #[command(flatten)]
+    curvature: ClassifierCurvatureArgs,
+}
+
+#[derive(Args)]
+struct ClassifierFitArgs {
+    /// Classifier weights (e.g. the demo's classifier.safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Directory with the MNIST IDX files (default: the embedded subset).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Output factor file (.safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    curvature: ClassifierCurvatureArgs,
+}
+
+#[derive(Args)]
+struct ClassifierScoreArgs {
+    /// Classifier weights.
+    #[arg(long)]
+    model: PathBuf,
+    /// Directory with the MNIST IDX files (default: the embedded subset).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Factor file from `attribute classifier fit`.
+    #[arg(long)]
+    factors: PathBuf,
+    /// Queries: the first this many test images.
+    #[arg(long, default_value_t = 20)]
+    queries: usize,
+    /// Output .npy ([queries x train] for the first lambda; other lambdas beside it).
+    #[arg(long)]
+    out: PathBuf,
+    /// Score only shard i of n of the training set.
+    #[arg(long)]
+    shard: Option<String>,
+    /// What is attributed on the queries.
+    #[arg(long, value_enum, default_value = "cross-entropy")]
+    measurement: ClassMeasurementArg,
+    /// Damping values (absolute, mean-loss GGN units).
+    #[arg(long, value_delimiter = ',', default_value = "1e-3,1e-4,1e-2,1e-1,1")]
+    lambda: Vec<f64>,
+    /// Training images per gradient pass (shards are aligned to it).
+    #[arg(long, default_value_t = 100)]
+    images_per_batch: usize,
+    /// Refuse factors fitted with another GGN than this one.
+    #[arg(long, value_enum)]
+    expect_ggn: Option<GgnArg>,
+    /// Refuse factors fitted with another number of label draws.
+    #[arg(long)]
+    expect_draws: Option<u64>,
+    /// Refuse factors fitted with another seed.
+    #[arg(long)]
+    expect_seed: Option<u64>,
 }
 
 #[derive(Args)]
@@ -168,13 +322,13 @@ struct RetrainTopArgs {
     jobs: usize,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum ApproxArg {
     Expand,
     Reduce,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum GgnArg {
     Model,
     Loss,
@@ -329,7 +483,10 @@ struct DemoArgs {
 fn main() -> ExitCode {
     foundation::cli::keep_freed_memory();
     let cli = Cli::parse();
-    let dev = Device::flex();
+    let dev = match foundation::cli::device(&cli.device) {
+        Ok(d) => d,
+        Err(e) => return exit_code(Err(e)),
+    };
     let result = match cli.command {
         Command::Fit(a) => fit_cmd(a, &dev),
         Command::Score(a) => score_cmd(a, &dev),
@@ -338,6 +495,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench(a, &dev),
         Command::Lds(a) => lds_cmd(a, &dev),
         Command::RetrainTop(a) => retrain_top_cmd(a, &dev),
+        Command::Classifier(c) => classifier_cmd(c, &dev),
     };
     exit_code(result)
 }
@@ -472,6 +630,69 @@ fn retrain_top_cmd(a: RetrainTopArgs, dev: &Device) -> Result<()> {
     if let Some(md) = job.run(&workers(a.jobs)?, dev, &LogLines::new())? {
         println!("{md}");
         eprintln!("wrote {}", a.out.join("retrain-top.md").display());
+    }
+    Ok(())
+}
+
+fn ggn_kind(g: GgnArg) -> GgnKind {
+    match g {
+        GgnArg::Model => GgnKind::Model,
+        GgnArg::Loss => GgnKind::Loss,
+    }
+}
+
+fn classifier_cmd(c: ClassifierCommand, dev: &Device) -> Result<()> {
+    match c {
+        ClassifierCommand::Demo(a) => {
+            let config = ClassifierDemoConfig {
+                out: a.out,
+                queries: a.queries,
+                top_k: a.top_k,
+                epochs: a.epochs,
+                curvature: a.curvature.settings(),
+                measurement: a.measurement.value(),
+                lambdas: a.lambda,
+            };
+            println!("{}", config.run(dev, &Bar::new())?.display());
+        }
+        ClassifierCommand::Fit(a) => {
+            let t = Instant::now();
+            let job = ClassifierFitJob {
+                model: a.model,
+                data: a.data,
+                out: a.out,
+                curvature: a.curvature.settings(),
+            };
+            let layers = job.run(dev, &Bar::new())?;
+            eprintln!(
+                "fitted {layers} layers in {:.1} s -> {}",
+                t.elapsed().as_secs_f64(),
+                job.out.display()
+            );
+        }
+        ClassifierCommand::Score(a) => {
+            let expect = (a.expect_ggn.is_some() || a.expect_draws.is_some() || a.expect_seed.is_some())
+                .then(|| CurvatureMeta {
+                    loss: curvature::LossKind::CrossEntropy,
+                    ggn: a.expect_ggn.map(ggn_kind),
+                    draws: a.expect_draws,
+                    seed: a.expect_seed,
+                });
+            let job = ClassifierScoreJob {
+                model: a.model,
+                data: a.data,
+                factors: a.factors,
+                queries: a.queries,
+                out: a.out,
+                shard: shard(&a.shard)?.unwrap_or((0, 1)),
+                measurement: a.measurement.value(),
+                lambdas: a.lambda,
+                images_per_batch: a.images_per_batch,
+                expect,
+            };
+            let (qn, cols) = job.run(dev, &Bar::new())?;
+            eprintln!("wrote {} ({qn} x {cols}, lambda {:e})", job.out.display(), job.lambdas[0]);
+        }
     }
     Ok(())
 }

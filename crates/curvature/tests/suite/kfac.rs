@@ -1,4 +1,4 @@
-//! K-FAC / EK-FAC against exact Gauss-Newton matrices (f64).
+//! K-FAC / EK-FAC against exact Gauss-Newton matrices for the diffusion loss (MSE).
 
 use std::sync::OnceLock;
 
@@ -20,7 +20,7 @@ use foundation::layers::TapConv2d;
 use foundation::rng::{normals, stream};
 use foundation::tap::{layer_names, Tap};
 
-fn dev() -> Device {
+pub(crate) fn dev() -> Device {
     static DEV: OnceLock<Device> = OnceLock::new();
     DEV.get_or_init(|| {
         let mut d = Device::flex();
@@ -31,11 +31,11 @@ fn dev() -> Device {
     .autodiff()
 }
 
-fn rows(seed: u64, n: usize, d: usize, scale: f64) -> Vec<f64> {
+pub(crate) fn rows(seed: u64, n: usize, d: usize, scale: f64) -> Vec<f64> {
     normals(&mut stream(seed, 0, 0), n * d).into_iter().map(|v| v as f64 * scale).collect()
 }
 
-fn no_names(_: u64) -> String {
+pub(crate) fn no_names(_: u64) -> String {
     String::new()
 }
 
@@ -69,11 +69,11 @@ impl CurvatureBatch for LinearBatch<'_> {
 }
 
 /// Block `[r0, r0+len) x [r0, r0+len)` of a dense row-major matrix.
-fn block(m: &[f64], p: usize, r0: usize, len: usize) -> Vec<f64> {
+pub(crate) fn block(m: &[f64], p: usize, r0: usize, len: usize) -> Vec<f64> {
     (0..len * len).map(|k| m[(r0 + k / len) * p + r0 + k % len]).collect()
 }
 
-fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
     let den: f64 = b.iter().map(|y| y * y).sum();
     (num / den).sqrt()
@@ -205,7 +205,7 @@ fn loss_gradients(s: &Setup, examples: &[usize], draws: u64, pass: u64) -> Tenso
     Tensor::cat(out, 0)
 }
 
-fn pearson(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn pearson(a: &[f64], b: &[f64]) -> f64 {
     let n = a.len() as f64;
     let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
     let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
@@ -214,7 +214,7 @@ fn pearson(a: &[f64], b: &[f64]) -> f64 {
     cov / (va * vb).sqrt()
 }
 
-fn scores_with(curv: &EigenCurvature, q: &Tensor<2>, u: &Tensor<2>, lambda: f64) -> Vec<f64> {
+pub(crate) fn scores_with(curv: &EigenCurvature, q: &Tensor<2>, u: &Tensor<2>, lambda: f64) -> Vec<f64> {
     to_f64(curv.inverse_apply(q.clone(), lambda).matmul(u.clone().transpose()))
 }
 
@@ -247,7 +247,7 @@ fn influence_case(cfg: ModelConfig) -> (Setup, InfluenceCase) {
 }
 
 /// Influence scores `q^T (G + lambda I)^-1 u` with a dense matrix (Cholesky).
-fn dense_scores(g: &Mat<f64>, lambda: f64, q: &Tensor<2>, u: &Tensor<2>) -> Vec<f64> {
+pub(crate) fn dense_scores(g: &Mat<f64>, lambda: f64, q: &Tensor<2>, u: &Tensor<2>) -> Vec<f64> {
     let (p, n, nq) = (g.nrows(), u.dims()[0], q.dims()[0]);
     let uv = to_f64(u.clone());
     let rhs = Mat::<f64>::from_fn(p, n, |i, j| uv[j * p + i]);
@@ -260,7 +260,7 @@ fn dense_scores(g: &Mat<f64>, lambda: f64, q: &Tensor<2>, u: &Tensor<2>) -> Vec<
 }
 
 /// `g` with every entry outside the per-layer diagonal blocks set to zero.
-fn block_diagonal(g: &Mat<f64>, curv: &EigenCurvature) -> Mat<f64> {
+pub(crate) fn block_diagonal(g: &Mat<f64>, curv: &EigenCurvature) -> Mat<f64> {
     let mut owner = Vec::new();
     for (k, info) in curv.infos().iter().enumerate() {
         owner.extend(std::iter::repeat_n(k, info.num_params()));
@@ -268,7 +268,7 @@ fn block_diagonal(g: &Mat<f64>, curv: &EigenCurvature) -> Mat<f64> {
     Mat::<f64>::from_fn(g.nrows(), g.ncols(), |i, j| if owner[i] == owner[j] { g[(i, j)] } else { 0.0 })
 }
 
-fn mean_diag(g: &Mat<f64>) -> f64 {
+pub(crate) fn mean_diag(g: &Mat<f64>) -> f64 {
     (0..g.nrows()).map(|i| g[(i, i)]).sum::<f64>() / g.nrows() as f64
 }
 
