@@ -93,6 +93,11 @@ impl TrainJob {
             if !(c.train.lr.is_finite() && c.train.lr > 0.0) {
                 bail!("--lr {}: must be a positive number", c.train.lr);
             }
+            if let ModelConfig::Unet(u) = &c.model {
+                if let Err(e) = u.validate() {
+                    bail!("{e}");
+                }
+            }
         }
         Ok(())
     }

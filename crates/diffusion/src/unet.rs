@@ -66,6 +66,27 @@ impl Default for UNetConfig {
 }
 
 impl UNetConfig {
+    /// Checks the settings that would otherwise panic inside burn when the network is built:
+    /// at least one level, positive sizes, and GroupNorm groups dividing every channel count.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.channels.is_empty() || self.channels.contains(&0) {
+            return Err(format!("--channels {:?}: need at least one level, each with channels > 0", self.channels));
+        }
+        if self.height == 0 || self.width == 0 || self.image_channels == 0 || self.blocks_per_level == 0 {
+            return Err("image size, image channels and blocks per level must be positive".into());
+        }
+        if self.groups == 0 {
+            return Err("GroupNorm groups must be positive".into());
+        }
+        if let Some(c) = self.channels.iter().find(|&&c| c % self.groups != 0) {
+            return Err(format!(
+                "--channels {:?}: {c} is not a multiple of the {} GroupNorm groups",
+                self.channels, self.groups
+            ));
+        }
+        Ok(())
+    }
+
     /// Build the network with weights from the seed-0 initialisation stream (for a model whose
     /// weights are loaded afterwards, or a fixed test model); see [`UNetConfig::init_with`].
     pub fn init(&self, device: &Device) -> UNet {

@@ -110,3 +110,11 @@ fn resume_without_a_checkpoint_says_so() {
     assert_clean_error(ok, &err, "nothing to resume");
     std::fs::remove_dir_all(&run).ok();
 }
+
+#[test]
+fn channels_that_groupnorm_cannot_split_are_a_clear_error() {
+    let out = tmp("groups");
+    let (ok, err) = ddpm(&["train", "--channels", "4,8", "--steps", "1", "--out", out.to_str().unwrap()]);
+    assert_clean_error(ok, &err, "GroupNorm");
+    assert!(!out.exists(), "a refused run must write nothing");
+}
