@@ -97,6 +97,13 @@ pub enum Purpose {
     GpSubsample,
     /// Bootstrap resampling of `foundation::stats::bootstrap_ci` (index: 0).
     Bootstrap,
+    /// Draws of the timewarp crate: `stream` names the use (Langevin noise, proposals, MH
+    /// uniforms, auxiliary velocities, initial states, block bootstrap; see `timewarp::rng`),
+    /// the index the chain, run or replica.
+    Timewarp {
+        /// Which timewarp draw.
+        stream: u64,
+    },
 }
 
 impl Purpose {
@@ -120,6 +127,7 @@ impl Purpose {
             Purpose::AttributeBenchData => 5,
             Purpose::DdpmBenchData => 99,
             Purpose::Bootstrap => 0xB0075,
+            Purpose::Timewarp { stream } => (0x7137 << 40) | stream,
             Purpose::DataSubset | Purpose::DataClassSubset => 0xDA7A,
             Purpose::GpProbes | Purpose::GpSolverBatches | Purpose::GpSubsample => 0x69,
         }

@@ -1,0 +1,7 @@
+//! The timewarp crate's tests, in one binary.
+
+mod forces;
+mod md;
+mod mh;
+mod stats;
+mod support;
