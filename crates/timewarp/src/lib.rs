@@ -12,7 +12,9 @@ pub mod lj;
 pub mod md;
 pub mod mh;
 pub mod potential;
+pub mod reference;
 pub mod rng;
+pub mod run;
 pub mod stats;
 
 pub use error::TimewarpError;

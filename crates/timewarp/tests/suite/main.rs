@@ -3,5 +3,6 @@
 mod forces;
 mod md;
 mod mh;
+mod reference;
 mod stats;
 mod support;

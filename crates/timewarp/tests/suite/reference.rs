@@ -1,0 +1,66 @@
+//! MD references: runs are reproducible, pairs round-trip through their file, populations and
+//! the run refuse bad input.
+
+use timewarp::isomers::IsomerTable;
+use timewarp::md::Langevin;
+use timewarp::reference::{pairs, populations, run_md, write_pairs, MdConfig, PairsHeader};
+use timewarp::run::{run, RunConfig};
+
+fn cfg() -> MdConfig {
+    MdConfig {
+        composition: "A5B2".into(),
+        langevin: Langevin { dt: 0.005, gamma: 1.0, kt: 0.15 },
+        stride: 20,
+        frames: 50,
+        runs: 2,
+        burn_in: 100,
+        seed: 3,
+    }
+}
+
+#[test]
+fn md_runs_are_reproducible_and_pairs_round_trip() {
+    let c = cfg();
+    let a = run_md(&c).unwrap();
+    let b = run_md(&c).unwrap();
+    assert_eq!(a.runs, b.runs);
+    assert_ne!(a.runs[0], a.runs[1], "two runs drew the same noise");
+    let dir = std::env::temp_dir().join(format!("timewarp-pairs-{}", std::process::id()));
+    let path = dir.join("pairs.safetensors");
+    let lag = 5;
+    let n = write_pairs(&path, &c, &a, lag).unwrap();
+    assert_eq!(n, 2 * (50 - lag));
+    let f = foundation::tensor_file::load::<PairsHeader>(&path, "timewarp-pairs").unwrap();
+    assert_eq!(f.header.tau_steps, lag * c.stride);
+    assert_eq!(f.header.types, vec![0, 0, 0, 0, 0, 1, 1]);
+    let x0 = f.f64("x0", Some(&[n, 7, 2])).unwrap();
+    let x1 = f.f64("x1", Some(&[n, 7, 2])).unwrap();
+    assert_eq!((x0.clone(), x1.clone()), pairs(&a, lag));
+    // Within a run, x(t + τ) of pair t is x(t) of pair t + lag.
+    assert_eq!(&x1[..14], &x0[lag * 14..(lag + 1) * 14]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn populations_of_a_known_series() {
+    let t = IsomerTable { energies: vec![-2.0, -1.0], tol: 0.1 };
+    let mut q = vec![-2.0; 600];
+    q.extend(vec![-1.0; 300]);
+    q.extend(vec![5.0; 100]);
+    let p = populations(&t, &q, 0);
+    assert_eq!(p.fractions, vec![0.6, 0.3]);
+    // One long block each: the bootstrap sees the correlation and reports a large sigma.
+    assert!(p.sigma[0] > 0.05, "sigma {:?}", p.sigma);
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let mut c = cfg();
+    c.langevin.dt = -1.0;
+    assert!(run_md(&c).unwrap_err().to_string().contains("dt"));
+    let mut c = cfg();
+    c.composition = "C7".into();
+    assert!(run_md(&c).is_err());
+    let rc = RunConfig { md: cfg(), lag: 0, out_dir: std::env::temp_dir().join("timewarp-never") };
+    assert!(run(&rc, &mut |_| {}).unwrap_err().to_string().contains("lag"));
+}
