@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod flow;
 pub mod isomers;
 pub mod lj;
 pub mod md;
@@ -16,5 +17,6 @@ pub mod reference;
 pub mod rng;
 pub mod run;
 pub mod stats;
+pub mod train;
 
 pub use error::TimewarpError;
