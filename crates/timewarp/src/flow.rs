@@ -36,6 +36,8 @@ pub struct FlowConfig {
     pub couplings: usize,
     /// Bound of the log-scale s of a coupling: s = b·tanh(raw / b).
     pub max_log_scale: f64,
+    /// Initial log standard deviation of the position latent (training sets it from the data).
+    pub position_log_scale: f64,
 }
 
 impl Default for FlowConfig {
@@ -48,6 +50,7 @@ impl Default for FlowConfig {
             lengthscales: vec![0.5, 1.0, 2.0, 3.0],
             couplings: 4,
             max_log_scale: 2.0,
+            position_log_scale: -1.0,
         }
     }
 }
@@ -100,7 +103,8 @@ impl FlowConfig {
                 }
             })
             .collect();
-        let log_scale = Param::from_data(TensorData::new(vec![-1.0f32, 0.0], [2]), device);
+        let log_scale =
+            Param::from_data(TensorData::new(vec![self.position_log_scale as f32, 0.0], [2]), device);
         TimewarpFlow { type_embedding, couplings, log_scale, max_log_scale: self.max_log_scale }
     }
 }

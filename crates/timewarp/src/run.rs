@@ -10,13 +10,20 @@ use std::time::Instant;
 
 use foundation::atomic::write_bytes;
 
+use burn::prelude::Device;
+use foundation::progress::Progress;
+
 use crate::error::TimewarpError;
 use crate::isomers::IsomerTable;
-use crate::mh::{run_chain, GaussianDrift, MhConfig};
+use crate::lj::LjCluster;
+use crate::mh::{explore, run_chain, GaussianDrift, MhConfig, Proposal};
 use crate::potential::{quadrature_marginal, DoubleWell};
-use crate::reference::{describe, populations, run_md, slowest_cv_ess, write_pairs, MdConfig, Populations};
+use crate::reference::{
+    describe, pairs, populations, run_md, slowest_cv_ess, write_pairs, MdConfig, Populations,
+};
 use crate::rng;
 use crate::stats::{histogram2d, jensen_shannon};
+use crate::train::{train_flow, FlowProposal, FlowTrainConfig, FlowTrainReport, PairSet};
 
 /// Settings of a run.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -27,6 +34,40 @@ pub struct RunConfig {
     pub lag: usize,
     /// Output folder.
     pub out_dir: PathBuf,
+    /// The flow stage (None: MD, pairs and the drift-proposal chain only).
+    pub flow: Option<FlowStage>,
+}
+
+/// Settings of the flow stage: training, the MH-Timewarp chain, exploration.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FlowStage {
+    /// Training.
+    pub train: FlowTrainConfig,
+    /// Proposals per MH batch (B).
+    pub mh_batch: usize,
+    /// MH trials.
+    pub mh_trials: usize,
+    /// Exploration steps (per chain; exploration stops once every isomer was seen).
+    pub explore_steps: usize,
+    /// Exploration energy cap, in units of kT.
+    pub explore_cap_kt: f64,
+}
+
+/// The flow stage's measurements.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FlowResult {
+    /// Training.
+    pub train: FlowTrainReport,
+    /// Learned prior log-scales (positions, velocities).
+    pub prior_log_scales: [f32; 2],
+    /// Exploration: steps taken, fraction accepted, seconds until every isomer was seen.
+    pub explore_steps: usize,
+    /// Fraction of exploration moves accepted (below the cap).
+    pub explore_accepted: f64,
+    /// Wall seconds until exploration had seen every isomer (None: not within the steps).
+    pub explore_seconds_to_all: Option<f64>,
+    /// Isomers exploration found.
+    pub explore_found: usize,
 }
 
 /// The double-well check: MH with the closed-form drift proposal against quadrature.
@@ -80,6 +121,8 @@ pub struct RunReport {
     pub chains: Vec<ChainResult>,
     /// Training pairs written.
     pub pairs: usize,
+    /// The flow stage, if run.
+    pub flow: Option<FlowResult>,
 }
 
 const CV_LO: [f64; 2] = [0.0, -1.5];
@@ -127,8 +170,64 @@ fn time_to_all(table: &IsomerTable, quenched: &[f64], seconds_per_frame: f64) ->
     None
 }
 
+/// What every MH chain on the cluster is measured against.
+struct ChainContext<'a> {
+    cluster: &'a LjCluster,
+    table: &'a IsomerTable,
+    md_hist: &'a [f64],
+    kt: f64,
+    seed: u64,
+}
+
+/// Runs an MH chain of `trials` trials with `prop` and measures it; every trial's state is
+/// analysed (repeats of a rejected trial reuse the quench of the state they repeat). The wall
+/// time counts the whole chain (proposals both ways and energies), not the analysis.
+fn mh_chain(
+    ctx: &ChainContext,
+    prop: &dyn Proposal,
+    method: String,
+    x0: &[f64],
+    trials: usize,
+    batch: usize,
+    chain: u64,
+) -> ChainResult {
+    let mut r = rng::stream(ctx.seed, rng::CHAIN, chain);
+    // Distinct states visited and, per trial, the index of its state.
+    let mut states: Vec<f64> = Vec::new();
+    let mut which: Vec<usize> = Vec::with_capacity(trials);
+    let dim = x0.len();
+    let t = Instant::now();
+    let (stats, _) = run_chain(ctx.cluster, prop, &MhConfig { kt: ctx.kt, batch }, x0, trials, &mut r, |x| {
+        let n = states.len() / dim;
+        if n == 0 || states[(n - 1) * dim..] != *x {
+            states.extend_from_slice(x);
+        }
+        which.push(states.len() / dim - 1);
+    });
+    let seconds = t.elapsed().as_secs_f64();
+    let info = describe(ctx.cluster, &states);
+    let quenched: Vec<f64> = which.iter().map(|&i| info.quenched[i]).collect();
+    let cvs: Vec<[f64; 2]> = which.iter().map(|&i| info.cvs[i]).collect();
+    let ess_slowest = slowest_cv_ess(&cvs);
+    ChainResult {
+        method,
+        length: trials,
+        seconds,
+        populations: populations(ctx.table, &quenched, ctx.seed),
+        ess_slowest,
+        ess_per_second: ess_slowest.0 / seconds,
+        js_vs_md: jensen_shannon(&histogram2d(&cvs, CV_LO, CV_HI, CV_BINS), ctx.md_hist),
+        acceptance: stats.acceptance(),
+        seconds_to_all_isomers: time_to_all(ctx.table, &quenched, seconds / trials as f64),
+    }
+}
+
 /// Runs everything of `cfg`, reporting progress lines to `log`; returns a one-paragraph summary.
-pub fn run(cfg: &RunConfig, log: &mut dyn FnMut(&str)) -> Result<String, TimewarpError> {
+pub fn run(
+    cfg: &RunConfig,
+    progress: &dyn Progress,
+    log: &mut dyn FnMut(&str),
+) -> Result<String, TimewarpError> {
     cfg.md.validate()?;
     if cfg.lag == 0 || cfg.lag >= cfg.md.frames {
         return Err(TimewarpError::Input(format!("lag must be in 1..frames, got {}", cfg.lag)));
@@ -166,47 +265,93 @@ pub fn run(cfg: &RunConfig, log: &mut dyn FnMut(&str)) -> Result<String, Timewar
     };
 
     log("writing training pairs ...");
-    let pairs = write_pairs(&cfg.out_dir.join("pairs.safetensors"), &cfg.md, &frames, cfg.lag)?;
+    let n_pairs = write_pairs(&cfg.out_dir.join("pairs.safetensors"), &cfg.md, &frames, cfg.lag)?;
 
     // The MH chain on the cluster with the drift proposal (MALA-like step ε: h = ε²/(2kT)).
     log("MH chain with the drift proposal ...");
     let kt = cfg.md.langevin.kt;
     let eps = 0.04;
-    let prop = GaussianDrift { pot: &cluster, h: eps * eps / (2.0 * kt), s: eps, c: 0.0 };
-    let trials = cfg.md.frames * 10;
-    let thin = 10;
-    let mut r = rng::stream(cfg.md.seed, rng::CHAIN, 0);
+    let drift = GaussianDrift { pot: &cluster, h: eps * eps / (2.0 * kt), s: eps, c: 0.0 };
     let x0 = frames.runs[0][..2 * cluster.n_atoms()].to_vec();
-    let mut kept = Vec::with_capacity(trials / thin * x0.len());
-    let mut i = 0usize;
-    let t = Instant::now();
-    let (stats, _) = run_chain(&cluster, &prop, &MhConfig { kt, batch: 1 }, &x0, trials, &mut r, |x| {
-        if i.is_multiple_of(thin) {
-            kept.extend_from_slice(x);
-        }
-        i += 1;
-    });
-    let mh_seconds = t.elapsed().as_secs_f64();
-    let info = describe(&cluster, &kept);
-    let mh_ess = slowest_cv_ess(&info.cvs);
-    let mh = ChainResult {
-        method: format!("MH, drift proposal (eps {eps}, every {thin}th trial kept)"),
-        length: trials,
-        seconds: mh_seconds,
-        populations: populations(&table, &info.quenched, cfg.md.seed),
-        ess_slowest: mh_ess,
-        ess_per_second: mh_ess.0 / mh_seconds,
-        js_vs_md: jensen_shannon(&histogram2d(&info.cvs, CV_LO, CV_HI, CV_BINS), &md_hist),
-        acceptance: stats.acceptance(),
-        seconds_to_all_isomers: time_to_all(&table, &info.quenched, mh_seconds / info.quenched.len() as f64),
-    };
+    let ctx = ChainContext { cluster: &cluster, table: &table, md_hist: &md_hist, kt, seed: cfg.md.seed };
+    let mut chains = vec![md];
+    chains.push(mh_chain(
+        &ctx,
+        &drift,
+        format!("MH, drift proposal (eps {eps}, B = 1)"),
+        &x0,
+        cfg.md.frames * 10,
+        1,
+        0,
+    ));
+
+    let mut flow_result = None;
+    if let Some(stage) = &cfg.flow {
+        let (x0s, x1s) = pairs(&frames, cfg.lag);
+        let set = [PairSet { types: cluster.types.clone(), x0: x0s, x1: x1s }.aligned()];
+        log(&format!(
+            "training the flow ({} steps, batch {}) ...",
+            stage.train.steps, stage.train.batch_size
+        ));
+        let (flow, train_report) = train_flow(&set, &stage.train, progress)?;
+        log(&format!(
+            "NLL {:.2} -> {:.2} in {:.1} s",
+            train_report.nll_first_last.0, train_report.nll_first_last.1, train_report.seconds
+        ));
+        let prior_log_scales = flow.prior_log_scales();
+        let prop = FlowProposal {
+            flow,
+            types: cluster.types.clone(),
+            n_types: stage.train.flow.n_types,
+            device: Device::flex(),
+        };
+        log(&format!("MH-Timewarp chain ({} trials, B = {}) ...", stage.mh_trials, stage.mh_batch));
+        chains.push(mh_chain(
+            &ctx,
+            &prop,
+            format!("MH-Timewarp (tau {} steps, B = {})", cfg.lag * cfg.md.stride, stage.mh_batch),
+            &x0,
+            stage.mh_trials,
+            stage.mh_batch,
+            1,
+        ));
+        log("exploration ...");
+        let mut r = rng::stream(cfg.md.seed, rng::EXPLORE, 0);
+        let start_x = cluster.initial_positions();
+        let mut seen = vec![false; table.energies.len()];
+        let mut steps = 0usize;
+        let mut quench_s = 0.0;
+        let t = Instant::now();
+        let (accepted, _) =
+            explore(&cluster, &prop, stage.explore_cap_kt * kt, &start_x, stage.explore_steps, &mut r, |x| {
+                steps += 1;
+                let q = Instant::now();
+                let e = crate::isomers::quench(&cluster, x, 1e-5, 20_000).1;
+                quench_s += q.elapsed().as_secs_f64();
+                if let Some(k) = table.classify(e) {
+                    seen[k] = true;
+                }
+                !seen.iter().all(|&s| s)
+            });
+        let wall = t.elapsed().as_secs_f64() - quench_s;
+        let found = seen.iter().filter(|&&s| s).count();
+        flow_result = Some(FlowResult {
+            train: train_report,
+            prior_log_scales,
+            explore_steps: steps,
+            explore_accepted: accepted as f64 / steps.max(1) as f64,
+            explore_seconds_to_all: (found == table.energies.len()).then_some(wall),
+            explore_found: found,
+        });
+    }
 
     let report = RunReport {
         config: cfg.clone(),
         sanity: sanity_results,
         isomers: table,
-        chains: vec![md, mh],
-        pairs,
+        chains,
+        pairs: n_pairs,
+        flow: flow_result,
     };
     let md_text = markdown(&report);
     let json = serde_json::to_string_pretty(&report).map_err(|e| TimewarpError::Input(e.to_string()))?;
@@ -273,6 +418,28 @@ pub fn markdown(r: &RunReport) -> String {
             ch.js_vs_md,
             ch.acceptance,
             ch.seconds_to_all_isomers.map_or("never".into(), |t| format!("{t:.2}"))
+        );
+    }
+    if let Some(f) = &r.flow {
+        let _ = writeln!(s, "\n## Flow\n");
+        let _ = writeln!(
+            s,
+            "- training: NLL per pair {:.2} (first tenth of steps) -> {:.2} (last tenth), {:.1} s, {} parameters; learned prior log-scales (positions, velocities) {:.3}, {:.3}",
+            f.train.nll_first_last.0,
+            f.train.nll_first_last.1,
+            f.train.seconds,
+            f.train.num_params,
+            f.prior_log_scales[0],
+            f.prior_log_scales[1]
+        );
+        let _ = writeln!(
+            s,
+            "- exploration (accept unless U rises by more than the cap): {} steps, {:.3} accepted, found {} of {} isomers, {}",
+            f.explore_steps,
+            f.explore_accepted,
+            f.explore_found,
+            r.isomers.energies.len(),
+            f.explore_seconds_to_all.map_or("not all within the step budget".into(), |t| format!("all in {t:.3} s"))
         );
     }
     s

@@ -40,6 +40,44 @@ impl PairSet {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The pairs with every x(t + τ) moved rigidly onto its x(t): translated to the same
+    /// centroid and rotated by the angle that minimises the squared distance between the two
+    /// (2-D Kabsch). The Boltzmann target is invariant under both, so a proposal of the aligned
+    /// pairs' kind stays exact under MH; it spares the flow the Brownian translation and rotation
+    /// of the whole cluster, which are unpredictable from x(t).
+    pub fn aligned(&self) -> PairSet {
+        let n = self.types.len();
+        let mut x1 = self.x1.clone();
+        for (a, b) in self.x0.chunks_exact(2 * n).zip(x1.chunks_exact_mut(2 * n)) {
+            align_onto(a, b);
+        }
+        PairSet { types: self.types.clone(), x0: self.x0.clone(), x1 }
+    }
+
+    /// Root-mean-square displacement per coordinate between x(t) and x(t + τ).
+    pub fn rms_displacement(&self) -> f64 {
+        let s: f64 = self.x0.iter().zip(&self.x1).map(|(a, b)| (a - b).powi(2)).sum();
+        (s / self.x0.len().max(1) as f64).sqrt()
+    }
+}
+
+/// Moves `b` (flat 2-D coordinates) rigidly onto `a`: same centroid, best rotation.
+pub fn align_onto(a: &[f64], b: &mut [f64]) {
+    let (ca, cb) = (crate::lj::centroid(a), crate::lj::centroid(b));
+    let (mut dot, mut cross) = (0.0, 0.0);
+    for (p, q) in a.chunks_exact(2).zip(b.chunks_exact(2)) {
+        let (px, py, qx, qy) = (p[0] - ca.0, p[1] - ca.1, q[0] - cb.0, q[1] - cb.1);
+        dot += qx * px + qy * py;
+        cross += qx * py - qy * px;
+    }
+    let theta = cross.atan2(dot);
+    let (c, s) = (theta.cos(), theta.sin());
+    for q in b.chunks_exact_mut(2) {
+        let (qx, qy) = (q[0] - cb.0, q[1] - cb.1);
+        q[0] = ca.0 + c * qx - s * qy;
+        q[1] = ca.1 + s * qx + c * qy;
+    }
 }
 
 /// Settings of a training run.
@@ -193,7 +231,12 @@ pub fn train_flow(
     };
     let start = std::time::Instant::now();
     let trainer = Trainer::new(optim, objective, &Device::flex());
-    let flow_cfg = cfg.flow.clone();
+    let mut flow_cfg = cfg.flow.clone();
+    // The position latent starts at the data's displacement scale.
+    let rms = sets.iter().map(|s| s.rms_displacement()).sum::<f64>() / sets.len() as f64;
+    if rms.is_finite() && rms > 0.0 {
+        flow_cfg.position_log_scale = rms.ln();
+    }
     let mut state = trainer.init_state(|rng, device| flow_cfg.init_with(rng, device, 0.0));
     let mut losses = Vec::with_capacity(cfg.steps);
     trainer

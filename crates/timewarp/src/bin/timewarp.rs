@@ -5,9 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use foundation::cli::Bar;
+use timewarp::flow::FlowConfig;
 use timewarp::md::Langevin;
 use timewarp::reference::MdConfig;
-use timewarp::run::{self, RunConfig};
+use timewarp::run::{self, FlowStage, RunConfig};
+use timewarp::train::FlowTrainConfig;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -56,6 +59,27 @@ struct RunArgs {
     /// Lag of the training pairs in frames (τ = lag × stride steps).
     #[arg(long, default_value_t = 10)]
     lag: usize,
+    /// Flow training steps (0: no flow stage).
+    #[arg(long, default_value_t = 1500)]
+    train_steps: usize,
+    /// Pairs per training step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    /// Proposals per MH batch (B).
+    #[arg(long, default_value_t = 16)]
+    mh_batch: usize,
+    /// MH-Timewarp trials.
+    #[arg(long, default_value_t = 20_000)]
+    mh_trials: usize,
+    /// Exploration steps at most.
+    #[arg(long, default_value_t = 2_000)]
+    explore_steps: usize,
+    /// Exploration energy cap in units of kT.
+    #[arg(long, default_value_t = 20.0)]
+    explore_cap_kt: f64,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -93,8 +117,22 @@ fn real_main() -> Result<()> {
         },
         lag: args.lag,
         out_dir: args.out_dir,
+        flow: (args.train_steps > 0).then(|| FlowStage {
+            train: FlowTrainConfig {
+                flow: FlowConfig::default(),
+                steps: args.train_steps,
+                batch_size: args.batch_size,
+                lr: args.lr,
+                seed: args.seed,
+            },
+            mh_batch: args.mh_batch,
+            mh_trials: args.mh_trials,
+            explore_steps: args.explore_steps,
+            explore_cap_kt: args.explore_cap_kt,
+        }),
     };
-    let summary = run::run(&cfg, &mut |line: &str| eprintln!("{line}"))?;
+    let bar = Bar::new();
+    let summary = run::run(&cfg, &bar, &mut |line: &str| bar.suspend(|| eprintln!("{line}")))?;
     println!("{summary}");
     Ok(())
 }

@@ -61,6 +61,10 @@ fn bad_input_is_an_error_not_a_panic() {
     let mut c = cfg();
     c.composition = "C7".into();
     assert!(run_md(&c).is_err());
-    let rc = RunConfig { md: cfg(), lag: 0, out_dir: std::env::temp_dir().join("timewarp-never") };
-    assert!(run(&rc, &mut |_| {}).unwrap_err().to_string().contains("lag"));
+    let rc =
+        RunConfig { md: cfg(), lag: 0, out_dir: std::env::temp_dir().join("timewarp-never"), flow: None };
+    assert!(run(&rc, &foundation::progress::NoProgress, &mut |_| {})
+        .unwrap_err()
+        .to_string()
+        .contains("lag"));
 }
