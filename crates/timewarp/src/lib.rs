@@ -12,6 +12,7 @@ pub mod isomers;
 pub mod lj;
 pub mod md;
 pub mod mh;
+pub mod plot;
 pub mod potential;
 pub mod reference;
 pub mod rng;

@@ -19,7 +19,7 @@ use crate::lj::LjCluster;
 use crate::mh::{explore, run_chain, GaussianDrift, MhConfig, Proposal};
 use crate::potential::{quadrature_marginal, DoubleWell};
 use crate::reference::{
-    describe, pairs, populations, run_md, slowest_cv_ess, write_pairs, MdConfig, Populations,
+    describe, pairs, populations, run_md, slowest_cv_ess, write_pairs, MdConfig, MdFrames, Populations,
 };
 use crate::rng;
 use crate::stats::{histogram2d, jensen_shannon};
@@ -106,6 +106,10 @@ pub struct ChainResult {
     pub acceptance: f64,
     /// Wall seconds until every isomer had been visited (None: some never were).
     pub seconds_to_all_isomers: Option<f64>,
+    /// The normalised (μ₂, μ₃) histogram (20 × 20 bins over [`ChainResult::cv_box`]).
+    pub histogram: Vec<f64>,
+    /// The histogram's box (lower corner, upper corner), the MD reference's.
+    pub cv_box: ([f64; 2], [f64; 2]),
 }
 
 /// Everything a run measured.
@@ -125,9 +129,26 @@ pub struct RunReport {
     pub flow: Option<FlowResult>,
 }
 
-const CV_LO: [f64; 2] = [0.0, -1.5];
-const CV_HI: [f64; 2] = [2.0, 0.5];
 const CV_BINS: usize = 20;
+
+/// The box of the CV histograms: the range of the MD reference's (μ₂, μ₃), widened by 5 % on
+/// each side (points of other chains outside it count in the border bins).
+pub fn cv_box(cvs: &[[f64; 2]]) -> ([f64; 2], [f64; 2]) {
+    let mut lo = [f64::INFINITY; 2];
+    let mut hi = [f64::NEG_INFINITY; 2];
+    for c in cvs {
+        for k in 0..2 {
+            lo[k] = lo[k].min(c[k]);
+            hi[k] = hi[k].max(c[k]);
+        }
+    }
+    for k in 0..2 {
+        let w = (hi[k] - lo[k]).max(1e-6);
+        lo[k] -= 0.05 * w;
+        hi[k] += 0.05 * w;
+    }
+    (lo, hi)
+}
 
 fn sanity(batch: usize, seed: u64) -> SanityResult {
     let pot = DoubleWell::default();
@@ -174,7 +195,7 @@ fn time_to_all(table: &IsomerTable, quenched: &[f64], seconds_per_frame: f64) ->
 struct ChainContext<'a> {
     cluster: &'a LjCluster,
     table: &'a IsomerTable,
-    md_hist: &'a [f64],
+    md: &'a ChainResult,
     kt: f64,
     seed: u64,
 }
@@ -209,6 +230,8 @@ fn mh_chain(
     let quenched: Vec<f64> = which.iter().map(|&i| info.quenched[i]).collect();
     let cvs: Vec<[f64; 2]> = which.iter().map(|&i| info.cvs[i]).collect();
     let ess_slowest = slowest_cv_ess(&cvs);
+    let (lo, hi) = ctx.md.cv_box;
+    let histogram = histogram2d(&cvs, lo, hi, CV_BINS);
     ChainResult {
         method,
         length: trials,
@@ -216,9 +239,70 @@ fn mh_chain(
         populations: populations(ctx.table, &quenched, ctx.seed),
         ess_slowest,
         ess_per_second: ess_slowest.0 / seconds,
-        js_vs_md: jensen_shannon(&histogram2d(&cvs, CV_LO, CV_HI, CV_BINS), ctx.md_hist),
+        js_vs_md: jensen_shannon(&histogram, &ctx.md.histogram),
         acceptance: stats.acceptance(),
         seconds_to_all_isomers: time_to_all(ctx.table, &quenched, seconds / trials as f64),
+        histogram,
+        cv_box: (lo, hi),
+    }
+}
+
+/// The MD reference of `md`: its frames, the isomers found by quenching them, and its
+/// measurements as a chain.
+fn md_reference(
+    md: &MdConfig,
+    log: &mut dyn FnMut(&str),
+) -> Result<(MdFrames, IsomerTable, ChainResult), TimewarpError> {
+    let frames = run_md(md)?;
+    let cluster = frames.cluster.clone();
+    let t = Instant::now();
+    let infos: Vec<_> = frames.runs.iter().map(|r| describe(&cluster, r)).collect();
+    log(&format!(
+        "{}: {} frames of MD in {:.1} s, quenched in {:.1} s",
+        cluster.name(),
+        md.runs * md.frames,
+        frames.md_seconds,
+        t.elapsed().as_secs_f64()
+    ));
+    let all_q: Vec<f64> = infos.iter().flat_map(|i| i.quenched.iter().copied()).collect();
+    let all_cv: Vec<[f64; 2]> = infos.iter().flat_map(|i| i.cvs.iter().copied()).collect();
+    let table = IsomerTable::from_energies(&all_q, 0.02, 0.002);
+    let (lo, hi) = cv_box(&all_cv);
+    let md_hist = histogram2d(&all_cv, lo, hi, CV_BINS);
+    let md_pops = populations(&table, &all_q, md.seed);
+    let ess_runs: Vec<(f64, usize)> = infos.iter().map(|i| slowest_cv_ess(&i.cvs)).collect();
+    let md_ess: f64 = ess_runs.iter().map(|e| e.0).sum();
+    let per_frame = frames.md_seconds / (md.runs * md.frames) as f64;
+    let result = ChainResult {
+        method: format!("MD (BAOAB, dt {}, {} runs)", md.langevin.dt, md.runs),
+        length: md.runs * md.frames,
+        seconds: frames.md_seconds,
+        populations: md_pops,
+        ess_slowest: (md_ess, ess_runs[0].1),
+        ess_per_second: md_ess / frames.md_seconds,
+        js_vs_md: 0.0,
+        acceptance: 1.0,
+        seconds_to_all_isomers: time_to_all(&table, &infos[0].quenched, per_frame),
+        histogram: md_hist,
+        cv_box: (lo, hi),
+    };
+    Ok((frames, table, result))
+}
+
+/// Speed-up of `chain` over `md` in ESS/s of the slowest CV, set to 0 when the chain missed a
+/// state (an isomer holding at least 1 % of the MD frames that the chain never visited), as in
+/// the paper.
+pub fn speedup(chain: &ChainResult, md: &ChainResult) -> f64 {
+    let missed = md
+        .populations
+        .fractions
+        .iter()
+        .zip(&chain.populations.fractions)
+        .any(|(m, c)| *m >= 0.01 && *c == 0.0);
+    if missed {
+        0.0
+    } else {
+        chain.ess_per_second / md.ess_per_second
     }
 }
 
@@ -239,30 +323,8 @@ pub fn run(
         "MD reference of {} ({} runs x {} frames) ...",
         cfg.md.composition, cfg.md.runs, cfg.md.frames
     ));
-    let frames = run_md(&cfg.md)?;
+    let (frames, table, md) = md_reference(&cfg.md, log)?;
     let cluster = frames.cluster.clone();
-    let t = Instant::now();
-    let infos: Vec<_> = frames.runs.iter().map(|r| describe(&cluster, r)).collect();
-    log(&format!("quenched {} frames in {:.1} s", cfg.md.runs * cfg.md.frames, t.elapsed().as_secs_f64()));
-    let all_q: Vec<f64> = infos.iter().flat_map(|i| i.quenched.iter().copied()).collect();
-    let all_cv: Vec<[f64; 2]> = infos.iter().flat_map(|i| i.cvs.iter().copied()).collect();
-    let table = IsomerTable::from_energies(&all_q, 0.02, 0.002);
-    let md_hist = histogram2d(&all_cv, CV_LO, CV_HI, CV_BINS);
-    let md_pops = populations(&table, &all_q, cfg.md.seed);
-    let ess_runs: Vec<(f64, usize)> = infos.iter().map(|i| slowest_cv_ess(&i.cvs)).collect();
-    let md_ess: f64 = ess_runs.iter().map(|e| e.0).sum();
-    let per_frame = frames.md_seconds / (cfg.md.runs * cfg.md.frames) as f64;
-    let md = ChainResult {
-        method: format!("MD (BAOAB, dt {}, {} runs)", cfg.md.langevin.dt, cfg.md.runs),
-        length: cfg.md.runs * cfg.md.frames,
-        seconds: frames.md_seconds,
-        populations: md_pops,
-        ess_slowest: (md_ess, ess_runs[0].1),
-        ess_per_second: md_ess / frames.md_seconds,
-        js_vs_md: 0.0,
-        acceptance: 1.0,
-        seconds_to_all_isomers: time_to_all(&table, &infos[0].quenched, per_frame),
-    };
 
     log("writing training pairs ...");
     let n_pairs = write_pairs(&cfg.out_dir.join("pairs.safetensors"), &cfg.md, &frames, cfg.lag)?;
@@ -273,7 +335,8 @@ pub fn run(
     let eps = 0.04;
     let drift = GaussianDrift { pot: &cluster, h: eps * eps / (2.0 * kt), s: eps, c: 0.0 };
     let x0 = frames.runs[0][..2 * cluster.n_atoms()].to_vec();
-    let ctx = ChainContext { cluster: &cluster, table: &table, md_hist: &md_hist, kt, seed: cfg.md.seed };
+    let md_chain = md.clone();
+    let ctx = ChainContext { cluster: &cluster, table: &table, md: &md_chain, kt, seed: cfg.md.seed };
     let mut chains = vec![md];
     chains.push(mh_chain(
         &ctx,
@@ -357,7 +420,13 @@ pub fn run(
     let json = serde_json::to_string_pretty(&report).map_err(|e| TimewarpError::Input(e.to_string()))?;
     write_bytes(&cfg.out_dir.join("report.json"), json.as_bytes())?;
     write_bytes(&cfg.out_dir.join("report.md"), md_text.as_bytes())?;
+    let hists: Vec<Vec<f64>> = report.chains.iter().map(|c| c.histogram.clone()).collect();
+    crate::plot::free_energy_png(&cfg.out_dir.join("free_energy.png"), &hists, CV_BINS)?;
     Ok(md_text)
+}
+
+fn fmt2(v: f64) -> String {
+    format!("{v:.2}")
 }
 
 /// The report as markdown.
@@ -394,9 +463,14 @@ pub fn markdown(r: &RunReport) -> String {
     let _ = writeln!(s, "\n## Chains\n");
     let _ = writeln!(
         s,
-        "| method | length | wall s | populations (± block-bootstrap sigma) | ESS slowest CV | ESS/s | JS vs MD | acceptance | s to all isomers |"
+        "`free_energy.png`: F(mu2, mu3) = -ln p in kT, one panel per row below, left to right (mu2 in [{}, {}] downwards, mu3 in [{}, {}] rightwards, white F = 0, black F >= 6 or empty).\n",
+        fmt2(r.chains[0].cv_box.0[0]), fmt2(r.chains[0].cv_box.1[0]), fmt2(r.chains[0].cv_box.0[1]), fmt2(r.chains[0].cv_box.1[1])
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| method | length | wall s | populations (± block-bootstrap sigma) | ESS slowest CV | ESS/s | speed-up (missed state = 0) | JS vs MD | acceptance | s to all isomers |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     for ch in &r.chains {
         let pops: Vec<String> = ch
             .populations
@@ -407,7 +481,7 @@ pub fn markdown(r: &RunReport) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "| {} | {} | {:.2} | {} | {:.0} ({}) | {:.1} | {:.4} | {:.4} | {} |",
+            "| {} | {} | {:.2} | {} | {:.0} ({}) | {:.1} | {:.2} | {:.4} | {:.4} | {} |",
             ch.method,
             ch.length,
             ch.seconds,
@@ -415,6 +489,7 @@ pub fn markdown(r: &RunReport) -> String {
             ch.ess_slowest.0,
             ["mu2", "mu3"][ch.ess_slowest.1],
             ch.ess_per_second,
+            speedup(ch, &r.chains[0]),
             ch.js_vs_md,
             ch.acceptance,
             ch.seconds_to_all_isomers.map_or("never".into(), |t| format!("{t:.2}"))
@@ -443,4 +518,176 @@ pub fn markdown(r: &RunReport) -> String {
         );
     }
     s
+}
+
+/// Settings of the transfer experiment: one flow trained on the pairs of several compositions
+/// (all with the same atom count), then MH-Timewarp on held-out compositions.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TransferConfig {
+    /// MD settings (the composition field is replaced by each composition in turn).
+    pub md: MdConfig,
+    /// Training compositions.
+    pub train: Vec<String>,
+    /// Held-out compositions.
+    pub test: Vec<String>,
+    /// Lag of the pairs, in frames.
+    pub lag: usize,
+    /// Flow training and sampling.
+    pub flow: FlowStage,
+    /// Output folder.
+    pub out_dir: PathBuf,
+}
+
+/// One composition's row of the transfer table.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TransferRow {
+    /// Composition.
+    pub composition: String,
+    /// Whether the flow was trained on it.
+    pub trained_on: bool,
+    /// Isomers found by the MD reference.
+    pub isomers: usize,
+    /// The MD reference.
+    pub md: ChainResult,
+    /// MH-Timewarp.
+    pub mh: ChainResult,
+    /// ESS/s speed-up on the slowest CV (missed state = 0).
+    pub speedup: f64,
+}
+
+/// What the transfer experiment measured.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TransferReport {
+    /// The settings.
+    pub config: TransferConfig,
+    /// Training.
+    pub train: FlowTrainReport,
+    /// One row per composition (training compositions first).
+    pub rows: Vec<TransferRow>,
+}
+
+/// Runs the transfer experiment of `cfg`; writes `transfer.md` and `transfer.json` into the
+/// output folder and returns the markdown.
+pub fn transfer(
+    cfg: &TransferConfig,
+    progress: &dyn Progress,
+    log: &mut dyn FnMut(&str),
+) -> Result<String, TimewarpError> {
+    cfg.md.validate()?;
+    if cfg.train.is_empty() || cfg.test.is_empty() {
+        return Err(TimewarpError::Input(
+            "transfer needs at least one training and one held-out composition".into(),
+        ));
+    }
+    if cfg.lag == 0 || cfg.lag >= cfg.md.frames {
+        return Err(TimewarpError::Input(format!("lag must be in 1..frames, got {}", cfg.lag)));
+    }
+    let all: Vec<(String, bool)> = cfg
+        .train
+        .iter()
+        .map(|c| (c.clone(), true))
+        .chain(cfg.test.iter().map(|c| (c.clone(), false)))
+        .collect();
+    let n_atoms = LjCluster::parse(&all[0].0)?.n_atoms();
+    for (c, _) in &all {
+        if LjCluster::parse(c)?.n_atoms() != n_atoms {
+            return Err(TimewarpError::Input(format!(
+                "transfer: {c} has another atom count than {}",
+                all[0].0
+            )));
+        }
+    }
+    let mut refs = Vec::new();
+    for (k, (c, _)) in all.iter().enumerate() {
+        let md = MdConfig { composition: c.clone(), seed: cfg.md.seed + k as u64, ..cfg.md.clone() };
+        refs.push(md_reference(&md, log)?);
+    }
+    let sets: Vec<PairSet> = refs
+        .iter()
+        .zip(&all)
+        .filter(|(_, (_, tr))| *tr)
+        .map(|((frames, _, _), _)| {
+            let (x0, x1) = pairs(frames, cfg.lag);
+            PairSet { types: frames.cluster.types.clone(), x0, x1 }.aligned()
+        })
+        .collect();
+    log(&format!("training one flow on {} compositions ({} steps) ...", sets.len(), cfg.flow.train.steps));
+    let (flow, train_report) = train_flow(&sets, &cfg.flow.train, progress)?;
+    let mut rows = Vec::new();
+    for (k, ((frames, table, md), (c, trained_on))) in refs.into_iter().zip(&all).enumerate() {
+        let cluster = frames.cluster.clone();
+        let prop = FlowProposal {
+            flow: flow.clone(),
+            types: cluster.types.clone(),
+            n_types: cfg.flow.train.flow.n_types,
+            device: Device::flex(),
+        };
+        let ctx = ChainContext {
+            cluster: &cluster,
+            table: &table,
+            md: &md,
+            kt: cfg.md.langevin.kt,
+            seed: cfg.md.seed,
+        };
+        let x0 = frames.runs[0][..2 * n_atoms].to_vec();
+        log(&format!("MH-Timewarp on {c} ..."));
+        let mh = mh_chain(
+            &ctx,
+            &prop,
+            format!("MH-Timewarp (B = {})", cfg.flow.mh_batch),
+            &x0,
+            cfg.flow.mh_trials,
+            cfg.flow.mh_batch,
+            100 + k as u64,
+        );
+        let s = speedup(&mh, &md);
+        rows.push(TransferRow {
+            composition: c.clone(),
+            trained_on: *trained_on,
+            isomers: table.energies.len(),
+            md,
+            mh,
+            speedup: s,
+        });
+    }
+    let report = TransferReport { config: cfg.clone(), train: train_report, rows };
+    let mut s = String::new();
+    let _ = writeln!(s, "# Timewarp miniature: transfer across compositions\n");
+    let _ = writeln!(
+        s,
+        "kT {}, tau {} steps; one flow trained on {} ({} steps, NLL {:.2} -> {:.2}, {:.1} s); held out: {}.\n",
+        cfg.md.langevin.kt,
+        cfg.lag * cfg.md.stride,
+        cfg.train.join(", "),
+        cfg.flow.train.steps,
+        report.train.nll_first_last.0,
+        report.train.nll_first_last.1,
+        report.train.seconds,
+        cfg.test.join(", ")
+    );
+    let _ = writeln!(s, "| composition | trained on | isomers | MD ESS/s | MH-Timewarp ESS/s | acceptance | isomers visited by MH | speed-up (missed = 0) | JS vs MD |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    for r in &report.rows {
+        let visited = r.mh.populations.fractions.iter().filter(|&&f| f > 0.0).count();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.1} | {:.1} | {:.4} | {} | {:.2} | {:.4} |",
+            r.composition,
+            if r.trained_on { "yes" } else { "no" },
+            r.isomers,
+            r.md.ess_per_second,
+            r.mh.ess_per_second,
+            r.mh.acceptance,
+            visited,
+            r.speedup,
+            r.mh.js_vs_md
+        );
+    }
+    let held: Vec<&TransferRow> = report.rows.iter().filter(|r| !r.trained_on).collect();
+    let above = held.iter().filter(|r| r.speedup > 1.0).count();
+    let _ = writeln!(s, "\nHeld-out compositions with speed-up > 1: {above} of {}.", held.len());
+    let json = serde_json::to_string_pretty(&report).map_err(|e| TimewarpError::Input(e.to_string()))?;
+    write_bytes(&cfg.out_dir.join("transfer.json"), json.as_bytes())?;
+    write_bytes(&cfg.out_dir.join("transfer.md"), s.as_bytes())?;
+    Ok(s)
 }

@@ -1,5 +1,6 @@
-//! `timewarp`: MD references, MH sampling and reports for 2-D Lennard-Jones clusters.
-//! Argument parsing and printing only: the work is in [`timewarp::run`].
+//! `timewarp`: MD references, a conditional flow trained on MD pairs, MH-Timewarp and
+//! exploration on 2-D Lennard-Jones clusters. Argument parsing and printing only: the work is in
+//! [`timewarp::run`].
 
 use std::path::PathBuf;
 
@@ -9,7 +10,7 @@ use foundation::cli::Bar;
 use timewarp::flow::FlowConfig;
 use timewarp::md::Langevin;
 use timewarp::reference::MdConfig;
-use timewarp::run::{self, FlowStage, RunConfig};
+use timewarp::run::{self, FlowStage, RunConfig, TransferConfig};
 use timewarp::train::FlowTrainConfig;
 
 #[derive(Parser, Debug)]
@@ -17,9 +18,11 @@ use timewarp::train::FlowTrainConfig;
     name = "timewarp",
     version,
     about = "Timewarp in miniature on 2-D Lennard-Jones clusters: Langevin MD references, isomer \
-             populations, training pairs, auxiliary-velocity Metropolis-Hastings",
-    after_help = "Examples:\n  timewarp                      # the default run: LJ-7 reference, pairs, MH check, report\n  \
-        timewarp run --composition A4B3 --frames 20000 --out-dir out/a4b3"
+             populations, training pairs, a conditional normalising flow, auxiliary-velocity \
+             Metropolis-Hastings with batched proposals, exploration",
+    after_help = "Examples:\n  timewarp                      # = timewarp run: LJ-7 at kT 0.15, everything, into timewarp-out/\n  \
+        timewarp run --composition A4B3 --train-steps 0 --out-dir out/a4b3   # MD, pairs, MH checks only\n  \
+        timewarp transfer --train A7,A6B1,A5B2,A3B4,A2B5 --test A4B3,A1B6 --out-dir out/transfer"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,16 +31,17 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// MD reference, training pairs, the double-well MH check and the MH chain on the cluster;
-    /// writes report.md, report.json, pairs.safetensors and the CV free-energy plots.
+    /// The double-well MH check, the MD reference, training pairs, the flow, MH-Timewarp and
+    /// exploration on one composition; writes report.md, report.json, pairs.safetensors and
+    /// free_energy.png into --out-dir.
     Run(RunArgs),
+    /// One flow trained on several compositions, MH-Timewarp on held-out ones; writes
+    /// transfer.md and transfer.json into --out-dir.
+    Transfer(TransferArgs),
 }
 
-#[derive(Args, Debug)]
-struct RunArgs {
-    /// Composition: `lj7` or counts of the two atom types, e.g. `A4B3`.
-    #[arg(long, default_value = "lj7")]
-    composition: String,
+#[derive(Args, Debug, Clone)]
+struct Common {
     /// Temperature k_B T (units of the A atom's ε).
     #[arg(long, default_value_t = 0.15)]
     kt: f64,
@@ -57,10 +61,10 @@ struct RunArgs {
     #[arg(long, default_value_t = 2)]
     runs: usize,
     /// Lag of the training pairs in frames (τ = lag × stride steps).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 50)]
     lag: usize,
-    /// Flow training steps (0: no flow stage).
-    #[arg(long, default_value_t = 1500)]
+    /// Flow training steps (`run`: 0 skips the flow stage).
+    #[arg(long, default_value_t = 3000)]
     train_steps: usize,
     /// Pairs per training step.
     #[arg(long, default_value_t = 64)]
@@ -69,10 +73,10 @@ struct RunArgs {
     #[arg(long, default_value_t = 2e-3)]
     lr: f64,
     /// Proposals per MH batch (B).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 32)]
     mh_batch: usize,
     /// MH-Timewarp trials.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 10_000)]
     mh_trials: usize,
     /// Exploration steps at most.
     #[arg(long, default_value_t = 2_000)]
@@ -88,9 +92,52 @@ struct RunArgs {
     out_dir: PathBuf,
 }
 
-impl Default for RunArgs {
-    fn default() -> Self {
-        Cli::parse_from(["timewarp", "run"]).command.map_or_else(|| unreachable!(), |Command::Run(a)| a)
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Composition: `lj7` or counts of the two atom types, e.g. `A4B3`.
+    #[arg(long, default_value = "lj7")]
+    composition: String,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct TransferArgs {
+    /// Training compositions (same atom count), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "A7,A6B1,A5B2,A3B4,A2B5")]
+    train: Vec<String>,
+    /// Held-out compositions, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "A4B3,A1B6")]
+    test: Vec<String>,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn md(c: &Common, composition: String) -> MdConfig {
+    MdConfig {
+        composition,
+        langevin: Langevin { dt: c.dt, gamma: c.gamma, kt: c.kt },
+        stride: c.stride,
+        frames: c.frames,
+        runs: c.runs,
+        burn_in: 10 * c.stride,
+        seed: c.seed,
+    }
+}
+
+fn stage(c: &Common) -> FlowStage {
+    FlowStage {
+        train: FlowTrainConfig {
+            flow: FlowConfig::default(),
+            steps: c.train_steps,
+            batch_size: c.batch_size,
+            lr: c.lr,
+            seed: c.seed,
+        },
+        mh_batch: c.mh_batch,
+        mh_trials: c.mh_trials,
+        explore_steps: c.explore_steps,
+        explore_cap_kt: c.explore_cap_kt,
     }
 }
 
@@ -101,38 +148,37 @@ fn main() -> std::process::ExitCode {
 
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Run(a)) => a,
-        None => RunArgs::default(),
-    };
-    let cfg = RunConfig {
-        md: MdConfig {
-            composition: args.composition,
-            langevin: Langevin { dt: args.dt, gamma: args.gamma, kt: args.kt },
-            stride: args.stride,
-            frames: args.frames,
-            runs: args.runs,
-            burn_in: 10 * args.stride,
-            seed: args.seed,
+    let command = match cli.command {
+        Some(c) => c,
+        None => match Cli::parse_from(["timewarp", "run"]).command {
+            Some(c) => c,
+            None => anyhow::bail!("no command"),
         },
-        lag: args.lag,
-        out_dir: args.out_dir,
-        flow: (args.train_steps > 0).then(|| FlowStage {
-            train: FlowTrainConfig {
-                flow: FlowConfig::default(),
-                steps: args.train_steps,
-                batch_size: args.batch_size,
-                lr: args.lr,
-                seed: args.seed,
-            },
-            mh_batch: args.mh_batch,
-            mh_trials: args.mh_trials,
-            explore_steps: args.explore_steps,
-            explore_cap_kt: args.explore_cap_kt,
-        }),
     };
     let bar = Bar::new();
-    let summary = run::run(&cfg, &bar, &mut |line: &str| bar.suspend(|| eprintln!("{line}")))?;
-    println!("{summary}");
+    let mut log = |line: &str| bar.suspend(|| eprintln!("{line}"));
+    let text = match command {
+        Command::Run(a) => {
+            let cfg = RunConfig {
+                md: md(&a.common, a.composition),
+                lag: a.common.lag,
+                out_dir: a.common.out_dir.clone(),
+                flow: (a.common.train_steps > 0).then(|| stage(&a.common)),
+            };
+            run::run(&cfg, &bar, &mut log)?
+        }
+        Command::Transfer(a) => {
+            let cfg = TransferConfig {
+                md: md(&a.common, String::new()),
+                train: a.train,
+                test: a.test,
+                lag: a.common.lag,
+                flow: stage(&a.common),
+                out_dir: a.common.out_dir.clone(),
+            };
+            run::transfer(&cfg, &bar, &mut log)?
+        }
+    };
+    println!("{text}");
     Ok(())
 }

@@ -68,3 +68,33 @@ fn bad_input_is_an_error_not_a_panic() {
         .to_string()
         .contains("lag"));
 }
+
+#[test]
+fn speedup_counts_a_missed_state_as_zero_and_plots_check_their_input() {
+    use timewarp::reference::Populations;
+    use timewarp::run::{cv_box, speedup, ChainResult};
+    let chain = |fractions: Vec<f64>, ess_per_second: f64| ChainResult {
+        method: String::new(),
+        length: 1,
+        seconds: 1.0,
+        populations: Populations { sigma: vec![0.0; fractions.len()], fractions, block: 1 },
+        ess_slowest: (1.0, 0),
+        ess_per_second,
+        js_vs_md: 0.0,
+        acceptance: 1.0,
+        seconds_to_all_isomers: None,
+        histogram: vec![],
+        cv_box: ([0.0; 2], [1.0; 2]),
+    };
+    let md = chain(vec![0.9, 0.095, 0.005], 10.0);
+    assert_eq!(speedup(&chain(vec![0.8, 0.2, 0.0], 50.0), &md), 5.0, "a state under 1 % may be missed");
+    assert_eq!(speedup(&chain(vec![1.0, 0.0, 0.0], 50.0), &md), 0.0);
+    let (lo, hi) = cv_box(&[[0.0, 1.0], [1.0, 3.0]]);
+    assert!((lo[0] + 0.05).abs() < 1e-12 && (hi[1] - 3.1).abs() < 1e-12);
+    let dir = std::env::temp_dir().join(format!("timewarp-plot-{}", std::process::id()));
+    let path = dir.join("f.png");
+    assert!(timewarp::plot::free_energy_png(&path, &[vec![0.0; 3]], 2).is_err());
+    timewarp::plot::free_energy_png(&path, &[vec![0.5, 0.25, 0.25, 0.0], vec![0.25; 4]], 2).unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() > 0);
+    std::fs::remove_dir_all(dir).unwrap();
+}
