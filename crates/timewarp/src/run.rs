@@ -53,6 +53,27 @@ pub struct FlowStage {
     pub explore_cap_kt: f64,
 }
 
+impl FlowStage {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), TimewarpError> {
+        self.train.flow.validate()?;
+        if self.train.steps == 0 || self.train.batch_size == 0 || self.mh_batch == 0 || self.mh_trials == 0 {
+            return Err(TimewarpError::Input(format!(
+                "flow stage needs train steps, batch size, MH batch and MH trials >= 1, got {}, {}, {}, {}",
+                self.train.steps, self.train.batch_size, self.mh_batch, self.mh_trials
+            )));
+        }
+        let lr_ok = self.train.lr.is_finite() && self.train.lr > 0.0;
+        if !lr_ok || self.explore_cap_kt.is_nan() || self.explore_cap_kt < 0.0 {
+            return Err(TimewarpError::Input(format!(
+                "learning rate must be > 0 and the exploration cap >= 0, got {} and {}",
+                self.train.lr, self.explore_cap_kt
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The flow stage's measurements.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FlowResult {
@@ -354,8 +375,12 @@ pub fn run(
     log: &mut dyn FnMut(&str),
 ) -> Result<String, TimewarpError> {
     cfg.md.validate()?;
+    LjCluster::parse(&cfg.md.composition)?;
     if cfg.lag == 0 || cfg.lag >= cfg.md.frames {
         return Err(TimewarpError::Input(format!("lag must be in 1..frames, got {}", cfg.lag)));
+    }
+    if let Some(stage) = &cfg.flow {
+        stage.validate()?;
     }
     log("double-well check of the MH sampler (B = 1, 8) ...");
     let mut sanity_results: Vec<SanityResult> = [1, 8].iter().map(|&b| sanity(b, cfg.md.seed)).collect();
@@ -629,6 +654,7 @@ pub fn transfer(
     log: &mut dyn FnMut(&str),
 ) -> Result<String, TimewarpError> {
     cfg.md.validate()?;
+    cfg.flow.validate()?;
     if cfg.train.is_empty() || cfg.test.is_empty() {
         return Err(TimewarpError::Input(
             "transfer needs at least one training and one held-out composition".into(),

@@ -63,6 +63,32 @@ fn bad_input_is_an_error_not_a_panic() {
     assert!(run_md(&c).is_err());
     let rc =
         RunConfig { md: cfg(), lag: 0, out_dir: std::env::temp_dir().join("timewarp-never"), flow: None };
+    // A bad composition or flow stage is refused before any work starts.
+    let mut md = cfg();
+    md.composition = "A3C".into();
+    let rc2 = RunConfig { md, lag: 5, out_dir: std::env::temp_dir().join("timewarp-never"), flow: None };
+    assert!(run(&rc2, &foundation::progress::NoProgress, &mut |_| panic!("work started")).is_err());
+    let stage = timewarp::run::FlowStage {
+        train: timewarp::train::FlowTrainConfig {
+            flow: timewarp::flow::FlowConfig::default(),
+            steps: 10,
+            batch_size: 8,
+            lr: 1e-3,
+            seed: 0,
+        },
+        mh_batch: 0,
+        mh_trials: 10,
+        explore_steps: 10,
+        explore_cap_kt: 20.0,
+    };
+    let rc3 = RunConfig {
+        md: cfg(),
+        lag: 5,
+        out_dir: std::env::temp_dir().join("timewarp-never"),
+        flow: Some(stage),
+    };
+    let e = run(&rc3, &foundation::progress::NoProgress, &mut |_| panic!("work started")).unwrap_err();
+    assert!(e.to_string().contains("MH batch"), "{e}");
     assert!(run(&rc, &foundation::progress::NoProgress, &mut |_| {})
         .unwrap_err()
         .to_string()
