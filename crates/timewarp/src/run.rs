@@ -89,6 +89,87 @@ pub struct FlowResult {
     pub explore_seconds_to_all: Option<f64>,
     /// Isomers exploration found.
     pub explore_found: usize,
+    /// How the flow treats the rare isomer changes of the training pairs.
+    pub hops: HopDiagnostics,
+}
+
+/// How often the training pairs change isomer, how likely the flow finds those pairs, and how
+/// often its own proposals change isomer.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HopDiagnostics {
+    /// Fraction of training pairs whose two frames quench to different isomers.
+    pub md_hop_fraction: f64,
+    /// Mean −log q per pair over the pairs that change isomer (NaN if none).
+    pub nll_hop: f64,
+    /// Mean −log q per pair over the pairs that stay.
+    pub nll_stay: f64,
+    /// Fraction of flow proposals (one from each of up to 2000 pair starts) that quench to
+    /// another isomer than their start.
+    pub flow_hop_fraction: f64,
+}
+
+/// The hop diagnostics of `prop` on the (aligned) training pairs `set` at lag `lag` frames,
+/// given the quenched energy of every MD frame (`quenched`, per run, in the order
+/// [`crate::reference::pairs`] walks them).
+fn hop_diagnostics(
+    cluster: &LjCluster,
+    table: &IsomerTable,
+    quenched: &[Vec<f64>],
+    set: &PairSet,
+    prop: &FlowProposal,
+    lag: usize,
+    seed: u64,
+) -> HopDiagnostics {
+    let labels: Vec<(Option<usize>, Option<usize>)> = quenched
+        .iter()
+        .flat_map(|q| {
+            (0..q.len().saturating_sub(lag)).map(move |t| (table.classify(q[t]), table.classify(q[t + lag])))
+        })
+        .collect();
+    let dim = 2 * cluster.n_atoms();
+    let n = set.len().min(labels.len());
+    let mut r = rng::stream(seed, rng::CHAIN, 7777);
+    let (mut hop, mut stay) = (Vec::new(), Vec::new());
+    let chunk = 256;
+    for start in (0..n).step_by(chunk) {
+        let end = (start + chunk).min(n);
+        let vs: Vec<Vec<f64>> = (start..end)
+            .map(|_| {
+                (0..dim).map(|_| rand::Rng::sample::<f64, _>(&mut r, rand_distr::StandardNormal)).collect()
+            })
+            .collect();
+        let cases: Vec<(&[f64], &[f64], &[f64])> = (start..end)
+            .zip(&vs)
+            .map(|(i, v)| (&set.x0[i * dim..(i + 1) * dim], &set.x1[i * dim..(i + 1) * dim], v.as_slice()))
+            .collect();
+        for (i, lq) in (start..end).zip(prop.log_density(&cases)) {
+            if labels[i].0 != labels[i].1 {
+                hop.push(-lq);
+            } else {
+                stay.push(-lq);
+            }
+        }
+    }
+    let step = (n / 2000).max(1);
+    let (mut moved, mut tried) = (0usize, 0usize);
+    for i in (0..n).step_by(step) {
+        let x = &set.x0[i * dim..(i + 1) * dim];
+        let m = prop.propose(x, 1, &mut r).pop();
+        if let Some(m) = m {
+            let e = crate::isomers::quench(cluster, &m.x, 1e-5, 20_000).1;
+            tried += 1;
+            if table.classify(e) != labels[i].0 {
+                moved += 1;
+            }
+        }
+    }
+    let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+    HopDiagnostics {
+        md_hop_fraction: hop.len() as f64 / n.max(1) as f64,
+        nll_hop: mean(&hop),
+        nll_stay: mean(&stay),
+        flow_hop_fraction: moved as f64 / tried.max(1) as f64,
+    }
 }
 
 /// The double-well check: MH with the closed-form drift proposal against quadrature.
@@ -309,12 +390,13 @@ fn mh_chain(
     }
 }
 
+/// An MD reference: its frames, isomer table, measurements as a chain, and the quenched energy
+/// of every frame (per run).
+type MdReference = (MdFrames, IsomerTable, ChainResult, Vec<Vec<f64>>);
+
 /// The MD reference of `md`: its frames, the isomers found by quenching them, and its
 /// measurements as a chain.
-fn md_reference(
-    md: &MdConfig,
-    log: &mut dyn FnMut(&str),
-) -> Result<(MdFrames, IsomerTable, ChainResult), TimewarpError> {
+fn md_reference(md: &MdConfig, log: &mut dyn FnMut(&str)) -> Result<MdReference, TimewarpError> {
     let frames = run_md(md)?;
     let cluster = frames.cluster.clone();
     let t = Instant::now();
@@ -348,7 +430,8 @@ fn md_reference(
         histogram: md_hist,
         cv_box: (lo, hi),
     };
-    Ok((frames, table, result))
+    let quenched = infos.into_iter().map(|i| i.quenched).collect();
+    Ok((frames, table, result, quenched))
 }
 
 /// Speed-up of `chain` over `md` in ESS/s of the slowest CV, set to 0 when the chain missed a
@@ -393,7 +476,7 @@ pub fn run(
         "MD reference of {} ({} runs x {} frames) ...",
         cfg.md.composition, cfg.md.runs, cfg.md.frames
     ));
-    let (frames, table, md) = md_reference(&cfg.md, log)?;
+    let (frames, table, md, quenched) = md_reference(&cfg.md, log)?;
     let cluster = frames.cluster.clone();
 
     log("writing training pairs ...");
@@ -438,6 +521,8 @@ pub fn run(
             n_types: stage.train.flow.n_types,
             device: Device::flex(),
         };
+        log("hop diagnostics ...");
+        let hops = hop_diagnostics(&cluster, &table, &quenched, &set[0], &prop, cfg.lag, cfg.md.seed);
         log(&format!("MH-Timewarp chain ({} trials, B = {}) ...", stage.mh_trials, stage.mh_batch));
         chains.push(mh_chain(
             &ctx,
@@ -475,6 +560,7 @@ pub fn run(
             explore_accepted: accepted as f64 / steps.max(1) as f64,
             explore_seconds_to_all: (found == table.energies.len()).then_some(wall),
             explore_found: found,
+            hops,
         });
     }
 
@@ -596,6 +682,11 @@ pub fn markdown(r: &RunReport) -> String {
             r.isomers.energies.len(),
             f.explore_seconds_to_all.map_or("not all within the step budget".into(), |t| format!("all in {t:.3} s"))
         );
+        let _ = writeln!(
+            s,
+            "- isomer changes: {:.3} of the training pairs change isomer, {:.3} of the flow's proposals from the same starts do; mean -log q per pair {:.2} on the pairs that change, {:.2} on those that stay",
+            f.hops.md_hop_fraction, f.hops.flow_hop_fraction, f.hops.nll_hop, f.hops.nll_stay
+        );
     }
     s
 }
@@ -687,7 +778,7 @@ pub fn transfer(
         .iter()
         .zip(&all)
         .filter(|(_, (_, tr))| *tr)
-        .map(|((frames, _, _), _)| {
+        .map(|((frames, _, _, _), _)| {
             let (x0, x1) = pairs(frames, cfg.lag);
             PairSet { types: frames.cluster.types.clone(), x0, x1 }.aligned()
         })
@@ -695,7 +786,7 @@ pub fn transfer(
     log(&format!("training one flow on {} compositions ({} steps) ...", sets.len(), cfg.flow.train.steps));
     let (flow, train_report) = train_flow(&sets, &cfg.flow.train, progress)?;
     let mut rows = Vec::new();
-    for (k, ((frames, table, md), (c, trained_on))) in refs.into_iter().zip(&all).enumerate() {
+    for (k, ((frames, table, md, _), (c, trained_on))) in refs.into_iter().zip(&all).enumerate() {
         let cluster = frames.cluster.clone();
         let prop = FlowProposal {
             flow: flow.clone(),
