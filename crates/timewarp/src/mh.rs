@@ -41,8 +41,25 @@ pub trait Proposal: Sync {
 pub struct MhConfig {
     /// Temperature k_B T of the target.
     pub kt: f64,
-    /// Proposals per batch (B ≥ 1).
+    /// Proposals per batch (B ≥ 1); with `adapt`, the largest B allowed.
     pub batch: usize,
+    /// Adapt B so that P(at least one acceptance in a batch) ≈ 0.9 under a smoothed acceptance
+    /// rate a: B = ⌈ln 0.1 / ln(1 − a)⌉, capped at `batch` (the authors'
+    /// `compute_num_proposal_steps`). Still exact: B only sets how many of the identical,
+    /// independent trials from the current state are computed at once.
+    pub adapt: bool,
+}
+
+/// The batch size for a smoothed acceptance rate `a`, capped at `max`.
+pub fn adaptive_batch(a: f64, max: usize) -> usize {
+    if a.is_nan() || a <= 0.0 {
+        return max.max(1);
+    }
+    if a >= 0.9 {
+        return 1;
+    }
+    let b = (0.1f64.ln() / (1.0 - a).ln()).ceil();
+    (b as usize).clamp(1, max.max(1))
 }
 
 /// Counts of a run.
@@ -86,11 +103,15 @@ pub fn run_chain(
     mut record: impl FnMut(&[f64]),
 ) -> (MhStats, Vec<f64>) {
     let dim = x0.len();
-    let batch = cfg.batch.max(1);
+    let max_batch = cfg.batch.max(1);
     let mut x = x0.to_vec();
     let mut u_x = pot.energy(&x);
     let mut stats = MhStats::default();
+    // Smoothed acceptance rate for the adaptive batch size, starting optimistic.
+    let mut smoothed = 0.5;
     while stats.trials < trials {
+        let batch = if cfg.adapt { adaptive_batch(smoothed, max_batch) } else { max_batch };
+        let (trials_before, accepted_before) = (stats.trials, stats.accepted);
         let moves = prop.propose(&x, batch, rng);
         stats.proposals += moves.len();
         // The Gibbs refresh: each trial starts from its own fresh velocity.
@@ -120,6 +141,10 @@ pub fn run_chain(
                 break;
             }
             record(&x);
+        }
+        let (t, a) = (stats.trials - trials_before, stats.accepted - accepted_before);
+        if t > 0 {
+            smoothed = 0.9 * smoothed + 0.1 * (a as f64 / t as f64);
         }
     }
     (stats, x)

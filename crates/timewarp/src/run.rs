@@ -43,8 +43,10 @@ pub struct RunConfig {
 pub struct FlowStage {
     /// Training.
     pub train: FlowTrainConfig,
-    /// Proposals per MH batch (B).
+    /// Proposals per MH batch (B); with `adapt_batch`, the largest B.
     pub mh_batch: usize,
+    /// Adapt B to the smoothed acceptance rate ([`crate::mh::adaptive_batch`]).
+    pub adapt_batch: bool,
     /// MH trials.
     pub mh_trials: usize,
     /// Exploration steps (per chain; exploration stops once every isomer was seen).
@@ -293,7 +295,7 @@ fn double_well_check(
     seed: u64,
 ) -> SanityResult {
     let pot = DoubleWell::default();
-    let cfg = MhConfig { kt: 1.0, batch };
+    let cfg = MhConfig { kt: 1.0, batch, adapt: false };
     let mut r = rng::stream(seed, rng::CHAIN, 1000 + batch as u64);
     let mut xs = Vec::with_capacity(trials);
     let (stats, _) = run_chain(&pot, prop, &cfg, &[1.0, 0.0], trials, &mut r, |x| xs.push(x[0]));
@@ -346,6 +348,7 @@ struct ChainContext<'a> {
 /// Runs an MH chain of `trials` trials with `prop` and measures it; every trial's state is
 /// analysed (repeats of a rejected trial reuse the quench of the state they repeat). The wall
 /// time counts the whole chain (proposals both ways and energies), not the analysis.
+#[allow(clippy::too_many_arguments)]
 fn mh_chain(
     ctx: &ChainContext,
     prop: &dyn Proposal,
@@ -353,6 +356,7 @@ fn mh_chain(
     x0: &[f64],
     trials: usize,
     batch: usize,
+    adapt: bool,
     chain: u64,
 ) -> ChainResult {
     let mut r = rng::stream(ctx.seed, rng::CHAIN, chain);
@@ -361,13 +365,14 @@ fn mh_chain(
     let mut which: Vec<usize> = Vec::with_capacity(trials);
     let dim = x0.len();
     let t = Instant::now();
-    let (stats, _) = run_chain(ctx.cluster, prop, &MhConfig { kt: ctx.kt, batch }, x0, trials, &mut r, |x| {
-        let n = states.len() / dim;
-        if n == 0 || states[(n - 1) * dim..] != *x {
-            states.extend_from_slice(x);
-        }
-        which.push(states.len() / dim - 1);
-    });
+    let (stats, _) =
+        run_chain(ctx.cluster, prop, &MhConfig { kt: ctx.kt, batch, adapt }, x0, trials, &mut r, |x| {
+            let n = states.len() / dim;
+            if n == 0 || states[(n - 1) * dim..] != *x {
+                states.extend_from_slice(x);
+            }
+            which.push(states.len() / dim - 1);
+        });
     let seconds = t.elapsed().as_secs_f64();
     let info = describe(ctx.cluster, &states);
     let quenched: Vec<f64> = which.iter().map(|&i| info.quenched[i]).collect();
@@ -498,6 +503,7 @@ pub fn run(
         &x0,
         cfg.md.frames * 10,
         1,
+        false,
         0,
     ));
 
@@ -527,10 +533,16 @@ pub fn run(
         chains.push(mh_chain(
             &ctx,
             &prop,
-            format!("MH-Timewarp (tau {} steps, B = {})", cfg.lag * cfg.md.stride, stage.mh_batch),
+            format!(
+                "MH-Timewarp (tau {} steps, B {} {})",
+                cfg.lag * cfg.md.stride,
+                if stage.adapt_batch { "<=" } else { "=" },
+                stage.mh_batch
+            ),
             &x0,
             stage.mh_trials,
             stage.mh_batch,
+            stage.adapt_batch,
             1,
         ));
         log("exploration ...");
@@ -810,6 +822,7 @@ pub fn transfer(
             &x0,
             cfg.flow.mh_trials,
             cfg.flow.mh_batch,
+            cfg.flow.adapt_batch,
             100 + k as u64,
         );
         let s = speedup(&mh, &md);

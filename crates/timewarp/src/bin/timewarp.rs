@@ -75,6 +75,10 @@ struct Common {
     /// Proposals per MH batch (B).
     #[arg(long, default_value_t = 32)]
     mh_batch: usize,
+    /// Adapt B to the smoothed acceptance rate (P(an acceptance in a batch) ≈ 0.9), at most
+    /// --mh-batch.
+    #[arg(long)]
+    adapt_batch: bool,
     /// MH-Timewarp trials.
     #[arg(long, default_value_t = 10_000)]
     mh_trials: usize,
@@ -135,6 +139,7 @@ fn stage(c: &Common) -> FlowStage {
             seed: c.seed,
         },
         mh_batch: c.mh_batch,
+        adapt_batch: c.adapt_batch,
         mh_trials: c.mh_trials,
         explore_steps: c.explore_steps,
         explore_cap_kt: c.explore_cap_kt,

@@ -8,9 +8,13 @@ use timewarp::rng;
 use crate::support::check_histogram;
 
 fn chain_xs(batch: usize, seed: u64, trials: usize, lie: bool) -> (Vec<f64>, f64) {
+    chain_xs_adapt(batch, false, seed, trials, lie)
+}
+
+fn chain_xs_adapt(batch: usize, adapt: bool, seed: u64, trials: usize, lie: bool) -> (Vec<f64>, f64) {
     let pot = DoubleWell::default();
     let prop = GaussianDrift { pot: &pot, h: 0.1, s: 0.6, c: 0.5 };
-    let cfg = MhConfig { kt: 1.0, batch };
+    let cfg = MhConfig { kt: 1.0, batch, adapt };
     let mut r = rng::stream(seed, rng::CHAIN, 0);
     let mut xs = Vec::with_capacity(trials);
     let (stats, _) = if lie {
@@ -78,4 +82,15 @@ fn forward_log_density_matches_evaluation() {
         let again = prop.log_density(&[(&x, &m.x, &m.v)])[0];
         assert!((again - m.log_q_forward).abs() < 1e-12);
     }
+}
+
+#[test]
+fn adaptive_batch_size_keeps_the_stationary_distribution() {
+    use timewarp::mh::adaptive_batch;
+    assert_eq!(adaptive_batch(0.5, 64), 4);
+    assert_eq!(adaptive_batch(0.01, 64), 64);
+    assert_eq!(adaptive_batch(0.0, 16), 16);
+    assert_eq!(adaptive_batch(0.95, 16), 1);
+    let (xs, _) = chain_xs_adapt(16, true, 15, 200_000, false);
+    check_histogram(&xs, -2.4, 2.4, &reference(), 4.5);
 }

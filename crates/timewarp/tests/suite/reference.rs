@@ -77,6 +77,7 @@ fn bad_input_is_an_error_not_a_panic() {
             seed: 0,
         },
         mh_batch: 0,
+        adapt_batch: false,
         mh_trials: 10,
         explore_steps: 10,
         explore_cap_kt: 20.0,
