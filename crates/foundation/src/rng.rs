@@ -109,6 +109,13 @@ pub enum Purpose {
     /// Generated data of the `endd` crate: spiral, ring and grid points, augmented and noised
     /// auxiliary images (index: which set, see `endd::data`).
     EnddData,
+    /// Draws of the timewarp crate: `stream` names the use (Langevin noise, proposals, MH
+    /// uniforms, auxiliary velocities, initial states, block bootstrap; see `timewarp::rng`),
+    /// the index the chain, run or replica.
+    Timewarp {
+        /// Which timewarp draw.
+        stream: u64,
+    },
 }
 
 impl Purpose {
@@ -137,6 +144,7 @@ impl Purpose {
             Purpose::HpoHyperStep => 0x4890_0003,
             Purpose::HpoDataTransform => 0x4890_0004,
             Purpose::EnddData => 0xE2DD,
+            Purpose::Timewarp { stream } => (0x7137 << 40) | stream,
             Purpose::DataSubset | Purpose::DataClassSubset => 0xDA7A,
             Purpose::GpProbes | Purpose::GpSolverBatches | Purpose::GpSubsample => 0x69,
         }

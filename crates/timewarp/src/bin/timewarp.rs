@@ -1,0 +1,189 @@
+//! `timewarp`: MD references, a conditional flow trained on MD pairs, MH-Timewarp and
+//! exploration on 2-D Lennard-Jones clusters. Argument parsing and printing only: the work is in
+//! [`timewarp::run`].
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use foundation::cli::Bar;
+use timewarp::flow::FlowConfig;
+use timewarp::md::Langevin;
+use timewarp::reference::MdConfig;
+use timewarp::run::{self, FlowStage, RunConfig, TransferConfig};
+use timewarp::train::FlowTrainConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "timewarp",
+    version,
+    about = "Timewarp in miniature on 2-D Lennard-Jones clusters: Langevin MD references, isomer \
+             populations, training pairs, a conditional normalising flow, auxiliary-velocity \
+             Metropolis-Hastings with batched proposals, exploration",
+    after_help = "Examples:\n  timewarp                      # = timewarp run: LJ-7 at kT 0.15, everything, into timewarp-out/\n  \
+        timewarp run --composition A4B3 --train-steps 0 --out-dir out/a4b3   # MD, pairs, MH checks only\n  \
+        timewarp transfer --train A7,A6B1,A5B2,A3B4,A2B5 --test A4B3,A1B6 --out-dir out/transfer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The double-well MH check, the MD reference, training pairs, the flow, MH-Timewarp and
+    /// exploration on one composition; writes report.md, report.json, pairs.safetensors and
+    /// free_energy.png into --out-dir.
+    Run(RunArgs),
+    /// One flow trained on several compositions, MH-Timewarp on held-out ones; writes
+    /// transfer.md and transfer.json into --out-dir.
+    Transfer(TransferArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Temperature k_B T (units of the A atom's ε).
+    #[arg(long, default_value_t = 0.15)]
+    kt: f64,
+    /// Time step.
+    #[arg(long, default_value_t = 0.005)]
+    dt: f64,
+    /// Langevin friction.
+    #[arg(long, default_value_t = 1.0)]
+    gamma: f64,
+    /// Steps between saved frames.
+    #[arg(long, default_value_t = 100)]
+    stride: usize,
+    /// Saved frames per MD run.
+    #[arg(long, default_value_t = 20_000)]
+    frames: usize,
+    /// Independent MD runs.
+    #[arg(long, default_value_t = 2)]
+    runs: usize,
+    /// Lag of the training pairs in frames (τ = lag × stride steps).
+    #[arg(long, default_value_t = 50)]
+    lag: usize,
+    /// Flow training steps (`run`: 0 skips the flow stage).
+    #[arg(long, default_value_t = 3000)]
+    train_steps: usize,
+    /// Pairs per training step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    /// Proposals per MH batch (B).
+    #[arg(long, default_value_t = 32)]
+    mh_batch: usize,
+    /// Adapt B to the smoothed acceptance rate (P(an acceptance in a batch) ≈ 0.9), at most
+    /// --mh-batch.
+    #[arg(long)]
+    adapt_batch: bool,
+    /// MH-Timewarp trials.
+    #[arg(long, default_value_t = 10_000)]
+    mh_trials: usize,
+    /// Exploration steps at most.
+    #[arg(long, default_value_t = 2_000)]
+    explore_steps: usize,
+    /// Exploration energy cap in units of kT.
+    #[arg(long, default_value_t = 20.0)]
+    explore_cap_kt: f64,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output folder.
+    #[arg(long, default_value = "timewarp-out")]
+    out_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Composition: `lj7` or counts of the two atom types, e.g. `A4B3`.
+    #[arg(long, default_value = "lj7")]
+    composition: String,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Debug)]
+struct TransferArgs {
+    /// Training compositions (same atom count), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "A7,A6B1,A5B2,A3B4,A2B5")]
+    train: Vec<String>,
+    /// Held-out compositions, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "A4B3,A1B6")]
+    test: Vec<String>,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn md(c: &Common, composition: String) -> MdConfig {
+    MdConfig {
+        composition,
+        langevin: Langevin { dt: c.dt, gamma: c.gamma, kt: c.kt },
+        stride: c.stride,
+        frames: c.frames,
+        runs: c.runs,
+        burn_in: 10 * c.stride,
+        seed: c.seed,
+    }
+}
+
+fn stage(c: &Common) -> FlowStage {
+    FlowStage {
+        train: FlowTrainConfig {
+            flow: FlowConfig::default(),
+            steps: c.train_steps,
+            batch_size: c.batch_size,
+            lr: c.lr,
+            seed: c.seed,
+        },
+        mh_batch: c.mh_batch,
+        adapt_batch: c.adapt_batch,
+        mh_trials: c.mh_trials,
+        explore_steps: c.explore_steps,
+        explore_cap_kt: c.explore_cap_kt,
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    foundation::cli::keep_freed_memory();
+    foundation::cli::exit_code(real_main())
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    let command = match cli.command {
+        Some(c) => c,
+        None => match Cli::parse_from(["timewarp", "run"]).command {
+            Some(c) => c,
+            None => anyhow::bail!("no command"),
+        },
+    };
+    let bar = Bar::new();
+    let mut log = |line: &str| bar.suspend(|| eprintln!("{line}"));
+    let text = match command {
+        Command::Run(a) => {
+            let cfg = RunConfig {
+                md: md(&a.common, a.composition),
+                lag: a.common.lag,
+                out_dir: a.common.out_dir.clone(),
+                flow: (a.common.train_steps > 0).then(|| stage(&a.common)),
+            };
+            run::run(&cfg, &bar, &mut log)?
+        }
+        Command::Transfer(a) => {
+            let cfg = TransferConfig {
+                md: md(&a.common, String::new()),
+                train: a.train,
+                test: a.test,
+                lag: a.common.lag,
+                flow: stage(&a.common),
+                out_dir: a.common.out_dir.clone(),
+            };
+            run::transfer(&cfg, &bar, &mut log)?
+        }
+    };
+    println!("{text}");
+    Ok(())
+}

@@ -1,0 +1,878 @@
+//! The end-to-end run behind the `timewarp` command: the double-well check of the MH machinery
+//! against quadrature, the MD reference of a cluster (isomer populations, CV free energies, ESS/s,
+//! time to visit every isomer), the training pairs, and an MH chain on the cluster with the
+//! closed-form drift proposal (the machinery the flow plugs into), all written to `report.md`,
+//! `report.json`, `pairs.safetensors` and PNG free-energy maps.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use foundation::atomic::write_bytes;
+
+use burn::prelude::Device;
+use foundation::progress::Progress;
+
+use crate::error::TimewarpError;
+use crate::isomers::IsomerTable;
+use crate::lj::LjCluster;
+use crate::mh::{explore, run_chain, GaussianDrift, MhConfig, Proposal};
+use crate::potential::{quadrature_marginal, DoubleWell};
+use crate::reference::{
+    describe, pairs, populations, run_md, slowest_cv_ess, write_pairs, MdConfig, MdFrames, Populations,
+};
+use crate::rng;
+use crate::stats::{histogram2d, jensen_shannon};
+use crate::train::{train_flow, FlowProposal, FlowTrainConfig, FlowTrainReport, PairSet};
+
+/// Settings of a run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunConfig {
+    /// The MD reference.
+    pub md: MdConfig,
+    /// Lag of the training pairs, in frames.
+    pub lag: usize,
+    /// Output folder.
+    pub out_dir: PathBuf,
+    /// The flow stage (None: MD, pairs and the drift-proposal chain only).
+    pub flow: Option<FlowStage>,
+}
+
+/// Settings of the flow stage: training, the MH-Timewarp chain, exploration.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FlowStage {
+    /// Training.
+    pub train: FlowTrainConfig,
+    /// Proposals per MH batch (B); with `adapt_batch`, the largest B.
+    pub mh_batch: usize,
+    /// Adapt B to the smoothed acceptance rate ([`crate::mh::adaptive_batch`]).
+    pub adapt_batch: bool,
+    /// MH trials.
+    pub mh_trials: usize,
+    /// Exploration steps (per chain; exploration stops once every isomer was seen).
+    pub explore_steps: usize,
+    /// Exploration energy cap, in units of kT.
+    pub explore_cap_kt: f64,
+}
+
+impl FlowStage {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), TimewarpError> {
+        self.train.flow.validate()?;
+        if self.train.steps == 0 || self.train.batch_size == 0 || self.mh_batch == 0 || self.mh_trials == 0 {
+            return Err(TimewarpError::Input(format!(
+                "flow stage needs train steps, batch size, MH batch and MH trials >= 1, got {}, {}, {}, {}",
+                self.train.steps, self.train.batch_size, self.mh_batch, self.mh_trials
+            )));
+        }
+        let lr_ok = self.train.lr.is_finite() && self.train.lr > 0.0;
+        if !lr_ok || self.explore_cap_kt.is_nan() || self.explore_cap_kt < 0.0 {
+            return Err(TimewarpError::Input(format!(
+                "learning rate must be > 0 and the exploration cap >= 0, got {} and {}",
+                self.train.lr, self.explore_cap_kt
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The flow stage's measurements.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FlowResult {
+    /// Training.
+    pub train: FlowTrainReport,
+    /// Learned prior log-scales (positions, velocities).
+    pub prior_log_scales: [f32; 2],
+    /// Exploration: steps taken, fraction accepted, seconds until every isomer was seen.
+    pub explore_steps: usize,
+    /// Fraction of exploration moves accepted (below the cap).
+    pub explore_accepted: f64,
+    /// Wall seconds until exploration had seen every isomer (None: not within the steps).
+    pub explore_seconds_to_all: Option<f64>,
+    /// Isomers exploration found.
+    pub explore_found: usize,
+    /// How the flow treats the rare isomer changes of the training pairs.
+    pub hops: HopDiagnostics,
+}
+
+/// How often the training pairs change isomer, how likely the flow finds those pairs, and how
+/// often its own proposals change isomer.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HopDiagnostics {
+    /// Fraction of training pairs whose two frames quench to different isomers.
+    pub md_hop_fraction: f64,
+    /// Mean −log q per pair over the pairs that change isomer (NaN if none).
+    pub nll_hop: f64,
+    /// Mean −log q per pair over the pairs that stay.
+    pub nll_stay: f64,
+    /// Fraction of flow proposals (one from each of up to 2000 pair starts) that quench to
+    /// another isomer than their start.
+    pub flow_hop_fraction: f64,
+}
+
+/// The hop diagnostics of `prop` on the (aligned) training pairs `set` at lag `lag` frames,
+/// given the quenched energy of every MD frame (`quenched`, per run, in the order
+/// [`crate::reference::pairs`] walks them).
+fn hop_diagnostics(
+    cluster: &LjCluster,
+    table: &IsomerTable,
+    quenched: &[Vec<f64>],
+    set: &PairSet,
+    prop: &FlowProposal,
+    lag: usize,
+    seed: u64,
+) -> HopDiagnostics {
+    let labels: Vec<(Option<usize>, Option<usize>)> = quenched
+        .iter()
+        .flat_map(|q| {
+            (0..q.len().saturating_sub(lag)).map(move |t| (table.classify(q[t]), table.classify(q[t + lag])))
+        })
+        .collect();
+    let dim = 2 * cluster.n_atoms();
+    let n = set.len().min(labels.len());
+    let mut r = rng::stream(seed, rng::CHAIN, 7777);
+    let (mut hop, mut stay) = (Vec::new(), Vec::new());
+    let chunk = 256;
+    for start in (0..n).step_by(chunk) {
+        let end = (start + chunk).min(n);
+        let vs: Vec<Vec<f64>> = (start..end)
+            .map(|_| {
+                (0..dim).map(|_| rand::Rng::sample::<f64, _>(&mut r, rand_distr::StandardNormal)).collect()
+            })
+            .collect();
+        let cases: Vec<(&[f64], &[f64], &[f64])> = (start..end)
+            .zip(&vs)
+            .map(|(i, v)| (&set.x0[i * dim..(i + 1) * dim], &set.x1[i * dim..(i + 1) * dim], v.as_slice()))
+            .collect();
+        for (i, lq) in (start..end).zip(prop.log_density(&cases)) {
+            if labels[i].0 != labels[i].1 {
+                hop.push(-lq);
+            } else {
+                stay.push(-lq);
+            }
+        }
+    }
+    let step = (n / 2000).max(1);
+    let (mut moved, mut tried) = (0usize, 0usize);
+    for i in (0..n).step_by(step) {
+        let x = &set.x0[i * dim..(i + 1) * dim];
+        let m = prop.propose(x, 1, &mut r).pop();
+        if let Some(m) = m {
+            let e = crate::isomers::quench(cluster, &m.x, 1e-5, 20_000).1;
+            tried += 1;
+            if table.classify(e) != labels[i].0 {
+                moved += 1;
+            }
+        }
+    }
+    let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+    HopDiagnostics {
+        md_hop_fraction: hop.len() as f64 / n.max(1) as f64,
+        nll_hop: mean(&hop),
+        nll_stay: mean(&stay),
+        flow_hop_fraction: moved as f64 / tried.max(1) as f64,
+    }
+}
+
+/// The double-well check: MH with the closed-form drift proposal against quadrature.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SanityResult {
+    /// The proposal.
+    pub proposal: String,
+    /// Batch size B.
+    pub batch: usize,
+    /// Trials.
+    pub trials: usize,
+    /// Acceptance rate.
+    pub acceptance: f64,
+    /// Jensen–Shannon divergence of the x histogram (24 bins) from quadrature.
+    pub js_vs_quadrature: f64,
+    /// Fraction of trials with x > 0, and its quadrature value.
+    pub right_well: (f64, f64),
+    /// Standard error of the fraction, √(p(1−p)/ESS) with the ESS of the indicator series.
+    pub right_well_se: f64,
+}
+
+/// A sampler's measurements on the cluster.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ChainResult {
+    /// What produced the chain.
+    pub method: String,
+    /// Frames (MD) or trials (MH).
+    pub length: usize,
+    /// Wall seconds, all of it counted (MD steps; proposals both ways and energies for MH).
+    pub seconds: f64,
+    /// Isomer populations.
+    pub populations: Populations,
+    /// ESS of the slowest CV and which (0: μ₂, 1: μ₃).
+    pub ess_slowest: (f64, usize),
+    /// ESS per wall second.
+    pub ess_per_second: f64,
+    /// Jensen–Shannon divergence of the (μ₂, μ₃) histogram from the MD reference's.
+    pub js_vs_md: f64,
+    /// MH acceptance rate (1 for MD).
+    pub acceptance: f64,
+    /// Wall seconds until every isomer had been visited (None: some never were).
+    pub seconds_to_all_isomers: Option<f64>,
+    /// The normalised (μ₂, μ₃) histogram (20 × 20 bins over [`ChainResult::cv_box`]).
+    pub histogram: Vec<f64>,
+    /// The histogram's box (lower corner, upper corner), the MD reference's.
+    pub cv_box: ([f64; 2], [f64; 2]),
+}
+
+/// Everything a run measured.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunReport {
+    /// The settings.
+    pub config: RunConfig,
+    /// The double-well checks (B = 1 and B = 8).
+    pub sanity: Vec<SanityResult>,
+    /// Isomers found by quenching the MD frames.
+    pub isomers: IsomerTable,
+    /// The MD reference and the MH chains.
+    pub chains: Vec<ChainResult>,
+    /// Training pairs written.
+    pub pairs: usize,
+    /// The flow stage, if run.
+    pub flow: Option<FlowResult>,
+}
+
+const CV_BINS: usize = 20;
+
+/// The box of the CV histograms: the range of the MD reference's (μ₂, μ₃), widened by 5 % on
+/// each side (points of other chains outside it count in the border bins).
+pub fn cv_box(cvs: &[[f64; 2]]) -> ([f64; 2], [f64; 2]) {
+    let mut lo = [f64::INFINITY; 2];
+    let mut hi = [f64::NEG_INFINITY; 2];
+    for c in cvs {
+        for k in 0..2 {
+            lo[k] = lo[k].min(c[k]);
+            hi[k] = hi[k].max(c[k]);
+        }
+    }
+    for k in 0..2 {
+        let w = (hi[k] - lo[k]).max(1e-6);
+        lo[k] -= 0.05 * w;
+        hi[k] += 0.05 * w;
+    }
+    (lo, hi)
+}
+
+fn sanity(batch: usize, seed: u64) -> SanityResult {
+    let pot = DoubleWell::default();
+    let prop = GaussianDrift { pot: &pot, h: 0.1, s: 0.6, c: 0.5 };
+    double_well_check("exact drift proposal", &prop, batch, 200_000, seed)
+}
+
+/// MH-Timewarp on the double well: a one-atom flow trained on BAOAB pairs (τ = 50 steps of
+/// dt 0.02, kT = 1) proposes the moves. With one atom the centred conditioning is zero, so the
+/// flow learns a displacement distribution; the check is that its exact density keeps the chain
+/// on the quadrature reference.
+fn flow_sanity(seed: u64, progress: &dyn Progress) -> Result<SanityResult, TimewarpError> {
+    let pot = DoubleWell::default();
+    let lang = crate::md::Langevin { dt: 0.02, gamma: 1.0, kt: 1.0 };
+    let mut r = rng::stream(seed, rng::LANGEVIN, 999);
+    let mut state = crate::md::MdState::new(&pot, vec![-1.0, 0.0], 1.0, &mut r);
+    let traj = crate::md::trajectory(&pot, &lang, &mut state, 20_001, 50, &mut r);
+    let set = PairSet { types: vec![0], x0: traj[..traj.len() - 2].to_vec(), x1: traj[2..].to_vec() };
+    let train = FlowTrainConfig {
+        flow: crate::flow::FlowConfig::default(),
+        steps: 300,
+        batch_size: 64,
+        lr: 3e-3,
+        seed,
+    };
+    let (flow, _) = train_flow(&[set], &train, progress)?;
+    let prop = FlowProposal { flow, types: vec![0], n_types: 2, device: Device::flex() };
+    Ok(double_well_check("MH-Timewarp (one-atom flow)", &prop, 8, 20_000, seed))
+}
+
+fn double_well_check(
+    proposal: &str,
+    prop: &dyn Proposal,
+    batch: usize,
+    trials: usize,
+    seed: u64,
+) -> SanityResult {
+    let pot = DoubleWell::default();
+    let cfg = MhConfig { kt: 1.0, batch, adapt: false };
+    let mut r = rng::stream(seed, rng::CHAIN, 1000 + batch as u64);
+    let mut xs = Vec::with_capacity(trials);
+    let (stats, _) = run_chain(&pot, prop, &cfg, &[1.0, 0.0], trials, &mut r, |x| xs.push(x[0]));
+    let bins = 24;
+    let reference = quadrature_marginal(&pot, 1.0, [(-2.4, 2.4), (-4.0, 4.0)], bins * 40, 0, bins);
+    let mut h = vec![0.0; bins];
+    for &x in &xs {
+        let b = ((x + 2.4) / 4.8 * bins as f64).floor().clamp(0.0, (bins - 1) as f64) as usize;
+        h[b] += 1.0 / xs.len() as f64;
+    }
+    let ind: Vec<f64> = xs.iter().map(|&x| f64::from(u8::from(x > 0.0))).collect();
+    let right = ind.iter().sum::<f64>() / ind.len() as f64;
+    let right_well_se = (right * (1.0 - right) / crate::stats::ess(&ind).max(1.0)).sqrt();
+    let right_ref: f64 = reference[bins / 2..].iter().sum();
+    SanityResult {
+        proposal: proposal.into(),
+        batch,
+        trials,
+        acceptance: stats.acceptance(),
+        js_vs_quadrature: jensen_shannon(&h, &reference),
+        right_well: (right, right_ref),
+        right_well_se,
+    }
+}
+
+/// Seconds from the start of a chain until every isomer of `table` has been seen, given the
+/// quenched energy of each frame and the wall seconds per frame.
+fn time_to_all(table: &IsomerTable, quenched: &[f64], seconds_per_frame: f64) -> Option<f64> {
+    let mut seen = vec![false; table.energies.len()];
+    for (i, &e) in quenched.iter().enumerate() {
+        if let Some(k) = table.classify(e) {
+            seen[k] = true;
+        }
+        if seen.iter().all(|&s| s) {
+            return Some((i + 1) as f64 * seconds_per_frame);
+        }
+    }
+    None
+}
+
+/// What every MH chain on the cluster is measured against.
+struct ChainContext<'a> {
+    cluster: &'a LjCluster,
+    table: &'a IsomerTable,
+    md: &'a ChainResult,
+    kt: f64,
+    seed: u64,
+}
+
+/// Runs an MH chain of `trials` trials with `prop` and measures it; every trial's state is
+/// analysed (repeats of a rejected trial reuse the quench of the state they repeat). The wall
+/// time counts the whole chain (proposals both ways and energies), not the analysis.
+#[allow(clippy::too_many_arguments)]
+fn mh_chain(
+    ctx: &ChainContext,
+    prop: &dyn Proposal,
+    method: String,
+    x0: &[f64],
+    trials: usize,
+    batch: usize,
+    adapt: bool,
+    chain: u64,
+) -> ChainResult {
+    let mut r = rng::stream(ctx.seed, rng::CHAIN, chain);
+    // Distinct states visited and, per trial, the index of its state.
+    let mut states: Vec<f64> = Vec::new();
+    let mut which: Vec<usize> = Vec::with_capacity(trials);
+    let dim = x0.len();
+    let t = Instant::now();
+    let (stats, _) =
+        run_chain(ctx.cluster, prop, &MhConfig { kt: ctx.kt, batch, adapt }, x0, trials, &mut r, |x| {
+            let n = states.len() / dim;
+            if n == 0 || states[(n - 1) * dim..] != *x {
+                states.extend_from_slice(x);
+            }
+            which.push(states.len() / dim - 1);
+        });
+    let seconds = t.elapsed().as_secs_f64();
+    let info = describe(ctx.cluster, &states);
+    let quenched: Vec<f64> = which.iter().map(|&i| info.quenched[i]).collect();
+    let cvs: Vec<[f64; 2]> = which.iter().map(|&i| info.cvs[i]).collect();
+    let ess_slowest = slowest_cv_ess(&cvs);
+    let (lo, hi) = ctx.md.cv_box;
+    let histogram = histogram2d(&cvs, lo, hi, CV_BINS);
+    ChainResult {
+        method,
+        length: trials,
+        seconds,
+        populations: populations(ctx.table, &quenched, ctx.seed),
+        ess_slowest,
+        ess_per_second: ess_slowest.0 / seconds,
+        js_vs_md: jensen_shannon(&histogram, &ctx.md.histogram),
+        acceptance: stats.acceptance(),
+        seconds_to_all_isomers: time_to_all(ctx.table, &quenched, seconds / trials as f64),
+        histogram,
+        cv_box: (lo, hi),
+    }
+}
+
+/// An MD reference: its frames, isomer table, measurements as a chain, and the quenched energy
+/// of every frame (per run).
+type MdReference = (MdFrames, IsomerTable, ChainResult, Vec<Vec<f64>>);
+
+/// The MD reference of `md`: its frames, the isomers found by quenching them, and its
+/// measurements as a chain.
+fn md_reference(md: &MdConfig, log: &mut dyn FnMut(&str)) -> Result<MdReference, TimewarpError> {
+    let frames = run_md(md)?;
+    let cluster = frames.cluster.clone();
+    let t = Instant::now();
+    let infos: Vec<_> = frames.runs.iter().map(|r| describe(&cluster, r)).collect();
+    log(&format!(
+        "{}: {} frames of MD in {:.1} s, quenched in {:.1} s",
+        cluster.name(),
+        md.runs * md.frames,
+        frames.md_seconds,
+        t.elapsed().as_secs_f64()
+    ));
+    let all_q: Vec<f64> = infos.iter().flat_map(|i| i.quenched.iter().copied()).collect();
+    let all_cv: Vec<[f64; 2]> = infos.iter().flat_map(|i| i.cvs.iter().copied()).collect();
+    let table = IsomerTable::from_energies(&all_q, 0.02, 0.002);
+    let (lo, hi) = cv_box(&all_cv);
+    let md_hist = histogram2d(&all_cv, lo, hi, CV_BINS);
+    let md_pops = populations(&table, &all_q, md.seed);
+    let ess_runs: Vec<(f64, usize)> = infos.iter().map(|i| slowest_cv_ess(&i.cvs)).collect();
+    let md_ess: f64 = ess_runs.iter().map(|e| e.0).sum();
+    let per_frame = frames.md_seconds / (md.runs * md.frames) as f64;
+    let result = ChainResult {
+        method: format!("MD (BAOAB, dt {}, {} runs)", md.langevin.dt, md.runs),
+        length: md.runs * md.frames,
+        seconds: frames.md_seconds,
+        populations: md_pops,
+        ess_slowest: (md_ess, ess_runs[0].1),
+        ess_per_second: md_ess / frames.md_seconds,
+        js_vs_md: 0.0,
+        acceptance: 1.0,
+        seconds_to_all_isomers: time_to_all(&table, &infos[0].quenched, per_frame),
+        histogram: md_hist,
+        cv_box: (lo, hi),
+    };
+    let quenched = infos.into_iter().map(|i| i.quenched).collect();
+    Ok((frames, table, result, quenched))
+}
+
+/// Speed-up of `chain` over `md` in ESS/s of the slowest CV, set to 0 when the chain missed a
+/// state (an isomer holding at least 1 % of the MD frames that the chain never visited), as in
+/// the paper.
+pub fn speedup(chain: &ChainResult, md: &ChainResult) -> f64 {
+    let missed = md
+        .populations
+        .fractions
+        .iter()
+        .zip(&chain.populations.fractions)
+        .any(|(m, c)| *m >= 0.01 && *c == 0.0);
+    if missed {
+        0.0
+    } else {
+        chain.ess_per_second / md.ess_per_second
+    }
+}
+
+/// Runs everything of `cfg`, reporting progress lines to `log`; returns a one-paragraph summary.
+pub fn run(
+    cfg: &RunConfig,
+    progress: &dyn Progress,
+    log: &mut dyn FnMut(&str),
+) -> Result<String, TimewarpError> {
+    cfg.md.validate()?;
+    LjCluster::parse(&cfg.md.composition)?;
+    if cfg.lag == 0 || cfg.lag >= cfg.md.frames {
+        return Err(TimewarpError::Input(format!("lag must be in 1..frames, got {}", cfg.lag)));
+    }
+    if let Some(stage) = &cfg.flow {
+        stage.validate()?;
+    }
+    log("double-well check of the MH sampler (B = 1, 8) ...");
+    let mut sanity_results: Vec<SanityResult> = [1, 8].iter().map(|&b| sanity(b, cfg.md.seed)).collect();
+    if cfg.flow.is_some() {
+        log("double-well check of MH-Timewarp ...");
+        sanity_results.push(flow_sanity(cfg.md.seed, progress)?);
+    }
+
+    log(&format!(
+        "MD reference of {} ({} runs x {} frames) ...",
+        cfg.md.composition, cfg.md.runs, cfg.md.frames
+    ));
+    let (frames, table, md, quenched) = md_reference(&cfg.md, log)?;
+    let cluster = frames.cluster.clone();
+
+    log("writing training pairs ...");
+    let n_pairs = write_pairs(&cfg.out_dir.join("pairs.safetensors"), &cfg.md, &frames, cfg.lag)?;
+
+    // The MH chain on the cluster with the drift proposal (MALA-like step ε: h = ε²/(2kT)).
+    log("MH chain with the drift proposal ...");
+    let kt = cfg.md.langevin.kt;
+    let eps = 0.04;
+    let drift = GaussianDrift { pot: &cluster, h: eps * eps / (2.0 * kt), s: eps, c: 0.0 };
+    let x0 = frames.runs[0][..2 * cluster.n_atoms()].to_vec();
+    let md_chain = md.clone();
+    let ctx = ChainContext { cluster: &cluster, table: &table, md: &md_chain, kt, seed: cfg.md.seed };
+    let mut chains = vec![md];
+    chains.push(mh_chain(
+        &ctx,
+        &drift,
+        format!("MH, drift proposal (eps {eps}, B = 1)"),
+        &x0,
+        cfg.md.frames * 10,
+        1,
+        false,
+        0,
+    ));
+
+    let mut flow_result = None;
+    if let Some(stage) = &cfg.flow {
+        let (x0s, x1s) = pairs(&frames, cfg.lag);
+        let set = [PairSet { types: cluster.types.clone(), x0: x0s, x1: x1s }.aligned()];
+        log(&format!(
+            "training the flow ({} steps, batch {}) ...",
+            stage.train.steps, stage.train.batch_size
+        ));
+        let (flow, train_report) = train_flow(&set, &stage.train, progress)?;
+        log(&format!(
+            "NLL {:.2} -> {:.2} in {:.1} s",
+            train_report.nll_first_last.0, train_report.nll_first_last.1, train_report.seconds
+        ));
+        let prior_log_scales = flow.prior_log_scales();
+        let prop = FlowProposal {
+            flow,
+            types: cluster.types.clone(),
+            n_types: stage.train.flow.n_types,
+            device: Device::flex(),
+        };
+        log("hop diagnostics ...");
+        let hops = hop_diagnostics(&cluster, &table, &quenched, &set[0], &prop, cfg.lag, cfg.md.seed);
+        log(&format!("MH-Timewarp chain ({} trials, B = {}) ...", stage.mh_trials, stage.mh_batch));
+        chains.push(mh_chain(
+            &ctx,
+            &prop,
+            format!(
+                "MH-Timewarp (tau {} steps, B {} {})",
+                cfg.lag * cfg.md.stride,
+                if stage.adapt_batch { "<=" } else { "=" },
+                stage.mh_batch
+            ),
+            &x0,
+            stage.mh_trials,
+            stage.mh_batch,
+            stage.adapt_batch,
+            1,
+        ));
+        log("exploration ...");
+        let mut r = rng::stream(cfg.md.seed, rng::EXPLORE, 0);
+        let start_x = cluster.initial_positions();
+        let mut seen = vec![false; table.energies.len()];
+        let mut steps = 0usize;
+        let mut quench_s = 0.0;
+        let t = Instant::now();
+        let (accepted, _) =
+            explore(&cluster, &prop, stage.explore_cap_kt * kt, &start_x, stage.explore_steps, &mut r, |x| {
+                steps += 1;
+                let q = Instant::now();
+                let e = crate::isomers::quench(&cluster, x, 1e-5, 20_000).1;
+                quench_s += q.elapsed().as_secs_f64();
+                if let Some(k) = table.classify(e) {
+                    seen[k] = true;
+                }
+                !seen.iter().all(|&s| s)
+            });
+        let wall = t.elapsed().as_secs_f64() - quench_s;
+        let found = seen.iter().filter(|&&s| s).count();
+        flow_result = Some(FlowResult {
+            train: train_report,
+            prior_log_scales,
+            explore_steps: steps,
+            explore_accepted: accepted as f64 / steps.max(1) as f64,
+            explore_seconds_to_all: (found == table.energies.len()).then_some(wall),
+            explore_found: found,
+            hops,
+        });
+    }
+
+    let report = RunReport {
+        config: cfg.clone(),
+        sanity: sanity_results,
+        isomers: table,
+        chains,
+        pairs: n_pairs,
+        flow: flow_result,
+    };
+    let md_text = markdown(&report);
+    let json = serde_json::to_string_pretty(&report).map_err(|e| TimewarpError::Input(e.to_string()))?;
+    write_bytes(&cfg.out_dir.join("report.json"), json.as_bytes())?;
+    write_bytes(&cfg.out_dir.join("report.md"), md_text.as_bytes())?;
+    let hists: Vec<Vec<f64>> = report.chains.iter().map(|c| c.histogram.clone()).collect();
+    crate::plot::free_energy_png(&cfg.out_dir.join("free_energy.png"), &hists, CV_BINS)?;
+    Ok(md_text)
+}
+
+fn fmt2(v: f64) -> String {
+    format!("{v:.2}")
+}
+
+/// The report as markdown.
+pub fn markdown(r: &RunReport) -> String {
+    let mut s = String::new();
+    let c = &r.config.md;
+    let _ = writeln!(s, "# Timewarp miniature: {}\n", c.composition);
+    let _ = writeln!(
+        s,
+        "kT {}, dt {}, gamma {}, stride {} steps, {} runs x {} frames; pairs at tau = {} steps: {}\n",
+        c.langevin.kt,
+        c.langevin.dt,
+        c.langevin.gamma,
+        c.stride,
+        c.runs,
+        c.frames,
+        r.config.lag * c.stride,
+        r.pairs
+    );
+    let _ = writeln!(s, "## MH on the tilted double well, against quadrature\n");
+    let _ = writeln!(
+        s,
+        "| proposal | B | trials | acceptance | JS(x histogram, quadrature) | P(x > 0) ± se | quadrature |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    for q in &r.sanity {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.3} | {:.2e} | {:.4} ± {:.4} | {:.4} |",
+            q.proposal,
+            q.batch,
+            q.trials,
+            q.acceptance,
+            q.js_vs_quadrature,
+            q.right_well.0,
+            q.right_well_se,
+            q.right_well.1
+        );
+    }
+    let _ = writeln!(s, "\n## Isomers (quenched energies)\n");
+    for (k, e) in r.isomers.energies.iter().enumerate() {
+        let _ = writeln!(s, "- isomer {k}: U = {e:.4}");
+    }
+    let _ = writeln!(s, "\n## Chains\n");
+    let _ = writeln!(
+        s,
+        "`free_energy.png`: F(mu2, mu3) = -ln p in kT, one panel per row below, left to right (mu2 in [{}, {}] downwards, mu3 in [{}, {}] rightwards, white F = 0, black F >= 6 or empty).\n",
+        fmt2(r.chains[0].cv_box.0[0]), fmt2(r.chains[0].cv_box.1[0]), fmt2(r.chains[0].cv_box.0[1]), fmt2(r.chains[0].cv_box.1[1])
+    );
+    let _ = writeln!(
+        s,
+        "| method | length | wall s | populations (± block-bootstrap sigma) | ESS slowest CV | ESS/s | speed-up (missed state = 0) | JS vs MD | acceptance | s to all isomers |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+    for ch in &r.chains {
+        let pops: Vec<String> = ch
+            .populations
+            .fractions
+            .iter()
+            .zip(&ch.populations.sigma)
+            .map(|(f, sg)| format!("{f:.3}±{sg:.3}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.2} | {} | {:.0} ({}) | {:.1} | {:.2} | {:.4} | {:.4} | {} |",
+            ch.method,
+            ch.length,
+            ch.seconds,
+            pops.join(", "),
+            ch.ess_slowest.0,
+            ["mu2", "mu3"][ch.ess_slowest.1],
+            ch.ess_per_second,
+            speedup(ch, &r.chains[0]),
+            ch.js_vs_md,
+            ch.acceptance,
+            ch.seconds_to_all_isomers.map_or("never".into(), |t| format!("{t:.2}"))
+        );
+    }
+    if let Some(f) = &r.flow {
+        let _ = writeln!(s, "\n## Flow\n");
+        let _ = writeln!(
+            s,
+            "- training: NLL per pair {:.2} (first tenth of steps) -> {:.2} (last tenth), {:.1} s, {} parameters; learned prior log-scales (positions, velocities) {:.3}, {:.3}",
+            f.train.nll_first_last.0,
+            f.train.nll_first_last.1,
+            f.train.seconds,
+            f.train.num_params,
+            f.prior_log_scales[0],
+            f.prior_log_scales[1]
+        );
+        let _ = writeln!(
+            s,
+            "- exploration (accept unless U rises by more than the cap): {} steps, {:.3} accepted, found {} of {} isomers, {}",
+            f.explore_steps,
+            f.explore_accepted,
+            f.explore_found,
+            r.isomers.energies.len(),
+            f.explore_seconds_to_all.map_or("not all within the step budget".into(), |t| format!("all in {t:.3} s"))
+        );
+        let _ = writeln!(
+            s,
+            "- isomer changes: {:.3} of the training pairs change isomer, {:.3} of the flow's proposals from the same starts do; mean -log q per pair {:.2} on the pairs that change, {:.2} on those that stay",
+            f.hops.md_hop_fraction, f.hops.flow_hop_fraction, f.hops.nll_hop, f.hops.nll_stay
+        );
+    }
+    s
+}
+
+/// Settings of the transfer experiment: one flow trained on the pairs of several compositions
+/// (all with the same atom count), then MH-Timewarp on held-out compositions.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TransferConfig {
+    /// MD settings (the composition field is replaced by each composition in turn).
+    pub md: MdConfig,
+    /// Training compositions.
+    pub train: Vec<String>,
+    /// Held-out compositions.
+    pub test: Vec<String>,
+    /// Lag of the pairs, in frames.
+    pub lag: usize,
+    /// Flow training and sampling.
+    pub flow: FlowStage,
+    /// Output folder.
+    pub out_dir: PathBuf,
+}
+
+/// One composition's row of the transfer table.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TransferRow {
+    /// Composition.
+    pub composition: String,
+    /// Whether the flow was trained on it.
+    pub trained_on: bool,
+    /// Isomers found by the MD reference.
+    pub isomers: usize,
+    /// The MD reference.
+    pub md: ChainResult,
+    /// MH-Timewarp.
+    pub mh: ChainResult,
+    /// ESS/s speed-up on the slowest CV (missed state = 0).
+    pub speedup: f64,
+}
+
+/// What the transfer experiment measured.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TransferReport {
+    /// The settings.
+    pub config: TransferConfig,
+    /// Training.
+    pub train: FlowTrainReport,
+    /// One row per composition (training compositions first).
+    pub rows: Vec<TransferRow>,
+}
+
+/// Runs the transfer experiment of `cfg`; writes `transfer.md` and `transfer.json` into the
+/// output folder and returns the markdown.
+pub fn transfer(
+    cfg: &TransferConfig,
+    progress: &dyn Progress,
+    log: &mut dyn FnMut(&str),
+) -> Result<String, TimewarpError> {
+    cfg.md.validate()?;
+    cfg.flow.validate()?;
+    if cfg.train.is_empty() || cfg.test.is_empty() {
+        return Err(TimewarpError::Input(
+            "transfer needs at least one training and one held-out composition".into(),
+        ));
+    }
+    if cfg.lag == 0 || cfg.lag >= cfg.md.frames {
+        return Err(TimewarpError::Input(format!("lag must be in 1..frames, got {}", cfg.lag)));
+    }
+    let all: Vec<(String, bool)> = cfg
+        .train
+        .iter()
+        .map(|c| (c.clone(), true))
+        .chain(cfg.test.iter().map(|c| (c.clone(), false)))
+        .collect();
+    let n_atoms = LjCluster::parse(&all[0].0)?.n_atoms();
+    for (c, _) in &all {
+        if LjCluster::parse(c)?.n_atoms() != n_atoms {
+            return Err(TimewarpError::Input(format!(
+                "transfer: {c} has another atom count than {}",
+                all[0].0
+            )));
+        }
+    }
+    let mut refs = Vec::new();
+    for (k, (c, _)) in all.iter().enumerate() {
+        let md = MdConfig { composition: c.clone(), seed: cfg.md.seed + k as u64, ..cfg.md.clone() };
+        refs.push(md_reference(&md, log)?);
+    }
+    let sets: Vec<PairSet> = refs
+        .iter()
+        .zip(&all)
+        .filter(|(_, (_, tr))| *tr)
+        .map(|((frames, _, _, _), _)| {
+            let (x0, x1) = pairs(frames, cfg.lag);
+            PairSet { types: frames.cluster.types.clone(), x0, x1 }.aligned()
+        })
+        .collect();
+    log(&format!("training one flow on {} compositions ({} steps) ...", sets.len(), cfg.flow.train.steps));
+    let (flow, train_report) = train_flow(&sets, &cfg.flow.train, progress)?;
+    let mut rows = Vec::new();
+    for (k, ((frames, table, md, _), (c, trained_on))) in refs.into_iter().zip(&all).enumerate() {
+        let cluster = frames.cluster.clone();
+        let prop = FlowProposal {
+            flow: flow.clone(),
+            types: cluster.types.clone(),
+            n_types: cfg.flow.train.flow.n_types,
+            device: Device::flex(),
+        };
+        let ctx = ChainContext {
+            cluster: &cluster,
+            table: &table,
+            md: &md,
+            kt: cfg.md.langevin.kt,
+            seed: cfg.md.seed,
+        };
+        let x0 = frames.runs[0][..2 * n_atoms].to_vec();
+        log(&format!("MH-Timewarp on {c} ..."));
+        let mh = mh_chain(
+            &ctx,
+            &prop,
+            format!("MH-Timewarp (B = {})", cfg.flow.mh_batch),
+            &x0,
+            cfg.flow.mh_trials,
+            cfg.flow.mh_batch,
+            cfg.flow.adapt_batch,
+            100 + k as u64,
+        );
+        let s = speedup(&mh, &md);
+        rows.push(TransferRow {
+            composition: c.clone(),
+            trained_on: *trained_on,
+            isomers: table.energies.len(),
+            md,
+            mh,
+            speedup: s,
+        });
+    }
+    let report = TransferReport { config: cfg.clone(), train: train_report, rows };
+    let mut s = String::new();
+    let _ = writeln!(s, "# Timewarp miniature: transfer across compositions\n");
+    let _ = writeln!(
+        s,
+        "kT {}, tau {} steps; one flow trained on {} ({} steps, NLL {:.2} -> {:.2}, {:.1} s); held out: {}.\n",
+        cfg.md.langevin.kt,
+        cfg.lag * cfg.md.stride,
+        cfg.train.join(", "),
+        cfg.flow.train.steps,
+        report.train.nll_first_last.0,
+        report.train.nll_first_last.1,
+        report.train.seconds,
+        cfg.test.join(", ")
+    );
+    let _ = writeln!(s, "| composition | trained on | isomers | MD ESS/s | MH-Timewarp ESS/s | acceptance | isomers visited by MH | speed-up (missed = 0) | JS vs MD |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    for r in &report.rows {
+        let visited = r.mh.populations.fractions.iter().filter(|&&f| f > 0.0).count();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.1} | {:.1} | {:.4} | {} | {:.2} | {:.4} |",
+            r.composition,
+            if r.trained_on { "yes" } else { "no" },
+            r.isomers,
+            r.md.ess_per_second,
+            r.mh.ess_per_second,
+            r.mh.acceptance,
+            visited,
+            r.speedup,
+            r.mh.js_vs_md
+        );
+    }
+    let held: Vec<&TransferRow> = report.rows.iter().filter(|r| !r.trained_on).collect();
+    let above = held.iter().filter(|r| r.speedup > 1.0).count();
+    let _ = writeln!(s, "\nHeld-out compositions with speed-up > 1: {above} of {}.", held.len());
+    let json = serde_json::to_string_pretty(&report).map_err(|e| TimewarpError::Input(e.to_string()))?;
+    write_bytes(&cfg.out_dir.join("transfer.json"), json.as_bytes())?;
+    write_bytes(&cfg.out_dir.join("transfer.md"), s.as_bytes())?;
+    Ok(s)
+}

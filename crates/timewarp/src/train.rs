@@ -1,0 +1,324 @@
+//! Training the flow by maximum likelihood on MD pairs through `foundation::train`, and the
+//! trained flow as an MH [`Proposal`].
+//!
+//! A step's batch is drawn from the step alone: pair indices from
+//! [`foundation::rng::epoch_order`], and from the step's `TrainNoise` stream a random rotation per
+//! pair (applied to x(t) and x(t+τ) alike, the data augmentation that stands in for rotation
+//! equivariance) and the target auxiliary velocities v′ ~ N(0, I).
+
+use std::ops::Range;
+
+use burn::prelude::*;
+use foundation::rng::{epoch_order, stream_for, Purpose};
+use foundation::train::{Objective, OptimConfig, Trainer};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+use crate::error::TimewarpError;
+use crate::flow::{one_hot, Conditioning, FlowConfig, TimewarpFlow};
+use crate::mh::{Move, Proposal};
+
+/// Training pairs of one cluster composition (flat, `pairs × N × 2`).
+#[derive(Clone, Debug)]
+pub struct PairSet {
+    /// Atom types (indices), the same for every pair.
+    pub types: Vec<usize>,
+    /// x(t).
+    pub x0: Vec<f64>,
+    /// x(t + τ).
+    pub x1: Vec<f64>,
+}
+
+impl PairSet {
+    /// Number of pairs.
+    pub fn len(&self) -> usize {
+        self.x0.len() / (2 * self.types.len()).max(1)
+    }
+
+    /// Whether there are no pairs.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The pairs with every x(t + τ) moved rigidly onto its x(t): translated to the same
+    /// centroid and rotated by the angle that minimises the squared distance between the two
+    /// (2-D Kabsch). The Boltzmann target is invariant under both, so a proposal of the aligned
+    /// pairs' kind stays exact under MH; it spares the flow the Brownian translation and rotation
+    /// of the whole cluster, which are unpredictable from x(t).
+    pub fn aligned(&self) -> PairSet {
+        let n = self.types.len();
+        let mut x1 = self.x1.clone();
+        for (a, b) in self.x0.chunks_exact(2 * n).zip(x1.chunks_exact_mut(2 * n)) {
+            align_onto(a, b);
+        }
+        PairSet { types: self.types.clone(), x0: self.x0.clone(), x1 }
+    }
+
+    /// Root-mean-square displacement per coordinate between x(t) and x(t + τ).
+    pub fn rms_displacement(&self) -> f64 {
+        let s: f64 = self.x0.iter().zip(&self.x1).map(|(a, b)| (a - b).powi(2)).sum();
+        (s / self.x0.len().max(1) as f64).sqrt()
+    }
+}
+
+/// Moves `b` (flat 2-D coordinates) rigidly onto `a`: same centroid, best rotation.
+pub fn align_onto(a: &[f64], b: &mut [f64]) {
+    let (ca, cb) = (crate::lj::centroid(a), crate::lj::centroid(b));
+    let (mut dot, mut cross) = (0.0, 0.0);
+    for (p, q) in a.chunks_exact(2).zip(b.chunks_exact(2)) {
+        let (px, py, qx, qy) = (p[0] - ca.0, p[1] - ca.1, q[0] - cb.0, q[1] - cb.1);
+        dot += qx * px + qy * py;
+        cross += qx * py - qy * px;
+    }
+    let theta = cross.atan2(dot);
+    let (c, s) = (theta.cos(), theta.sin());
+    for q in b.chunks_exact_mut(2) {
+        let (qx, qy) = (q[0] - cb.0, q[1] - cb.1);
+        q[0] = ca.0 + c * qx - s * qy;
+        q[1] = ca.1 + s * qx + c * qy;
+    }
+}
+
+/// Settings of a training run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FlowTrainConfig {
+    /// Architecture.
+    pub flow: FlowConfig,
+    /// Optimisation steps.
+    pub steps: usize,
+    /// Pairs per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Seed of initialisation, order and augmentation.
+    pub seed: u64,
+}
+
+/// The NLL objective over one or more pair sets of the same atom count.
+pub struct FlowObjective<'a> {
+    sets: &'a [PairSet],
+    n_types: usize,
+    batch_size: usize,
+    seed: u64,
+    /// (set, pair) of every training example.
+    index: Vec<(usize, usize)>,
+}
+
+/// A batch: conditioning, targets.
+#[derive(Clone, Debug)]
+pub struct FlowBatch {
+    cond: Conditioning,
+    y: Tensor<3>,
+    v: Tensor<3>,
+}
+
+impl<'a> FlowObjective<'a> {
+    /// The objective over `sets` (all with the same number of atoms, at least one pair).
+    pub fn new(
+        sets: &'a [PairSet],
+        n_types: usize,
+        batch_size: usize,
+        seed: u64,
+    ) -> Result<Self, TimewarpError> {
+        let n = sets.first().map(|s| s.types.len()).unwrap_or(0);
+        if sets.iter().any(|s| s.types.len() != n) || n == 0 || batch_size == 0 {
+            return Err(TimewarpError::Input(
+                "flow training needs sets of one atom count and batch_size >= 1".into(),
+            ));
+        }
+        let index: Vec<(usize, usize)> =
+            sets.iter().enumerate().flat_map(|(k, s)| (0..s.len()).map(move |i| (k, i))).collect();
+        if index.is_empty() {
+            return Err(TimewarpError::Input("flow training needs at least one pair".into()));
+        }
+        Ok(Self { sets, n_types, batch_size, seed, index })
+    }
+
+    fn n_atoms(&self) -> usize {
+        self.sets[0].types.len()
+    }
+}
+
+impl Objective<TimewarpFlow> for FlowObjective<'_> {
+    type Batch = FlowBatch;
+
+    fn batch(&self, step: usize, device: &Device) -> FlowBatch {
+        let m = self.index.len();
+        let per_epoch = m.div_ceil(self.batch_size);
+        let (epoch, pos) = (step / per_epoch, step % per_epoch);
+        let order = epoch_order(self.seed, epoch, m);
+        let chunk = &order[pos * self.batch_size..((pos + 1) * self.batch_size).min(m)];
+        let mut r = stream_for(self.seed, Purpose::TrainNoise, step as u64);
+        let n = self.n_atoms();
+        let (mut x, mut y, mut v, mut t) =
+            (Vec::new(), Vec::new(), Vec::new(), vec![0f32; chunk.len() * n * self.n_types]);
+        for (e, &ix) in chunk.iter().enumerate() {
+            let (k, i) = self.index[ix];
+            let set = &self.sets[k];
+            let theta: f64 = r.gen_range(0.0..std::f64::consts::TAU);
+            let (c, s) = (theta.cos(), theta.sin());
+            for a in 0..n {
+                let p = 2 * (i * n + a);
+                x.extend([
+                    (c * set.x0[p] - s * set.x0[p + 1]) as f32,
+                    (s * set.x0[p] + c * set.x0[p + 1]) as f32,
+                ]);
+                y.extend([
+                    (c * set.x1[p] - s * set.x1[p + 1]) as f32,
+                    (s * set.x1[p] + c * set.x1[p + 1]) as f32,
+                ]);
+                v.extend([r.sample::<f32, _>(StandardNormal), r.sample::<f32, _>(StandardNormal)]);
+                t[(e * n + a) * self.n_types + set.types[a]] = 1.0;
+            }
+        }
+        let b = chunk.len();
+        let f = |d: Vec<f32>, w: usize| Tensor::<3>::from_data(TensorData::new(d, [b, n, w]), device);
+        FlowBatch { cond: Conditioning { x: f(x, 2), types: f(t, self.n_types) }, y: f(y, 2), v: f(v, 2) }
+    }
+
+    fn batch_len(&self, batch: &FlowBatch) -> usize {
+        batch.y.dims()[0]
+    }
+
+    fn slice(&self, batch: &FlowBatch, range: Range<usize>) -> FlowBatch {
+        let (s, l) = (range.start, range.end - range.start);
+        FlowBatch {
+            cond: Conditioning {
+                x: batch.cond.x.clone().narrow(0, s, l),
+                types: batch.cond.types.clone().narrow(0, s, l),
+            },
+            y: batch.y.clone().narrow(0, s, l),
+            v: batch.v.clone().narrow(0, s, l),
+        }
+    }
+
+    fn loss(&self, model: &TimewarpFlow, batch: FlowBatch) -> Tensor<1> {
+        let (logq, _, _) = model.log_density(&batch.cond, batch.y, batch.v);
+        logq.mean().neg()
+    }
+}
+
+/// What a training run reports.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FlowTrainReport {
+    /// Mean NLL (per pair) over the first and last tenth of the steps.
+    pub nll_first_last: (f64, f64),
+    /// Wall seconds.
+    pub seconds: f64,
+    /// Parameters.
+    pub num_params: usize,
+}
+
+/// Trains a flow on `sets` and returns it (non-autodiff, flex device) with a report.
+pub fn train_flow(
+    sets: &[PairSet],
+    cfg: &FlowTrainConfig,
+    progress: &dyn foundation::progress::Progress,
+) -> Result<(TimewarpFlow, FlowTrainReport), TimewarpError> {
+    cfg.flow.validate()?;
+    let objective = FlowObjective::new(sets, cfg.flow.n_types, cfg.batch_size, cfg.seed)?;
+    let optim = OptimConfig {
+        steps: cfg.steps,
+        lr: cfg.lr,
+        warmup_steps: (cfg.steps / 20).max(1),
+        min_lr_ratio: 0.05,
+        weight_decay: 0.0,
+        grad_clip: Some(10.0),
+        ema_decay: 0.0,
+        seed: cfg.seed,
+        microbatches: 1,
+    };
+    let start = std::time::Instant::now();
+    let trainer = Trainer::new(optim, objective, &Device::flex());
+    let mut flow_cfg = cfg.flow.clone();
+    // The position latent starts at the data's displacement scale.
+    let rms = sets.iter().map(|s| s.rms_displacement()).sum::<f64>() / sets.len() as f64;
+    if rms.is_finite() && rms > 0.0 {
+        flow_cfg.position_log_scale = rms.ln();
+    }
+    let mut state = trainer.init_state(|rng, device| flow_cfg.init_with(rng, device, 0.0));
+    let mut losses = Vec::with_capacity(cfg.steps);
+    trainer
+        .run(&mut state, cfg.steps, None, progress, |e| {
+            if let foundation::train::Event::Step { loss, .. } = e {
+                losses.push(f64::from(loss));
+            }
+            Ok(())
+        })
+        .map_err(|e| TimewarpError::Input(e.to_string()))?;
+    let tenth = (losses.len() / 10).max(1);
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
+    let model = state.model.valid();
+    let report = FlowTrainReport {
+        nll_first_last: (
+            mean(&losses[..tenth.min(losses.len())]),
+            mean(&losses[losses.len().saturating_sub(tenth)..]),
+        ),
+        seconds: start.elapsed().as_secs_f64(),
+        num_params: model.num_params(),
+    };
+    Ok((model, report))
+}
+
+/// A trained flow as an MH proposal for one composition (f32 inside, f64 outside).
+pub struct FlowProposal {
+    /// The flow (non-autodiff).
+    pub flow: TimewarpFlow,
+    /// Atom types.
+    pub types: Vec<usize>,
+    /// Number of atom types of the flow.
+    pub n_types: usize,
+    /// Device.
+    pub device: Device,
+}
+
+impl FlowProposal {
+    fn tensor(&self, rows: &[&[f64]]) -> Tensor<3> {
+        let n = self.types.len();
+        let v: Vec<f32> = rows.iter().flat_map(|r| r.iter().map(|&a| a as f32)).collect();
+        Tensor::from_data(TensorData::new(v, [rows.len(), n, 2]), &self.device)
+    }
+
+    fn rows(t: Tensor<3>) -> Vec<Vec<f64>> {
+        let [b, n, c] = t.dims();
+        let v = t.into_data().try_into_vec::<f32>().unwrap_or_default();
+        (0..b).map(|i| v[i * n * c..(i + 1) * n * c].iter().map(|&a| f64::from(a)).collect()).collect()
+    }
+}
+
+impl Proposal for FlowProposal {
+    fn propose(&self, x: &[f64], count: usize, rng: &mut ChaCha8Rng) -> Vec<Move> {
+        let n = self.types.len();
+        let xs: Vec<&[f64]> = vec![x; count];
+        let cond = Conditioning {
+            x: self.tensor(&xs),
+            types: one_hot(&self.types, self.n_types, count, &self.device),
+        };
+        let mut normals = |_| -> Tensor<3> {
+            let v: Vec<f32> = (0..count * n * 2).map(|_| rng.sample::<f32, _>(StandardNormal)).collect();
+            Tensor::from_data(TensorData::new(v, [count, n, 2]), &self.device)
+        };
+        let (e_p, e_v) = (normals(0), normals(1));
+        let (y, v, logq) = self.flow.sample(&cond, e_p, e_v);
+        let logq = logq.into_data().try_into_vec::<f32>().unwrap_or_default();
+        Self::rows(y)
+            .into_iter()
+            .zip(Self::rows(v))
+            .zip(logq)
+            .map(|((x, v), l)| Move { x, v, log_q_forward: f64::from(l) })
+            .collect()
+    }
+
+    fn log_density(&self, cases: &[(&[f64], &[f64], &[f64])]) -> Vec<f64> {
+        let from: Vec<&[f64]> = cases.iter().map(|c| c.0).collect();
+        let to_x: Vec<&[f64]> = cases.iter().map(|c| c.1).collect();
+        let to_v: Vec<&[f64]> = cases.iter().map(|c| c.2).collect();
+        let cond = Conditioning {
+            x: self.tensor(&from),
+            types: one_hot(&self.types, self.n_types, cases.len(), &self.device),
+        };
+        let (logq, _, _) = self.flow.log_density(&cond, self.tensor(&to_x), self.tensor(&to_v));
+        logq.into_data().try_into_vec::<f32>().unwrap_or_default().into_iter().map(f64::from).collect()
+    }
+}

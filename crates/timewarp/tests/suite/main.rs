@@ -1,0 +1,9 @@
+//! The timewarp crate's tests, in one binary.
+
+mod flow;
+mod forces;
+mod md;
+mod mh;
+mod reference;
+mod stats;
+mod support;

@@ -1,0 +1,127 @@
+//! MD references: runs are reproducible, pairs round-trip through their file, populations and
+//! the run refuse bad input.
+
+use timewarp::isomers::IsomerTable;
+use timewarp::md::Langevin;
+use timewarp::reference::{pairs, populations, run_md, write_pairs, MdConfig, PairsHeader};
+use timewarp::run::{run, RunConfig};
+
+fn cfg() -> MdConfig {
+    MdConfig {
+        composition: "A5B2".into(),
+        langevin: Langevin { dt: 0.005, gamma: 1.0, kt: 0.15 },
+        stride: 20,
+        frames: 50,
+        runs: 2,
+        burn_in: 100,
+        seed: 3,
+    }
+}
+
+#[test]
+fn md_runs_are_reproducible_and_pairs_round_trip() {
+    let c = cfg();
+    let a = run_md(&c).unwrap();
+    let b = run_md(&c).unwrap();
+    assert_eq!(a.runs, b.runs);
+    assert_ne!(a.runs[0], a.runs[1], "two runs drew the same noise");
+    let dir = std::env::temp_dir().join(format!("timewarp-pairs-{}", std::process::id()));
+    let path = dir.join("pairs.safetensors");
+    let lag = 5;
+    let n = write_pairs(&path, &c, &a, lag).unwrap();
+    assert_eq!(n, 2 * (50 - lag));
+    let f = foundation::tensor_file::load::<PairsHeader>(&path, "timewarp-pairs").unwrap();
+    assert_eq!(f.header.tau_steps, lag * c.stride);
+    assert_eq!(f.header.types, vec![0, 0, 0, 0, 0, 1, 1]);
+    let x0 = f.f64("x0", Some(&[n, 7, 2])).unwrap();
+    let x1 = f.f64("x1", Some(&[n, 7, 2])).unwrap();
+    assert_eq!((x0.clone(), x1.clone()), pairs(&a, lag));
+    // Within a run, x(t + τ) of pair t is x(t) of pair t + lag.
+    assert_eq!(&x1[..14], &x0[lag * 14..(lag + 1) * 14]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn populations_of_a_known_series() {
+    let t = IsomerTable { energies: vec![-2.0, -1.0], tol: 0.1 };
+    let mut q = vec![-2.0; 600];
+    q.extend(vec![-1.0; 300]);
+    q.extend(vec![5.0; 100]);
+    let p = populations(&t, &q, 0);
+    assert_eq!(p.fractions, vec![0.6, 0.3]);
+    // One long block each: the bootstrap sees the correlation and reports a large sigma.
+    assert!(p.sigma[0] > 0.05, "sigma {:?}", p.sigma);
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let mut c = cfg();
+    c.langevin.dt = -1.0;
+    assert!(run_md(&c).unwrap_err().to_string().contains("dt"));
+    let mut c = cfg();
+    c.composition = "C7".into();
+    assert!(run_md(&c).is_err());
+    let rc =
+        RunConfig { md: cfg(), lag: 0, out_dir: std::env::temp_dir().join("timewarp-never"), flow: None };
+    // A bad composition or flow stage is refused before any work starts.
+    let mut md = cfg();
+    md.composition = "A3C".into();
+    let rc2 = RunConfig { md, lag: 5, out_dir: std::env::temp_dir().join("timewarp-never"), flow: None };
+    assert!(run(&rc2, &foundation::progress::NoProgress, &mut |_| panic!("work started")).is_err());
+    let stage = timewarp::run::FlowStage {
+        train: timewarp::train::FlowTrainConfig {
+            flow: timewarp::flow::FlowConfig::default(),
+            steps: 10,
+            batch_size: 8,
+            lr: 1e-3,
+            seed: 0,
+        },
+        mh_batch: 0,
+        adapt_batch: false,
+        mh_trials: 10,
+        explore_steps: 10,
+        explore_cap_kt: 20.0,
+    };
+    let rc3 = RunConfig {
+        md: cfg(),
+        lag: 5,
+        out_dir: std::env::temp_dir().join("timewarp-never"),
+        flow: Some(stage),
+    };
+    let e = run(&rc3, &foundation::progress::NoProgress, &mut |_| panic!("work started")).unwrap_err();
+    assert!(e.to_string().contains("MH batch"), "{e}");
+    assert!(run(&rc, &foundation::progress::NoProgress, &mut |_| {})
+        .unwrap_err()
+        .to_string()
+        .contains("lag"));
+}
+
+#[test]
+fn speedup_counts_a_missed_state_as_zero_and_plots_check_their_input() {
+    use timewarp::reference::Populations;
+    use timewarp::run::{cv_box, speedup, ChainResult};
+    let chain = |fractions: Vec<f64>, ess_per_second: f64| ChainResult {
+        method: String::new(),
+        length: 1,
+        seconds: 1.0,
+        populations: Populations { sigma: vec![0.0; fractions.len()], fractions, block: 1 },
+        ess_slowest: (1.0, 0),
+        ess_per_second,
+        js_vs_md: 0.0,
+        acceptance: 1.0,
+        seconds_to_all_isomers: None,
+        histogram: vec![],
+        cv_box: ([0.0; 2], [1.0; 2]),
+    };
+    let md = chain(vec![0.9, 0.095, 0.005], 10.0);
+    assert_eq!(speedup(&chain(vec![0.8, 0.2, 0.0], 50.0), &md), 5.0, "a state under 1 % may be missed");
+    assert_eq!(speedup(&chain(vec![1.0, 0.0, 0.0], 50.0), &md), 0.0);
+    let (lo, hi) = cv_box(&[[0.0, 1.0], [1.0, 3.0]]);
+    assert!((lo[0] + 0.05).abs() < 1e-12 && (hi[1] - 3.1).abs() < 1e-12);
+    let dir = std::env::temp_dir().join(format!("timewarp-plot-{}", std::process::id()));
+    let path = dir.join("f.png");
+    assert!(timewarp::plot::free_energy_png(&path, &[vec![0.0; 3]], 2).is_err());
+    timewarp::plot::free_energy_png(&path, &[vec![0.5, 0.25, 0.25, 0.0], vec![0.25; 4]], 2).unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() > 0);
+    std::fs::remove_dir_all(dir).unwrap();
+}
