@@ -97,6 +97,11 @@ pub enum Purpose {
     GpSubsample,
     /// Bootstrap resampling of `foundation::stats::bootstrap_ci` (index: 0).
     Bootstrap,
+    /// The synthetic world of `meta-ocl`: the entities' attribute values (index: 0).
+    MetaOclWorld,
+    /// The protocol of one `meta-ocl` stage-1 seed: subsets, variable names, tags, derangement and
+    /// held-out questions (index: the stage-1 seed).
+    MetaOclProtocol,
 }
 
 impl Purpose {
@@ -120,6 +125,8 @@ impl Purpose {
             Purpose::AttributeBenchData => 5,
             Purpose::DdpmBenchData => 99,
             Purpose::Bootstrap => 0xB0075,
+            Purpose::MetaOclWorld => 0x3E7A0,
+            Purpose::MetaOclProtocol => 0x3E7A1,
             Purpose::DataSubset | Purpose::DataClassSubset => 0xDA7A,
             Purpose::GpProbes | Purpose::GpSolverBatches | Purpose::GpSubsample => 0x69,
         }
