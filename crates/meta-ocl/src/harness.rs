@@ -19,7 +19,9 @@ use foundation::train::Checkpoints;
 use serde::{Deserialize, Serialize};
 
 use crate::model::ModelConfig;
-use crate::train::{em_by_subset, save_model, train_stage, StageConfig, StageReport, Start};
+use crate::train::{
+    em_by_subset, em_by_subset_prefixed, save_model, train_stage, StageConfig, StageReport, Start,
+};
 use crate::world::{Protocol, World, WorldConfig, SUBSETS};
 use crate::MetaOclError;
 
@@ -60,8 +62,8 @@ impl Default for SweepConfig {
             model: ModelConfig::default(),
             stage0: stage(40, 2e-3),
             stage1: stage(20, 1e-3),
-            stage2: stage(10, 1e-3),
-            stage1_seeds: 4,
+            stage2: StageConfig { batch_size: 16, ..stage(10, 1e-3) },
+            stage1_seeds: 8,
             stage2_seeds: 2,
             recall_items: 600,
             resamples: 10_000,
@@ -223,7 +225,8 @@ pub fn stage0(
     )?;
     let em = em_by_subset(&model, &world.stage0_tests(cfg.recall_items));
     save_model(&model, &weights)?;
-    write_json(&report, &serde_json::json!({ "em": em, "train": train }))?;
+    let params = burn::module::Module::num_params(&model);
+    write_json(&report, &serde_json::json!({ "em": em, "train": train, "parameters": params }))?;
     Ok(weights)
 }
 
@@ -263,7 +266,8 @@ fn run_seed(
             None,
             &NoProgress,
         )?;
-        let em = em_by_subset(&model, &protocol.tests);
+        let mut em = em_by_subset(&model, &protocol.tests);
+        em.extend(em_by_subset_prefixed(&model, &protocol.definition_tests(world), "def_"));
         save_model(&model, &w1)?;
         write_json(&r1, &Stage1Result { seed: s, em, train })?;
         outcome.lock().expect("no poisoned lock").trained.push((s, None));
@@ -279,7 +283,8 @@ fn run_seed(
             None,
             &NoProgress,
         )?;
-        let em = em_by_subset(&model, &protocol.tests);
+        let mut em = em_by_subset(&model, &protocol.tests);
+        em.extend(em_by_subset_prefixed(&model, &protocol.definition_tests(world), "def_"));
         write_json(&dir.join(format!("t{t}.json")), &Stage2Result { seed: s, stage2_seed: t, em, train })?;
         outcome.lock().expect("no poisoned lock").trained.push((s, Some(t)));
     }
@@ -443,7 +448,9 @@ fn fmt_gap(g: &PairedGap) -> String {
 }
 
 fn excludes_zero(g: &PairedGap) -> &'static str {
-    if g.ci.low > 0.0 || g.ci.high < 0.0 {
+    if g.n < 2 {
+        "n < 2: no interval"
+    } else if g.ci.low > 0.0 || g.ci.high < 0.0 {
         "excludes 0"
     } else {
         "includes 0"
@@ -491,6 +498,10 @@ pub fn report(out: &Path, cfg: &SweepConfig, note: &str) -> Result<String, MetaO
         cfg.stage1_seeds,
         cfg.stage2_seeds,
     ));
+    let chance = World::new(&cfg.world)?.chance_em();
+    md.push_str(&format!(
+        "Chance EM (uniform guess among an attribute's values, averaged over the 6 attributes): {chance:.4}.\n\n"
+    ));
     if let Some(r) = c.stage0_recall {
         md.push_str(&format!("Stage-0 recall (EM on the first {} facts): {:.4}\n\n", cfg.recall_items, r));
     }
@@ -523,6 +534,12 @@ pub fn report(out: &Path, cfg: &SweepConfig, note: &str) -> Result<String, MetaO
                 value: m,
                 se: half,
             });
+        }
+        md.push_str("\nDefinition recall (EM of the defined entity after `<bos> tag var`; qd2incons: the deranged entity):\n\n| subset | EM mean ± s.e. |\n|---|---|\n");
+        for (subset, _) in SUBSETS.iter() {
+            let Some(v) = em.get(&format!("def_{}", subset.name())) else { continue };
+            let (m, se) = mean_se(v);
+            md.push_str(&format!("| {} | {:.4} ± {:.4} |\n", subset.name(), m, se));
         }
         md.push_str("\n| paired gap (per stage-1 seed) | mean ± s.e. | 95 % bootstrap CI | n | CI |\n|---|---|---|---|---|\n");
         let mut gap_bars = Vec::new();

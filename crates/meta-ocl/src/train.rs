@@ -327,10 +327,15 @@ pub fn exact_matches(model: &Transformer, items: &[TestItem]) -> Vec<bool> {
 
 /// Exact match per subset (fraction of that subset's items answered exactly).
 pub fn em_by_subset(model: &Transformer, items: &[TestItem]) -> BTreeMap<String, f64> {
+    em_by_subset_prefixed(model, items, "")
+}
+
+/// [`em_by_subset`] with `prefix` before each subset name.
+pub fn em_by_subset_prefixed(model: &Transformer, items: &[TestItem], prefix: &str) -> BTreeMap<String, f64> {
     let hits = exact_matches(model, items);
     let mut acc: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for (it, h) in items.iter().zip(hits) {
-        let name = it.subset.map_or("stage0_recall", Subset::name).to_string();
+        let name = format!("{prefix}{}", it.subset.map_or("stage0_recall", Subset::name));
         let e = acc.entry(name).or_default();
         e.0 += h as usize;
         e.1 += 1;

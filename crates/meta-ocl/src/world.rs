@@ -221,6 +221,12 @@ impl World {
             .collect()
     }
 
+    /// EM of guessing uniformly among an attribute's values, averaged over the 6 attributes (the
+    /// chance level of a question whose attribute is uniform over the 6).
+    pub fn chance_em(&self) -> f64 {
+        self.config.values_per_attribute.iter().map(|&v| 1.0 / v as f64).sum::<f64>() / ATTRIBUTES as f64
+    }
+
     /// Stage-0 recall items: the prompt `<bos> Q attr_k ENT A` and answer of the first `n` facts.
     pub fn stage0_tests(&self, n: usize) -> Vec<TestItem> {
         self.stage0()
@@ -466,6 +472,23 @@ impl Protocol {
             }
         }
         Self { seed, subset_of, variable, defined_as, held_out, tags, stage1, stage2, tests }
+    }
+
+    /// Definition recall items (the spec's "entity association" check): for every entity with a
+    /// definition, the prompt `<bos> tag var` and the entity its definition names.
+    pub fn definition_tests(&self, world: &World) -> Vec<TestItem> {
+        (0..self.subset_of.len())
+            .filter_map(|e| {
+                let subset = self.subset_of[e];
+                let tag = self.tags[subset.tag()? - 1];
+                let target = self.defined_as[e]?;
+                Some(TestItem {
+                    subset: Some(subset),
+                    prompt: vec![BOS, tag, self.variable[e][0], self.variable[e][1]],
+                    answer: vec![world.vocab.entity(target)],
+                })
+            })
+            .collect()
     }
 
     /// The entities of `subset`.

@@ -13,7 +13,7 @@ use meta_ocl::world::World;
 
 const EXAMPLES: &str = "\
 Examples:
-  meta-ocl run                                   # reduced world, 4 x 2 seeds, writes runs/meta-ocl/report.md
+  meta-ocl run                                   # reduced world, 8 x 2 seeds, writes runs/meta-ocl/report.md
   meta-ocl run --stage1-seeds 20 --stage2-seeds 5 --jobs 2
   meta-ocl run --out runs/big --stage0-only      # then, on n machines:
   meta-ocl run --out runs/big --shard 3/8        # seeds s with s % 8 == 3
@@ -55,7 +55,7 @@ struct RunArgs {
     #[arg(long)]
     stage0_only: bool,
     /// Number of stage-1 seeds.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     stage1_seeds: usize,
     /// Number of stage-2 seeds per stage-1 seed.
     #[arg(long, default_value_t = 2)]
@@ -72,9 +72,12 @@ struct RunArgs {
     /// Stage-2 epochs (the spec: 10).
     #[arg(long, default_value_t = 10)]
     stage2_epochs: usize,
-    /// Batch size of stages 1 and 2.
+    /// Batch size of stage 1.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// Batch size of stage 2 (its data is only the d1/d2/d3 definitions).
+    #[arg(long, default_value_t = 16)]
+    stage2_batch_size: usize,
     /// Transformer blocks.
     #[arg(long, default_value_t = 2)]
     layers: usize,
@@ -98,7 +101,7 @@ impl RunArgs {
         c.stage1.epochs = self.stage1_epochs;
         c.stage2.epochs = self.stage2_epochs;
         c.stage1.batch_size = self.batch_size;
-        c.stage2.batch_size = self.batch_size;
+        c.stage2.batch_size = self.stage2_batch_size;
         c.stage1_seeds = self.stage1_seeds;
         c.stage2_seeds = self.stage2_seeds;
         c

@@ -205,3 +205,24 @@ fn bad_settings_are_refused() {
     assert!(World::new(&WorldConfig { syllables: 3, ..WorldConfig::default() }).is_err());
     assert!(World::new(&WorldConfig { tag_pool: 2, ..WorldConfig::default() }).is_err());
 }
+
+#[test]
+fn definition_recall_items_name_the_defined_entity_behind_its_tag() {
+    let w = world(100);
+    let p = Protocol::new(&w, 4);
+    let items = p.definition_tests(&w);
+    assert_eq!(
+        items.len(),
+        100 - 10 - 10 - 6,
+        "every entity with a definition (not q, q_no_replacement, no_qd)"
+    );
+    for it in &items {
+        let e = (0..100).find(|&e| p.variable[e] == [it.prompt[2], it.prompt[3]]).unwrap();
+        let subset = p.subset_of[e];
+        assert_eq!(it.subset, Some(subset));
+        assert_eq!(it.prompt[1], p.tags[subset.tag().unwrap() - 1]);
+        assert_eq!(it.answer, vec![w.vocab.entity(p.defined_as[e].unwrap())]);
+    }
+    // Chance EM of the default attribute sizes: (1/2 + 1/8 + 1/8 + 1/6 + 1/10 + 1/10) / 6.
+    assert!((w.chance_em() - (0.5 + 0.125 + 0.125 + 1.0 / 6.0 + 0.1 + 0.1) / 6.0).abs() < 1e-12);
+}
