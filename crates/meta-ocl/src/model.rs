@@ -28,11 +28,15 @@ pub struct ModelConfig {
     pub d_mlp: usize,
     /// Longest sequence (number of learned positions).
     pub block: usize,
+    /// Tie the output layer to the token embedding (logits = h E^T, no bias); an exploratory
+    /// variant, off by default.
+    #[serde(default)]
+    pub tie_embeddings: bool,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { d_model: 128, layers: 2, heads: 4, d_mlp: 512, block: 8 }
+        Self { d_model: 128, layers: 2, heads: 4, d_mlp: 512, block: 8, tie_embeddings: false }
     }
 }
 
@@ -83,7 +87,7 @@ impl ModelConfig {
                 heads: self.heads,
             });
         }
-        let head = linear(d, vocab);
+        let head = (!self.tie_embeddings).then(|| linear(d, vocab));
         Transformer { tok, pos, blocks, ln_f: LayerNormConfig::new(d).init(device), head }
     }
 
@@ -129,7 +133,7 @@ pub struct Transformer {
     pos: Param<Tensor<2>>,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
-    head: Linear,
+    head: Option<Linear>,
 }
 
 impl Transformer {
@@ -163,7 +167,11 @@ impl Transformer {
         for blk in &self.blocks {
             x = blk.forward(x, mask.clone());
         }
-        self.head.forward(self.ln_f.forward(x))
+        let x = self.ln_f.forward(x);
+        match &self.head {
+            Some(head) => head.forward(x),
+            None => x.matmul(self.tok.val().transpose().unsqueeze::<3>()),
+        }
     }
 }
 

@@ -40,12 +40,19 @@ pub struct WorldConfig {
     pub entities: usize,
     /// Number of values of each of the 6 attributes.
     pub values_per_attribute: [usize; ATTRIBUTES],
-    /// Number of syllable tokens; variable names are pairs of syllables.
+    /// Number of syllable tokens; variable names are `variable_tokens` syllables.
     pub syllables: usize,
+    /// Tokens per variable name (the spec: 2; 1 is an exploratory variant).
+    #[serde(default = "two")]
+    pub variable_tokens: usize,
     /// Number of tag tokens the three tags are drawn from.
     pub tag_pool: usize,
     /// Seed of the world (facts) and of every protocol drawn from it.
     pub seed: u64,
+}
+
+fn two() -> usize {
+    2
 }
 
 impl Default for WorldConfig {
@@ -54,6 +61,7 @@ impl Default for WorldConfig {
             entities: 400,
             values_per_attribute: [2, 8, 8, 6, 10, 10],
             syllables: 48,
+            variable_tokens: 2,
             tag_pool: 8,
             seed: 0,
         }
@@ -69,12 +77,14 @@ impl WorldConfig {
         if self.entities < 50 {
             return bad(format!("entities must be at least 50 (got {})", self.entities));
         }
-        if self.syllables * self.syllables < self.entities {
+        if !(1..=2).contains(&self.variable_tokens) {
+            return bad(format!("variable_tokens must be 1 or 2 (got {})", self.variable_tokens));
+        }
+        let names = self.syllables.pow(self.variable_tokens as u32);
+        if names < self.entities {
             return bad(format!(
-                "{} syllables give {} variable names, fewer than {} entities",
-                self.syllables,
-                self.syllables * self.syllables,
-                self.entities
+                "{} syllables give {names} variable names of {} tokens, fewer than {} entities",
+                self.syllables, self.variable_tokens, self.entities
             ));
         }
         if self.tag_pool < 3 {
@@ -349,8 +359,8 @@ pub struct Protocol {
     pub seed: u64,
     /// Subset of each entity.
     pub subset_of: Vec<Subset>,
-    /// Variable name (2 tokens) of each entity.
-    pub variable: Vec<[u32; 2]>,
+    /// Variable name (`variable_tokens` tokens) of each entity.
+    pub variable: Vec<Vec<u32>>,
     /// The entity each entity's variable is defined as (itself, except in qd2incons; `None`
     /// without a definition).
     pub defined_as: Vec<Option<usize>>,
@@ -398,12 +408,16 @@ impl Protocol {
             members.push(m);
             at += size;
         }
-        // Unique 2-syllable variable names.
+        // Unique variable names of `variable_tokens` syllables.
         let s = world.config.syllables;
-        let mut names: Vec<usize> = (0..s * s).collect();
+        let mut names: Vec<usize> = (0..s.pow(world.config.variable_tokens as u32)).collect();
         names.shuffle(&mut rng);
-        let variable: Vec<[u32; 2]> =
-            (0..n).map(|e| [v.syllable(names[e] / s), v.syllable(names[e] % s)]).collect();
+        let variable: Vec<Vec<u32>> = (0..n)
+            .map(|e| match world.config.variable_tokens {
+                1 => vec![v.syllable(names[e])],
+                _ => vec![v.syllable(names[e] / s), v.syllable(names[e] % s)],
+            })
+            .collect();
         // Tags: three distinct tokens of the pool.
         let mut pool: Vec<usize> = (0..world.config.tag_pool).collect();
         pool.shuffle(&mut rng);
@@ -450,7 +464,10 @@ impl Protocol {
         let definition = |e: usize| -> Option<Vec<u32>> {
             let tag = tags[subset_of[e].tag()? - 1];
             let target = defined_as[e]?;
-            Some(vec![BOS, tag, variable[e][0], variable[e][1], v.entity(target), EOS])
+            let mut d = vec![BOS, tag];
+            d.extend_from_slice(&variable[e]);
+            d.extend([v.entity(target), EOS]);
+            Some(d)
         };
         let (mut stage1, mut stage2, mut tests) = (Vec::new(), Vec::new(), Vec::new());
         for e in 0..n {
@@ -484,7 +501,7 @@ impl Protocol {
                 let target = self.defined_as[e]?;
                 Some(TestItem {
                     subset: Some(subset),
-                    prompt: vec![BOS, tag, self.variable[e][0], self.variable[e][1]],
+                    prompt: [&[BOS, tag][..], &self.variable[e]].concat(),
                     answer: vec![world.vocab.entity(target)],
                 })
             })

@@ -84,6 +84,16 @@ struct RunArgs {
     /// Residual width.
     #[arg(long, default_value_t = 128)]
     d_model: usize,
+    /// Syllable tokens variable names are made of (at least the number of entities for 1-token
+    /// variables).
+    #[arg(long, default_value_t = 48)]
+    syllables: usize,
+    /// Tokens per variable name (the spec: 2; 1 is an exploratory variant).
+    #[arg(long, default_value_t = 2)]
+    variable_tokens: usize,
+    /// Tie the output layer to the token embedding (exploratory).
+    #[arg(long)]
+    tie_embeddings: bool,
     /// World seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -94,6 +104,9 @@ impl RunArgs {
         let mut c = SweepConfig::default();
         c.world.entities = self.entities;
         c.world.seed = self.seed;
+        c.world.variable_tokens = self.variable_tokens;
+        c.world.syllables = self.syllables;
+        c.model.tie_embeddings = self.tie_embeddings;
         c.model.layers = self.layers;
         c.model.d_model = self.d_model;
         c.model.d_mlp = 4 * self.d_model;

@@ -51,7 +51,7 @@ fn tiny_sweep(stage1_seeds: usize) -> SweepConfig {
     let stage = |epochs| StageConfig { epochs, batch_size: 64, lr: 3e-3, warmup_steps: 1, weight_decay: 0.0 };
     SweepConfig {
         world: WorldConfig { entities: 50, syllables: 10, ..WorldConfig::default() },
-        model: ModelConfig { d_model: 16, layers: 1, heads: 2, d_mlp: 32, block: 8 },
+        model: ModelConfig { d_model: 16, layers: 1, heads: 2, d_mlp: 32, block: 8, tie_embeddings: false },
         stage0: stage(1),
         stage1: stage(1),
         stage2: stage(1),

@@ -6,13 +6,19 @@ use meta_ocl::train::{exact_match, greedy_decode, train_stage, StageConfig, Star
 use rand::Rng;
 
 fn tiny() -> ModelConfig {
-    ModelConfig { d_model: 16, layers: 2, heads: 2, d_mlp: 32, block: 8 }
+    ModelConfig { d_model: 16, layers: 2, heads: 2, d_mlp: 32, block: 8, tie_embeddings: false }
 }
 
 #[test]
 fn changing_a_later_token_never_changes_an_earlier_logit() {
+    for tie_embeddings in [false, true] {
+        causal(ModelConfig { tie_embeddings, ..tiny() });
+    }
+}
+
+fn causal(cfg: ModelConfig) {
     let vocab = 20;
-    let model = tiny().init_with(vocab, &mut foundation::rng::stream(7, 0, 0), &Device::flex());
+    let model = cfg.init_with(vocab, &mut foundation::rng::stream(7, 0, 0), &Device::flex());
     let mut rng = foundation::rng::stream(7, 1, 0);
     let (b, t) = (3, 8);
     let tokens: Vec<u32> = (0..b * t).map(|_| rng.gen_range(0..vocab as u32)).collect();

@@ -41,7 +41,7 @@ fn subsets_are_disjoint_and_cover_every_entity_with_the_spec_fractions() {
         }
     }
     assert_eq!(seen.len(), 400);
-    let names: HashSet<[u32; 2]> = p.variable.iter().copied().collect();
+    let names: HashSet<Vec<u32>> = p.variable.iter().cloned().collect();
     assert_eq!(names.len(), 400, "variable names are unique");
 }
 
@@ -91,9 +91,8 @@ fn tags_appear_only_where_they_should() {
     let [t1, t2, t3] = p.tags;
     assert!(t1 != t2 && t2 != t3 && t1 != t3);
     let tag_of = |s: &Vec<u32>| s.iter().copied().find(|&t| v.is_tag(t));
-    let var_entity = |s: &Vec<u32>| -> usize {
-        (0..200).find(|&e| p.variable[e] == [s[2], s[3]]).expect("known variable")
-    };
+    let var_entity =
+        |s: &Vec<u32>| -> usize { (0..200).find(|&e| p.variable[e][..] == s[2..4]).expect("known variable") };
     for s in &p.stage1 {
         if let Some(tag) = tag_of(s) {
             assert_eq!(s.len(), 6, "a definition is <bos> tag var var ENT <eos>");
@@ -154,7 +153,7 @@ fn held_out_questions_never_appear_in_training_and_are_stratified() {
                     if subset == Subset::QNoReplacementBaseline {
                         s[3] == w.vocab.entity(e)
                     } else {
-                        s[3..5] == p.variable[e]
+                        s[3..5] == p.variable[e][..]
                     }
                 })
                 .collect();
@@ -217,7 +216,7 @@ fn definition_recall_items_name_the_defined_entity_behind_its_tag() {
         "every entity with a definition (not q, q_no_replacement, no_qd)"
     );
     for it in &items {
-        let e = (0..100).find(|&e| p.variable[e] == [it.prompt[2], it.prompt[3]]).unwrap();
+        let e = (0..100).find(|&e| p.variable[e][..] == it.prompt[2..4]).unwrap();
         let subset = p.subset_of[e];
         assert_eq!(it.subset, Some(subset));
         assert_eq!(it.prompt[1], p.tags[subset.tag().unwrap() - 1]);
@@ -225,4 +224,26 @@ fn definition_recall_items_name_the_defined_entity_behind_its_tag() {
     }
     // Chance EM of the default attribute sizes: (1/2 + 1/8 + 1/8 + 1/6 + 1/10 + 1/10) / 6.
     assert!((w.chance_em() - (0.5 + 0.125 + 0.125 + 1.0 / 6.0 + 0.1 + 0.1) / 6.0).abs() < 1e-12);
+}
+
+#[test]
+fn one_token_variables_give_shorter_sequences_with_unique_names() {
+    let w = World::new(&WorldConfig {
+        entities: 100,
+        syllables: 100,
+        variable_tokens: 1,
+        ..WorldConfig::default()
+    })
+    .unwrap();
+    let p = Protocol::new(&w, 0);
+    assert!(p.variable.iter().all(|v| v.len() == 1));
+    assert_eq!(p.variable.iter().collect::<HashSet<_>>().len(), 100);
+    assert!(p.stage2.iter().all(|s| s.len() == 5), "<bos> tag var ENT <eos>");
+    assert!(World::new(&WorldConfig {
+        entities: 100,
+        syllables: 99,
+        variable_tokens: 1,
+        ..WorldConfig::default()
+    })
+    .is_err());
 }
