@@ -116,6 +116,11 @@ pub enum Purpose {
         /// Which timewarp draw.
         stream: u64,
     },
+    /// The synthetic world of `meta-ocl`: the entities' attribute values (index: 0).
+    MetaOclWorld,
+    /// The protocol of one `meta-ocl` stage-1 seed: subsets, variable names, tags, derangement and
+    /// held-out questions (index: the stage-1 seed).
+    MetaOclProtocol,
 }
 
 impl Purpose {
@@ -145,6 +150,8 @@ impl Purpose {
             Purpose::HpoDataTransform => 0x4890_0004,
             Purpose::EnddData => 0xE2DD,
             Purpose::Timewarp { stream } => (0x7137 << 40) | stream,
+            Purpose::MetaOclWorld => 0x3E7A0,
+            Purpose::MetaOclProtocol => 0x3E7A1,
             Purpose::DataSubset | Purpose::DataClassSubset => 0xDA7A,
             Purpose::GpProbes | Purpose::GpSolverBatches | Purpose::GpSubsample => 0x69,
         }

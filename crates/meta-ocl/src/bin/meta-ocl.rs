@@ -1,0 +1,167 @@
+//! `meta-ocl`: the implicit meta-learning sweep (stage 0, then stage 1 and stage 2 per seed) and
+//! its report.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use foundation::cli::{exit_code, Bar};
+use meta_ocl::harness::{prepare, report, stage0, sweep, Shard, SweepConfig};
+use meta_ocl::world::World;
+
+const EXAMPLES: &str = "\
+Examples:
+  meta-ocl run                                   # reduced world, 8 x 2 seeds, writes runs/meta-ocl/report.md
+  meta-ocl run --stage1-seeds 20 --stage2-seeds 5 --jobs 2
+  meta-ocl run --out runs/big --stage0-only      # then, on n machines:
+  meta-ocl run --out runs/big --shard 3/8        # seeds s with s % 8 == 3
+  meta-ocl report --out runs/big                 # report of whatever has finished";
+
+#[derive(Parser)]
+#[command(name = "meta-ocl", version, about = "Implicit meta-learning in a small transformer LM trained from scratch", after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run (or resume) the sweep, then write report.md and the plots.
+    Run(RunArgs),
+    /// Write report.md and the plots from the finished results in --out.
+    Report(OutArgs),
+}
+
+#[derive(Args)]
+struct OutArgs {
+    /// Run directory.
+    #[arg(long, default_value = "runs/meta-ocl")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    out: OutArgs,
+    /// Run only the stage-1 seeds s with s % n == i (`i/n`).
+    #[arg(long, default_value = "0/1")]
+    shard: String,
+    /// Concurrent workers (each takes the next unfinished stage-1 seed).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Train stage 0 only (before starting shards).
+    #[arg(long)]
+    stage0_only: bool,
+    /// Number of stage-1 seeds.
+    #[arg(long, default_value_t = 8)]
+    stage1_seeds: usize,
+    /// Number of stage-2 seeds per stage-1 seed.
+    #[arg(long, default_value_t = 2)]
+    stage2_seeds: usize,
+    /// Number of entities.
+    #[arg(long, default_value_t = 400)]
+    entities: usize,
+    /// Stage-0 epochs.
+    #[arg(long, default_value_t = 40)]
+    stage0_epochs: usize,
+    /// Stage-1 epochs (the spec: 20).
+    #[arg(long, default_value_t = 20)]
+    stage1_epochs: usize,
+    /// Stage-2 epochs (the spec: 10).
+    #[arg(long, default_value_t = 10)]
+    stage2_epochs: usize,
+    /// Batch size of stage 1.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Batch size of stage 2 (its data is only the d1/d2/d3 definitions).
+    #[arg(long, default_value_t = 16)]
+    stage2_batch_size: usize,
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    /// Residual width.
+    #[arg(long, default_value_t = 128)]
+    d_model: usize,
+    /// Syllable tokens variable names are made of (at least the number of entities for 1-token
+    /// variables).
+    #[arg(long, default_value_t = 48)]
+    syllables: usize,
+    /// Tokens per variable name (the spec: 2; 1 is an exploratory variant).
+    #[arg(long, default_value_t = 2)]
+    variable_tokens: usize,
+    /// Tie the output layer to the token embedding (exploratory).
+    #[arg(long)]
+    tie_embeddings: bool,
+    /// World seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl RunArgs {
+    fn config(&self) -> SweepConfig {
+        let mut c = SweepConfig::default();
+        c.world.entities = self.entities;
+        c.world.seed = self.seed;
+        c.world.variable_tokens = self.variable_tokens;
+        c.world.syllables = self.syllables;
+        c.model.tie_embeddings = self.tie_embeddings;
+        c.model.layers = self.layers;
+        c.model.d_model = self.d_model;
+        c.model.d_mlp = 4 * self.d_model;
+        c.stage0.epochs = self.stage0_epochs;
+        c.stage1.epochs = self.stage1_epochs;
+        c.stage2.epochs = self.stage2_epochs;
+        c.stage1.batch_size = self.batch_size;
+        c.stage2.batch_size = self.stage2_batch_size;
+        c.stage1_seeds = self.stage1_seeds;
+        c.stage2_seeds = self.stage2_seeds;
+        c
+    }
+}
+
+fn run(args: &RunArgs) -> Result<()> {
+    let cfg = args.config();
+    let out = &args.out.out;
+    let clock = Instant::now();
+    if args.stage0_only {
+        prepare(out, &cfg)?;
+        let world = World::new(&cfg.world)?;
+        stage0(out, &cfg, &world, &Bar::new())?;
+        println!("stage 0 done in {:.0} s: {}", clock.elapsed().as_secs_f64(), out.join("stage0").display());
+        return Ok(());
+    }
+    let shard = Shard::parse(&args.shard)?;
+    let outcome = sweep(out, &cfg, shard, args.jobs, &Bar::new())?;
+    let note = format!(
+        "Last `meta-ocl run` call: trained {} units, skipped {} finished ones, {:.0} s wall.",
+        outcome.trained.len(),
+        outcome.skipped.len(),
+        clock.elapsed().as_secs_f64()
+    );
+    let md = report(out, &cfg, &note)?;
+    println!("{md}");
+    println!("wrote {}", out.join("report.md").display());
+    Ok(())
+}
+
+fn report_only(args: &OutArgs) -> Result<()> {
+    let path = args.out.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let cfg: SweepConfig =
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let md = report(&args.out, &cfg, "")?;
+    println!("{md}");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    foundation::cli::keep_freed_memory();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Run(a) => run(a),
+        Command::Report(a) => report_only(a),
+    };
+    exit_code(result)
+}

@@ -1,0 +1,185 @@
+//! A small decoder-only transformer LM: token and learned position embeddings, pre-LayerNorm
+//! blocks (causal multi-head self-attention, GELU MLP), a final LayerNorm and an untied output
+//! layer. Tokens enter as one-hot rows multiplied by the embedding matrix (the same numbers as a
+//! lookup, with no integer tensors in the graph).
+
+use burn::module::{Module, Param};
+use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::{Bool, TensorData};
+use foundation::layers::kaiming_uniform;
+use foundation::rng::normals;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::MetaOclError;
+
+/// Architecture of [`Transformer`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// Number of blocks.
+    pub layers: usize,
+    /// Attention heads (must divide `d_model`).
+    pub heads: usize,
+    /// Hidden width of the MLP.
+    pub d_mlp: usize,
+    /// Longest sequence (number of learned positions).
+    pub block: usize,
+    /// Tie the output layer to the token embedding (logits = h E^T, no bias); an exploratory
+    /// variant, off by default.
+    #[serde(default)]
+    pub tie_embeddings: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { d_model: 128, layers: 2, heads: 4, d_mlp: 512, block: 8, tie_embeddings: false }
+    }
+}
+
+impl ModelConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), MetaOclError> {
+        if self.d_model == 0 || self.layers == 0 || self.heads == 0 || self.d_mlp == 0 || self.block == 0 {
+            return Err(MetaOclError::Invalid(format!("every model size must be positive (got {self:?})")));
+        }
+        if !self.d_model.is_multiple_of(self.heads) {
+            return Err(MetaOclError::Invalid(format!(
+                "heads ({}) must divide d_model ({})",
+                self.heads, self.d_model
+            )));
+        }
+        Ok(())
+    }
+
+    /// A model over `vocab` tokens with parameters drawn from `rng`: embeddings N(0, 0.02²),
+    /// linear layers uniform on ±1/sqrt(fan_in) (burn's default), LayerNorms at (1, 0).
+    pub fn init_with(&self, vocab: usize, rng: &mut impl Rng, device: &Device) -> Transformer {
+        let d = self.d_model;
+        let mut normal = |rows: usize, cols: usize| -> Param<Tensor<2>> {
+            let v: Vec<f32> = normals(rng, rows * cols).into_iter().map(|x| 0.02 * x).collect();
+            Param::from_data(TensorData::new(v, [rows, cols]), device)
+        };
+        let tok = normal(vocab, d);
+        let pos = normal(self.block, d);
+        let mut linear = |d_in: usize, d_out: usize| {
+            let mut l = LinearConfig::new(d_in, d_out).with_initializer(Initializer::Zeros).init(device);
+            l.weight = kaiming_uniform([d_in, d_out], d_in, rng, device);
+            l.bias = Some(kaiming_uniform([d_out], d_in, rng, device));
+            l
+        };
+        let mut blocks = Vec::with_capacity(self.layers);
+        for _ in 0..self.layers {
+            let qkv = linear(d, 3 * d);
+            let proj = linear(d, d);
+            let fc1 = linear(d, self.d_mlp);
+            let fc2 = linear(self.d_mlp, d);
+            blocks.push(Block {
+                ln1: LayerNormConfig::new(d).init(device),
+                qkv,
+                proj,
+                ln2: LayerNormConfig::new(d).init(device),
+                fc1,
+                fc2,
+                heads: self.heads,
+            });
+        }
+        let head = (!self.tie_embeddings).then(|| linear(d, vocab));
+        Transformer { tok, pos, blocks, ln_f: LayerNormConfig::new(d).init(device), head }
+    }
+
+    /// A model with the seed-0 initialisation (for weights loaded afterwards).
+    pub fn init(&self, vocab: usize, device: &Device) -> Transformer {
+        use foundation::rng::{stream_for, Purpose};
+        self.init_with(vocab, &mut stream_for(0, Purpose::Init, 0), device)
+    }
+}
+
+/// One pre-LayerNorm transformer block.
+#[derive(Module, Debug)]
+pub struct Block {
+    ln1: LayerNorm,
+    qkv: Linear,
+    proj: Linear,
+    ln2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    heads: usize,
+}
+
+impl Block {
+    fn forward(&self, x: Tensor<3>, mask: Tensor<4, Bool>) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let h = self.heads;
+        let dh = d / h;
+        let qkv = self.qkv.forward(self.ln1.forward(x.clone()));
+        let split = |i: usize| qkv.clone().narrow(2, i * d, d).reshape([b, t, h, dh]).swap_dims(1, 2);
+        let (q, k, v) = (split(0), split(1), split(2));
+        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((dh as f64).sqrt()).mask_fill(mask, -1e9);
+        let att = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, t, d]);
+        let x = x + self.proj.forward(att);
+        let m = self.fc2.forward(gelu(self.fc1.forward(self.ln2.forward(x.clone()))));
+        x + m
+    }
+}
+
+/// The decoder-only transformer LM.
+#[derive(Module, Debug)]
+pub struct Transformer {
+    tok: Param<Tensor<2>>,
+    pos: Param<Tensor<2>>,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    head: Option<Linear>,
+}
+
+impl Transformer {
+    /// Vocabulary size.
+    pub fn vocab(&self) -> usize {
+        self.tok.dims()[0]
+    }
+
+    /// Longest sequence it takes.
+    pub fn block(&self) -> usize {
+        self.pos.dims()[0]
+    }
+
+    /// Next-token logits `[B, T, V]` of `tokens` (`B` rows of `T` token ids each, row-major;
+    /// `T <= block`). Position `i` sees tokens `0..=i` only.
+    pub fn forward_tokens(&self, tokens: &[u32], t: usize, device: &Device) -> Tensor<3> {
+        let b = tokens.len() / t.max(1);
+        self.forward(one_hot(tokens, self.vocab(), device), b, t)
+    }
+
+    /// Next-token logits `[B, T, V]` of one-hot tokens `[B * T, V]`.
+    pub fn forward(&self, one_hot: Tensor<2>, b: usize, t: usize) -> Tensor<3> {
+        let d = self.tok.dims()[1];
+        let device = one_hot.device();
+        let x = one_hot.matmul(self.tok.val()).reshape([b, t, d]);
+        let x = x + self.pos.val().narrow(0, 0, t).unsqueeze::<3>();
+        let h = self.blocks.first().map_or(1, |blk| blk.heads);
+        // True above the diagonal: key j > query i is in the future and masked out.
+        let mask = Tensor::<2, Bool>::tril_mask([t, t], 0, &device).unsqueeze::<4>().expand([b, h, t, t]);
+        let mut x = x;
+        for blk in &self.blocks {
+            x = blk.forward(x, mask.clone());
+        }
+        let x = self.ln_f.forward(x);
+        match &self.head {
+            Some(head) => head.forward(x),
+            None => x.matmul(self.tok.val().transpose().unsqueeze::<3>()),
+        }
+    }
+}
+
+/// One-hot rows `[N, vocab]` of `tokens`.
+pub fn one_hot(tokens: &[u32], vocab: usize, device: &Device) -> Tensor<2> {
+    let mut v = vec![0.0f32; tokens.len() * vocab];
+    for (i, &tok) in tokens.iter().enumerate() {
+        v[i * vocab + tok as usize] = 1.0;
+    }
+    Tensor::from_data(TensorData::new(v, [tokens.len(), vocab]), device)
+}

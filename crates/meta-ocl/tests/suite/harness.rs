@@ -1,0 +1,101 @@
+//! The harness: the paired bootstrap gap, shards, and resuming a sweep.
+
+use meta_ocl::harness::{collect, paired_gap, report, sweep, Shard, SweepConfig};
+use meta_ocl::model::ModelConfig;
+use meta_ocl::train::StageConfig;
+use meta_ocl::world::WorldConfig;
+
+#[test]
+fn a_constant_gap_has_a_zero_width_interval() {
+    let a = [0.5, 0.7, 0.2, 0.9];
+    let b: Vec<f64> = a.iter().map(|x| x - 0.125).collect();
+    let g = paired_gap(&a, &b, 2000, 0.95, 1).unwrap();
+    assert_eq!(g.n, 4);
+    assert!((g.mean - 0.125).abs() < 1e-12);
+    assert!((g.ci.low - 0.125).abs() < 1e-12 && (g.ci.high - 0.125).abs() < 1e-12);
+}
+
+#[test]
+fn the_gap_interval_matches_the_normal_approximation_for_many_pairs() {
+    // Differences alternate +1 / -1 around 0.3 (n = 400): mean 0.3, sd 1, s.e. 0.05, so the 95 %
+    // interval is 0.3 -+ 1.96 * 0.05 = [0.202, 0.398] up to bootstrap noise.
+    let n = 400;
+    let a: Vec<f64> = (0..n).map(|i| 0.3 + if i % 2 == 0 { 1.0 } else { -1.0 }).collect();
+    let b = vec![0.0; n];
+    let g = paired_gap(&a, &b, 20_000, 0.95, 3).unwrap();
+    assert!((g.mean - 0.3).abs() < 1e-12);
+    assert!((g.se - 1.0 / (n as f64).sqrt() * (n as f64 / (n as f64 - 1.0)).sqrt()).abs() < 1e-9);
+    assert!((g.ci.low - 0.202).abs() < 0.01, "low {}", g.ci.low);
+    assert!((g.ci.high - 0.398).abs() < 0.01, "high {}", g.ci.high);
+    // Same seed, same interval.
+    assert_eq!(g, paired_gap(&a, &b, 20_000, 0.95, 3).unwrap());
+}
+
+#[test]
+fn a_gap_of_unequal_lists_is_refused() {
+    assert!(paired_gap(&[1.0, 2.0], &[1.0], 100, 0.95, 0).is_err());
+    assert!(paired_gap(&[], &[], 100, 0.95, 0).is_err());
+}
+
+#[test]
+fn shards_parse_and_partition_the_seeds() {
+    let s = Shard::parse("1/3").unwrap();
+    assert_eq!(s, Shard { index: 1, count: 3 });
+    assert_eq!((0..9).filter(|&i| s.owns(i)).collect::<Vec<_>>(), vec![1, 4, 7]);
+    for bad in ["3/3", "1", "a/2", "0/0"] {
+        assert!(Shard::parse(bad).is_err(), "{bad}");
+    }
+}
+
+fn tiny_sweep(stage1_seeds: usize) -> SweepConfig {
+    let stage = |epochs| StageConfig { epochs, batch_size: 64, lr: 3e-3, warmup_steps: 1, weight_decay: 0.0 };
+    SweepConfig {
+        world: WorldConfig { entities: 50, syllables: 10, ..WorldConfig::default() },
+        model: ModelConfig { d_model: 16, layers: 1, heads: 2, d_mlp: 32, block: 8, tie_embeddings: false },
+        stage0: stage(1),
+        stage1: stage(1),
+        stage2: stage(1),
+        stage1_seeds,
+        stage2_seeds: 2,
+        recall_items: 50,
+        resamples: 200,
+    }
+}
+
+#[test]
+fn a_resumed_sweep_skips_finished_seeds_and_shards_split_the_work() {
+    let dir = std::env::temp_dir().join(format!("meta-ocl-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let np = &foundation::progress::NoProgress;
+    // Shard 0/2 of 3 seeds: seeds 0 and 2.
+    let first = sweep(&dir, &tiny_sweep(3), Shard { index: 0, count: 2 }, 2, np).unwrap();
+    let all = |seeds: &[usize]| -> Vec<(usize, Option<usize>)> {
+        let mut v: Vec<_> = seeds.iter().flat_map(|&s| [(s, None), (s, Some(0)), (s, Some(1))]).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(first.trained, all(&[0, 2]));
+    assert!(first.skipped.is_empty());
+    let before = std::fs::read(dir.join("seeds/s0/t1.json")).unwrap();
+    // Simulate an interruption: seed 2 lost its second stage-2 result.
+    std::fs::remove_file(dir.join("seeds/s2/t1.json")).unwrap();
+    // The whole sweep now: seed 1 is new, seed 2 redoes t1 only, seed 0 is skipped.
+    let second = sweep(&dir, &tiny_sweep(3), Shard::ALL, 1, np).unwrap();
+    assert_eq!(second.trained, vec![(1, None), (1, Some(0)), (1, Some(1)), (2, Some(1))]);
+    assert_eq!(second.skipped, vec![(0, None), (0, Some(0)), (0, Some(1)), (2, None), (2, Some(0))]);
+    assert_eq!(std::fs::read(dir.join("seeds/s0/t1.json")).unwrap(), before, "finished results untouched");
+    let c = collect(&dir, &tiny_sweep(3)).unwrap();
+    assert_eq!(c.stage1_seeds, vec![0, 1, 2]);
+    assert_eq!(c.stage2_seeds, vec![0, 1, 2]);
+    assert_eq!(c.stage2["d1consis"].len(), 3);
+    let md = report(&dir, &tiny_sweep(3), "").unwrap();
+    assert!(md.contains("EM(d1consis) - EM(d2consis)"));
+    assert!(
+        dir.join("report.md").exists() && dir.join("em.png").exists() && dir.join("gaps_stage2.png").exists()
+    );
+    // Other settings in the same directory are refused.
+    let mut other = tiny_sweep(3);
+    other.stage1.lr = 1e-3;
+    assert!(sweep(&dir, &other, Shard::ALL, 1, np).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}

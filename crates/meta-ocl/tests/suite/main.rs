@@ -1,0 +1,5 @@
+//! Integration tests of meta-ocl (one test binary: see the workspace's testing notes).
+
+mod harness;
+mod model;
+mod world;
