@@ -20,6 +20,7 @@ use curvature::precondition::per_datum_gradients;
 use curvature::{EigenCurvature, LayerInfo, OutputLoss, SoftmaxCrossEntropy};
 use data::{Dataset, Split};
 use foundation::atomic::write_bytes;
+use foundation::loss::one_hot;
 use foundation::progress::Progress;
 use foundation::rng::{stream_for, Purpose};
 use foundation::tap::{layer_names, Tap};
@@ -60,14 +61,6 @@ fn images_tensor(rows: &[f32], n: usize, device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(rows.to_vec(), [n, 1, CLASSIFIER_SIDE, CLASSIFIER_SIDE]), device)
 }
 
-fn one_hot(labels: &[u8], device: &Device) -> Tensor<2> {
-    let mut v = vec![0f32; labels.len() * NUM_CLASSES];
-    for (i, &l) in labels.iter().enumerate() {
-        v[i * NUM_CLASSES + l as usize] = 1.0;
-    }
-    Tensor::from_data(TensorData::new(v, [labels.len(), NUM_CLASSES]), device)
-}
-
 /// A batch of labelled images for the curvature passes (softmax cross-entropy).
 pub struct ClassifierCurvatureBatch<'m> {
     model: &'m MnistClassifier,
@@ -80,7 +73,7 @@ impl<'m> ClassifierCurvatureBatch<'m> {
     pub fn new(model: &'m MnistClassifier, data: &Dataset, idx: &[usize], device: &Device) -> Self {
         let rows: Vec<f32> = idx.iter().flat_map(|&i| data.image(i).iter().copied()).collect();
         let labels: Vec<u8> = idx.iter().map(|&i| data.labels[i]).collect();
-        Self { model, x: images_tensor(&rows, idx.len(), device), y: one_hot(&labels, device) }
+        Self { model, x: images_tensor(&rows, idx.len(), device), y: one_hot(&labels, NUM_CLASSES, device) }
     }
 }
 
@@ -140,7 +133,7 @@ pub fn classifier_gradients(
     let n = labels.len();
     let mut tap = Tap::recording();
     let logits = model.forward_tapped(images_tensor(rows, n, device), &mut tap);
-    let y = one_hot(labels, device);
+    let y = one_hot(labels, NUM_CLASSES, device);
     let per = match measurement {
         None | Some(ClassMeasurement::CrossEntropy) => {
             SoftmaxCrossEntropy.per_datum_loss(&CurvatureOutput::unweighted(logits, y))

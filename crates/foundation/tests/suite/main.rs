@@ -3,6 +3,7 @@
 
 mod atomic;
 mod layers;
+mod loss;
 mod plot;
 mod stats;
 mod tensor_file_and_fingerprint;
