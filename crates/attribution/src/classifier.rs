@@ -183,29 +183,14 @@ pub fn score_classifier_range(
 ) -> Vec<Vec<f32>> {
     let ad = dev.clone().autodiff();
     let model = model.clone().fork(&ad);
-    let q = query_labels.len();
     let qg = classifier_gradients(&model, queries, query_labels, Some(measurement), &ad).inner();
     let scorer = Scorer::new(curv, qg, lambdas.to_vec());
-    let n = range.len();
-    let mut out = vec![vec![0f32; q * n]; lambdas.len()];
-    progress.start("score", n as u64);
-    let ids: Vec<usize> = range.clone().collect();
-    for chunk in ids.chunks(images_per_batch.max(1)) {
+    let scores = scorer.score_range(range, images_per_batch, progress, |chunk| {
         let rows: Vec<f32> = chunk.iter().flat_map(|&i| train.image(i).iter().copied()).collect();
         let labels: Vec<u8> = chunk.iter().map(|&i| train.labels[i]).collect();
-        let g = classifier_gradients(&model, &rows, &labels, None, &ad).inner();
-        let b = chunk.len();
-        for (li, sc) in scorer.score(g).into_iter().enumerate() {
-            for qi in 0..q {
-                for j in 0..b {
-                    out[li][qi * n + (chunk[j] - range.start)] = sc[qi * b + j];
-                }
-            }
-        }
-        progress.advance(b as u64);
-    }
-    progress.finish();
-    out
+        Ok::<_, std::convert::Infallible>(classifier_gradients(&model, &rows, &labels, None, &ad).inner())
+    });
+    scores.unwrap_or_else(|e| match e {})
 }
 
 /// The embedded MNIST subset (5000 training, 1000 test images, 28x28), or the full set from a
