@@ -20,6 +20,7 @@ use curvature::precondition::per_datum_gradients;
 use curvature::{EigenCurvature, LayerInfo, OutputLoss, SoftmaxCrossEntropy};
 use data::{Dataset, Split};
 use foundation::atomic::write_bytes;
+use foundation::loss::one_hot;
 use foundation::progress::Progress;
 use foundation::rng::{stream_for, Purpose};
 use foundation::tap::{layer_names, Tap};
@@ -60,14 +61,6 @@ fn images_tensor(rows: &[f32], n: usize, device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(rows.to_vec(), [n, 1, CLASSIFIER_SIDE, CLASSIFIER_SIDE]), device)
 }
 
-fn one_hot(labels: &[u8], device: &Device) -> Tensor<2> {
-    let mut v = vec![0f32; labels.len() * NUM_CLASSES];
-    for (i, &l) in labels.iter().enumerate() {
-        v[i * NUM_CLASSES + l as usize] = 1.0;
-    }
-    Tensor::from_data(TensorData::new(v, [labels.len(), NUM_CLASSES]), device)
-}
-
 /// A batch of labelled images for the curvature passes (softmax cross-entropy).
 pub struct ClassifierCurvatureBatch<'m> {
     model: &'m MnistClassifier,
@@ -80,7 +73,7 @@ impl<'m> ClassifierCurvatureBatch<'m> {
     pub fn new(model: &'m MnistClassifier, data: &Dataset, idx: &[usize], device: &Device) -> Self {
         let rows: Vec<f32> = idx.iter().flat_map(|&i| data.image(i).iter().copied()).collect();
         let labels: Vec<u8> = idx.iter().map(|&i| data.labels[i]).collect();
-        Self { model, x: images_tensor(&rows, idx.len(), device), y: one_hot(&labels, device) }
+        Self { model, x: images_tensor(&rows, idx.len(), device), y: one_hot(&labels, NUM_CLASSES, device) }
     }
 }
 
@@ -140,7 +133,7 @@ pub fn classifier_gradients(
     let n = labels.len();
     let mut tap = Tap::recording();
     let logits = model.forward_tapped(images_tensor(rows, n, device), &mut tap);
-    let y = one_hot(labels, device);
+    let y = one_hot(labels, NUM_CLASSES, device);
     let per = match measurement {
         None | Some(ClassMeasurement::CrossEntropy) => {
             SoftmaxCrossEntropy.per_datum_loss(&CurvatureOutput::unweighted(logits, y))
@@ -190,29 +183,14 @@ pub fn score_classifier_range(
 ) -> Vec<Vec<f32>> {
     let ad = dev.clone().autodiff();
     let model = model.clone().fork(&ad);
-    let q = query_labels.len();
     let qg = classifier_gradients(&model, queries, query_labels, Some(measurement), &ad).inner();
     let scorer = Scorer::new(curv, qg, lambdas.to_vec());
-    let n = range.len();
-    let mut out = vec![vec![0f32; q * n]; lambdas.len()];
-    progress.start("score", n as u64);
-    let ids: Vec<usize> = range.clone().collect();
-    for chunk in ids.chunks(images_per_batch.max(1)) {
+    let scores = scorer.score_range(range, images_per_batch, progress, |chunk| {
         let rows: Vec<f32> = chunk.iter().flat_map(|&i| train.image(i).iter().copied()).collect();
         let labels: Vec<u8> = chunk.iter().map(|&i| train.labels[i]).collect();
-        let g = classifier_gradients(&model, &rows, &labels, None, &ad).inner();
-        let b = chunk.len();
-        for (li, sc) in scorer.score(g).into_iter().enumerate() {
-            for qi in 0..q {
-                for j in 0..b {
-                    out[li][qi * n + (chunk[j] - range.start)] = sc[qi * b + j];
-                }
-            }
-        }
-        progress.advance(b as u64);
-    }
-    progress.finish();
-    out
+        Ok::<_, std::convert::Infallible>(classifier_gradients(&model, &rows, &labels, None, &ad).inner())
+    });
+    scores.unwrap_or_else(|e| match e {})
 }
 
 /// The embedded MNIST subset (5000 training, 1000 test images, 28x28), or the full set from a

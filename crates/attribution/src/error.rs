@@ -22,6 +22,9 @@ pub enum AttributionError {
     /// Rendering or writing a figure.
     #[error(transparent)]
     Plot(#[from] crate::plot::PlotError),
+    /// Writing a PNG (a bar chart).
+    #[error(transparent)]
+    Png(#[from] foundation::plot::PngError),
     /// A curvature factor file.
     #[error(transparent)]
     Curvature(#[from] curvature::io::CurvatureIoError),

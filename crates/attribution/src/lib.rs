@@ -16,6 +16,7 @@ use curvature::precondition::per_datum_gradients;
 use curvature::EigenCurvature;
 use diffusion::model::Denoiser;
 use diffusion::Diffusion;
+use foundation::progress::Progress;
 use foundation::rng::{normals, stream_for, timesteps, Purpose};
 use foundation::tap::Tap;
 use serde::{Deserialize, Serialize};
@@ -195,6 +196,37 @@ impl<'c> Scorer<'c> {
                 pq.clone().matmul(rotated.clone()).into_data().try_into_vec_as::<f32>().expect("scores")
             })
             .collect()
+    }
+
+    /// Scores `[L][Q * n]` (row-major `[Q, n]` per lambda, `n = range.len()`) of the training
+    /// examples in `range`, `per_batch` at a time: `gradients(ids)` gives the training gradients
+    /// `[B, P]` of the examples `ids`. `progress` sees one stage, `score`, counted in examples.
+    pub fn score_range<E>(
+        &self,
+        range: std::ops::Range<usize>,
+        per_batch: usize,
+        progress: &dyn Progress,
+        mut gradients: impl FnMut(&[usize]) -> Result<Tensor<2>, E>,
+    ) -> Result<Vec<Vec<f32>>, E> {
+        let n = range.len();
+        let q = self.preconditioned.first().map_or(0, |p| p.dims()[0]);
+        let mut out = vec![vec![0f32; q * n]; self.lambdas.len()];
+        progress.start("score", n as u64);
+        let ids: Vec<usize> = range.clone().collect();
+        for chunk in ids.chunks(per_batch.max(1)) {
+            let g = gradients(chunk)?;
+            let b = chunk.len();
+            for (li, sc) in self.score(g).into_iter().enumerate() {
+                for qi in 0..q {
+                    for j in 0..b {
+                        out[li][qi * n + (chunk[j] - range.start)] = sc[qi * b + j];
+                    }
+                }
+            }
+            progress.advance(b as u64);
+        }
+        progress.finish();
+        Ok(out)
     }
 }
 

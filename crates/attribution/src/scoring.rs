@@ -158,26 +158,12 @@ pub fn score_range(
     let qg = task.gradients(&model, queries, &qids, Role::Query, &ad).inner();
     check_finite(&qg, "query gradients")?;
     let scorer = Scorer::new(curv, qg, s.lambdas.clone());
-    let n = range.len();
-    let mut out = vec![vec![0f32; q * n]; s.lambdas.len()];
-    progress.start("score", n as u64);
-    let ids: Vec<usize> = range.clone().collect();
-    for chunk in ids.chunks(s.images_per_batch.max(1)) {
+    scorer.score_range(range, s.images_per_batch, progress, |chunk| {
         let rows: Vec<f32> = chunk.iter().flat_map(|&i| ds.image(i).iter().copied()).collect();
         let g = task.gradients(&model, &rows, chunk, Role::Train, &ad).inner();
         check_finite(&g, "training gradients")?;
-        let b = chunk.len();
-        for (li, sc) in scorer.score(g).into_iter().enumerate() {
-            for qi in 0..q {
-                for j in 0..b {
-                    out[li][qi * n + (chunk[j] - range.start)] = sc[qi * b + j];
-                }
-            }
-        }
-        progress.advance(b as u64);
-    }
-    progress.finish();
-    Ok(out)
+        Ok(g)
+    })
 }
 
 fn check_finite(t: &Tensor<2>, what: &str) -> Result<()> {

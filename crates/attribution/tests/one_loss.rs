@@ -3,16 +3,15 @@
 //! ground-truth measurement and the curvature's loss, Gauss-Newton matrix and pseudo-gradients are
 //! those of `Diffusion::per_example_loss` on the same (t, noise) draws.
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use attribution::measure::measure;
 use attribution::{DiffusionTask, Measurement, Role};
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::prelude::*;
-use burn::tensor::{FloatDType, Gradients};
+use burn::tensor::FloatDType;
 use curvature::diffusion_batch::DiffusionBatch;
-use curvature::exact::dense_ggn;
+use curvature::exact::{dense_ggn, layer_space_gradient};
 use curvature::fit::{backward_passes, mse_pseudo_gradients, CurvatureBatch, GgnKind};
 use curvature::layer::to_f64;
 use curvature::precondition::per_datum_gradients;
@@ -75,40 +74,6 @@ fn draw(rng: &mut impl rand::Rng, steps: usize) -> (usize, Vec<f32>) {
     (t, normals(rng, D))
 }
 
-/// Parameter gradients of the covered layers from plain backprop, in layer-space layout
-/// (`[d_out, d_in]` weight, then bias, in tap-record order; burn stores Linear weights
-/// `[d_in, d_out]`).
-fn param_space(model: &Mlp, grads: &Gradients, order: &[(u64, Option<u64>)]) -> Vec<f64> {
-    struct Collect<'g>(&'g Gradients, HashMap<u64, Vec<f64>>);
-    impl ModuleVisitor for Collect<'_> {
-        fn visit_float<const R: usize>(&mut self, param: &Param<Tensor<R>>) {
-            if let Some(g) = param.val().grad(self.0) {
-                let g = match R {
-                    2 => {
-                        let [a, b] = [g.dims()[0], g.dims()[1]];
-                        g.reshape([a, b]).transpose().reshape([a * b])
-                    }
-                    _ => {
-                        let n = g.shape().num_elements();
-                        g.reshape([n])
-                    }
-                };
-                self.1.insert(param.id.val(), g.into_data().try_into_vec_as::<f64>().expect("float"));
-            }
-        }
-    }
-    let mut c = Collect(grads, HashMap::new());
-    model.visit(&mut c);
-    let mut out = Vec::new();
-    for (w, b) in order {
-        out.extend(&c.1[w]);
-        if let Some(b) = b {
-            out.extend(&c.1[b]);
-        }
-    }
-    out
-}
-
 /// The covered layers' (weight, bias) ids in tap-record order.
 fn record_order(model: &Mlp) -> Vec<(u64, Option<u64>)> {
     let mut tap = Tap::recording();
@@ -156,7 +121,7 @@ fn attribution_gradients_are_autodiff_of_per_example_loss() {
                 let loss = diffusion
                     .per_example_loss(&model, tensor(x0, n, D), &t, tensor(eps, n, D), &mut Tap::off())
                     .mean();
-                let want = param_space(&model, &loss.backward(), &order);
+                let want = layer_space_gradient(&model, &loss.backward(), &order);
                 let e = rel_err(&got[k * p..(k + 1) * p], &want);
                 assert!(e < 1e-5, "{name} {role:?} image {id}: relative error {e}");
             }

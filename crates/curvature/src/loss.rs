@@ -14,7 +14,8 @@
 //! (`H_i = w_i (diag(p_i) - p_i p_i^T)` with `p_i = softmax(y_i)`).
 
 use burn::prelude::*;
-use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::activation::softmax;
+use foundation::loss::softmax_cross_entropy_per_example;
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
@@ -181,8 +182,7 @@ impl OutputLoss for SoftmaxCrossEntropy {
     }
 
     fn per_datum_loss(&self, out: &CurvatureOutput) -> Tensor<1> {
-        let n = out.output.dims()[0];
-        let ce = (log_softmax(out.output.clone(), 1) * out.target.clone()).sum_dim(1).reshape([n]).neg();
+        let ce = softmax_cross_entropy_per_example(out.output.clone(), out.target.clone());
         match &out.weight {
             None => ce,
             Some(w) => ce * w.clone(),

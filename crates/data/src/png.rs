@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use foundation::plot::PngError;
+
 use crate::DataError;
 
 /// Gap between tiles in a grid, in pixels.
@@ -24,9 +26,9 @@ pub fn to_u8(x: f32) -> u8 {
 /// Tiles are separated by a 1-pixel mid-grey gap (no outer border), so the
 /// PNG is `c * width + (c - 1)` wide and `r * height + (r - 1)` high, where
 /// `c = min(ncols, n)` and `r = ceil(n / ncols)`; unused cells of the last
-/// row are mid-grey. The file is written to `<path>.tmp` and then renamed
-/// over `path`, so readers never see a partial file; missing parent
-/// directories are created.
+/// row are mid-grey. The file is written through the one PNG writer
+/// (`foundation::plot::write_png`: temp file + fsync + rename), so readers
+/// never see a partial file; missing parent directories are created.
 ///
 /// Errors: [`DataError::InvalidArgument`] if `n`, `height`, `width` or
 /// `ncols` is zero or `images.len() != n * height * width`;
@@ -78,22 +80,9 @@ pub fn write_png_grid(
         }
     }
 
-    foundation::atomic::write_atomic_with(
-        path,
-        |tmp| {
-            image::save_buffer_with_format(
-                tmp,
-                &buf,
-                gw32,
-                gh32,
-                image::ExtendedColorType::L8,
-                image::ImageFormat::Png,
-            )
-            .map_err(|source| match source {
-                image::ImageError::IoError(source) => DataError::Io { path: tmp.to_path_buf(), source },
-                source => DataError::Png { path: path.to_path_buf(), source },
-            })
-        },
-        |p, source| DataError::Io { path: p.to_path_buf(), source },
-    )
+    let img = image::GrayImage::from_raw(gw32, gh32, buf).expect("the buffer holds gw x gh grey levels");
+    foundation::plot::write_png(path, &img).map_err(|e| match e {
+        PngError::Io(e) => DataError::Io { path: e.path, source: e.source },
+        PngError::Encode { path, source } => DataError::Png { path, source },
+    })
 }

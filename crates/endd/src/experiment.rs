@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
+use foundation::plot::write_png;
 use foundation::progress::Progress;
 use serde::Serialize;
 
@@ -15,7 +16,7 @@ use crate::metrics::{
     argmax, aupr, auroc, ece_percent, error_percent, nll, prediction_rejection_ratio, spearman,
 };
 use crate::model::{Arch, Net};
-use crate::plot::{heatmaps, histogram, write_png};
+use crate::plot::{heatmaps, histogram};
 use crate::train::{
     load_ensemble, load_teacher, logits, save_teacher, train_ensemble, train_student, EnsembleSpec, Inputs,
     Labeled, Shard, StudentKind, StudentSpec, Teacher, TrainSettings,

@@ -53,6 +53,9 @@ pub enum EndError {
     /// An atomic write failed.
     #[error(transparent)]
     Io(#[from] foundation::atomic::IoError),
+    /// A PNG could not be written or encoded.
+    #[error(transparent)]
+    Png(#[from] foundation::plot::PngError),
     /// MNIST or Fashion-MNIST could not be loaded.
     #[error("loading data: {0}")]
     Data(#[from] ::data::DataError),

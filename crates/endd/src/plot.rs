@@ -1,12 +1,8 @@
 //! The pictures: heat maps of an uncertainty over the input plane side by side, and histograms of
 //! an uncertainty in- and out-of-distribution. Plain pixels (captions are in the report); written
-//! atomically.
+//! with `foundation::plot::write_png`.
 
-use std::path::Path;
-
-use image::{ImageFormat, Rgb, RgbImage};
-
-use crate::EndError;
+use image::{Rgb, RgbImage};
 
 /// Colour of `v` in [0, 1] on a dark-blue → teal → yellow ramp (viridis-like).
 pub fn colour(v: f64) -> Rgb<u8> {
@@ -23,15 +19,6 @@ pub fn colour(v: f64) -> Rgb<u8> {
     let f = pos - i as f64;
     let mix = |c: usize| (STOPS[i][c] * (1.0 - f) + STOPS[i + 1][c] * f).round() as u8;
     Rgb([mix(0), mix(1), mix(2)])
-}
-
-/// Writes `img` as PNG to `path` atomically.
-pub fn write_png(path: &Path, img: &RgbImage) -> Result<(), EndError> {
-    foundation::atomic::write_atomic_with(
-        path,
-        |tmp| img.save_with_format(tmp, ImageFormat::Png).map_err(|e| EndError::file(tmp, e)),
-        EndError::file,
-    )
 }
 
 /// Heat maps of `side × side` grids (row-major, top row first), side by side with a 6-pixel white

@@ -9,8 +9,8 @@ use std::sync::Mutex;
 
 use burn::module::Module;
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 use burn::tensor::TensorData;
+use foundation::loss::{softmax_cross_entropy, softmax_cross_entropy_sum};
 use foundation::progress::{NoProgress, Progress};
 use foundation::rng::epoch_order;
 use foundation::tensor_file::{self, NamedTensor};
@@ -183,8 +183,7 @@ impl Objective<Net> for MemberObjective<'_> {
     }
 
     fn loss(&self, model: &Net, batch: MemberBatch) -> Tensor<1> {
-        let b = batch.y.dims()[0];
-        (log_softmax(model.forward(batch.x), 1) * batch.y).sum().neg() / (b as f64)
+        softmax_cross_entropy(model.forward(batch.x), batch.y)
     }
 }
 
@@ -339,7 +338,7 @@ impl Objective<Net> for StudentObjective<'_> {
         let z = model.forward(batch.x);
         match self.kind {
             StudentKind::End => {
-                (log_softmax(z.div_scalar(t), 1) * batch.mean_p).sum().neg().mul_scalar(t * t / b as f64)
+                softmax_cross_entropy_sum(z.div_scalar(t), batch.mean_p).mul_scalar(t * t / b as f64)
             }
             StudentKind::End2 => end2_loss(z, &batch.mean_logp, t),
         }

@@ -2,8 +2,9 @@
 //! purposes ([`rng`]), the one atomic (temp file + fsync + rename) writer and I/O error
 //! ([`atomic`]), progress reporting as a trait ([`progress`]), summary statistics ([`stats`]),
 //! f64/f32 safetensors files with a checked JSON header ([`tensor_file`]), the one data
-//! fingerprint ([`fingerprint`]), and the hook point of curvature code, the [`tap::Tap`] and the
-//! tapped layers ([`layers`]), and the one training loop ([`train`]).
+//! fingerprint ([`fingerprint`]), the one softmax cross-entropy ([`loss`]), PNG figures through the one PNG writer
+//! ([`plot`]), the hook point of curvature code, the [`tap::Tap`] and the tapped layers
+//! ([`layers`]), and the one training loop ([`train`]).
 
 #![warn(missing_docs)]
 
@@ -12,7 +13,9 @@ pub mod atomic;
 pub mod cli;
 pub mod fingerprint;
 pub mod layers;
+pub mod loss;
 pub mod paths;
+pub mod plot;
 pub mod progress;
 pub mod rng;
 pub mod stats;

@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 use burn::tensor::TensorData;
 use data::Dataset;
+use foundation::loss::softmax_cross_entropy;
 use foundation::progress::Progress;
 use foundation::rng::{epoch_order, stream_for, Purpose};
 use foundation::train::{Objective, OptimConfig, Trainer};
@@ -149,9 +149,7 @@ impl Objective<MnistClassifier> for ClassifierObjective<'_> {
     }
 
     fn loss(&self, model: &MnistClassifier, batch: ClassifierBatch) -> Tensor<1> {
-        let b = batch.y.dims()[0];
-        let logits = model.forward(batch.x);
-        (log_softmax(logits, 1) * batch.y).sum().neg() / (b as f64)
+        softmax_cross_entropy(model.forward(batch.x), batch.y)
     }
 
     fn draws_randomness(&self, model: &MnistClassifier) -> bool {

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ::data::{load_mnist, Split};
-use attribution::plot::{write_bar_chart, Bar};
 use burn::prelude::*;
+use foundation::plot::{write_bar_chart, Bar};
 use foundation::progress::Progress;
 use serde::{Deserialize, Serialize};
 
@@ -450,8 +450,7 @@ pub fn write_report(
             })
         }))
         .collect();
-    write_bar_chart(&out.join("accuracy.png"), "test accuracy (%)", &bars, |v, _| format!("{v:.2}"))
-        .map_err(|e| foundation::atomic::IoError::new(&out.join("accuracy.png"), e))?;
+    write_bar_chart(&out.join("accuracy.png"), "test accuracy (%)", &bars, |v, _| format!("{v:.2}"))?;
     let _ = writeln!(md, "\n![test accuracy](accuracy.png)");
     if let Some(r) = results.iter().find(|r| r.method == Method::Partitioned && r.keep.is_some()) {
         let keep = r.keep.as_ref().expect("mask");

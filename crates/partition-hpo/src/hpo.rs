@@ -17,6 +17,7 @@ use burn::module::Param;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
+use foundation::loss::{one_hot, softmax_cross_entropy_per_example};
 use foundation::progress::Progress;
 use foundation::rng::{stream_for, Purpose};
 use foundation::train::{Objective, OptimConfig, Trainer};
@@ -196,19 +197,11 @@ fn draw_group(
     Group { x, y, n, draws: Draws { u, eps }, mode }
 }
 
-/// One-hot labels `[n, CLASSES]`.
-fn one_hot(y: &[u8], device: &Device) -> Tensor<2> {
-    let mut v = vec![0.0f32; y.len() * CLASSES];
-    for (i, &c) in y.iter().enumerate() {
-        v[i * CLASSES + c as usize] = 1.0;
-    }
-    Tensor::from_data(TensorData::new(v, [y.len(), CLASSES]), device)
-}
-
-/// Mean cross-entropy of `logits` against `y`.
+/// Mean cross-entropy of `logits` against `y` (the mean of the workspace's per-example
+/// softmax cross-entropy).
 pub fn cross_entropy(logits: Tensor<2>, y: &[u8]) -> Tensor<1> {
     let device = logits.device();
-    (log_softmax(logits, 1) * one_hot(y, &device)).sum_dim(1).mean().neg()
+    softmax_cross_entropy_per_example(logits, one_hot(y, CLASSES, &device)).mean()
 }
 
 /// Mean negative log-likelihood of the predictive that averages the class probabilities of
@@ -220,7 +213,7 @@ pub fn averaged_nll(logits: Tensor<2>, y: &[u8], samples: usize) -> Tensor<1> {
     let lp = log_softmax(logits, 1).reshape([samples, n, k]);
     let m = lp.clone().detach().max_dim(0);
     let lme = (lp - m.clone()).exp().mean_dim(0).log() + m;
-    (lme.reshape([n, k]) * one_hot(&y[..n], &device)).sum_dim(1).mean().neg()
+    (lme.reshape([n, k]) * one_hot(&y[..n], CLASSES, &device)).sum_dim(1).mean().neg()
 }
 
 /// The parameter objective: the sum over subnetworks k of the mean cross-entropy of subnetwork k

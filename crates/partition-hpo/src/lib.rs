@@ -60,4 +60,7 @@ pub enum HpoError {
     /// Writing a file.
     #[error(transparent)]
     Io(#[from] IoError),
+    /// Writing or encoding a PNG.
+    #[error(transparent)]
+    Png(#[from] foundation::plot::PngError),
 }

@@ -1,9 +1,10 @@
 //! Figures as PNG: the learned rotation range over training (a line chart; the colours are named
-//! in the report) and the learned input mask as an image; bar charts come from
-//! `attribution::plot`.
+//! in the report) and the learned input mask as an image; bar charts and the PNG writer come from
+//! `foundation::plot`.
 
 use std::path::Path;
 
+use foundation::plot::write_png;
 use image::{Rgb, RgbImage};
 
 use crate::HpoError;
@@ -17,18 +18,6 @@ pub const COLOURS: [(&str, [u8; 3]); 6] = [
     ("purple", [140, 60, 170]),
     ("grey", [110, 110, 110]),
 ];
-
-fn save(img: &RgbImage, path: &Path) -> Result<(), HpoError> {
-    foundation::atomic::write_atomic_with(
-        path,
-        |tmp| {
-            img.save_with_format(tmp, image::ImageFormat::Png)
-                .map_err(|e| foundation::atomic::IoError::new(tmp, std::io::Error::other(e)))
-        },
-        foundation::atomic::IoError::new,
-    )?;
-    Ok(())
-}
 
 /// Writes a line chart of `series` (points `(x, y)`) with y from 0 to `y_max`, light grid lines
 /// every `y_grid`, x from 0 to the largest x.
@@ -69,7 +58,7 @@ pub fn write_lines(path: &Path, series: &[Vec<(f64, f64)>], y_max: f64, y_grid: 
             }
         }
     }
-    save(&img, path)
+    Ok(write_png(path, &img)?)
 }
 
 /// Writes `values` in [0, 1] (row-major `rows x cols`) as a grey image, `scale` pixels per value
@@ -82,5 +71,5 @@ pub fn write_map(path: &Path, values: &[f32], rows: usize, cols: usize, scale: u
         let g = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
         *p = Rgb([g, g, g]);
     }
-    save(&img, path)
+    Ok(write_png(path, &img)?)
 }

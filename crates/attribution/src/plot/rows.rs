@@ -10,10 +10,9 @@
 
 use std::path::Path;
 
-use foundation::atomic::{write_atomic_with, IoError};
+use foundation::plot::font::{draw_text, text_height, text_width};
+use foundation::plot::{write_png, PngError};
 use image::{Rgb, RgbImage};
-
-use super::font::{draw_text, text_height, text_width};
 
 /// Blank space around the figure, in pixels.
 pub const MARGIN: u32 = 8;
@@ -95,17 +94,9 @@ pub enum PlotError {
     /// Inputs that do not describe a figure (sizes, counts).
     #[error("attribution rows: {0}")]
     InvalidArgument(String),
-    /// Writing the PNG failed.
+    /// Writing or encoding the PNG failed.
     #[error(transparent)]
-    Io(#[from] IoError),
-    /// Encoding the PNG failed.
-    #[error("{path}: cannot encode PNG: {message}")]
-    Encode {
-        /// The file being written.
-        path: String,
-        /// The encoder's message.
-        message: String,
-    },
+    Png(#[from] PngError),
 }
 
 /// Integer magnification for images of `height x width`: the largest factor that keeps the
@@ -267,12 +258,5 @@ pub fn write_attribution_rows(
     labels: &[String],
 ) -> Result<(), PlotError> {
     let img = attribution_rows(images, layout, labels)?;
-    write_atomic_with(
-        path,
-        |tmp| {
-            img.save_with_format(tmp, image::ImageFormat::Png)
-                .map_err(|e| PlotError::Encode { path: path.display().to_string(), message: e.to_string() })
-        },
-        |p, e| PlotError::Io(IoError::new(p, e)),
-    )
+    Ok(write_png(path, &img)?)
 }

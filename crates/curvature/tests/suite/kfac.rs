@@ -2,11 +2,11 @@
 
 use std::sync::OnceLock;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 use curvature::diffusion_batch::DiffusionBatch;
-use curvature::exact::{damped_solve, dense_ggn};
+use curvature::exact::{damped_solve, dense_ggn, layer_space_gradient};
 use curvature::factors::KfacApprox;
 use curvature::fit::{
     fit_correction, fit_factors, mse_pseudo_gradients, CurvatureBatch, CurvatureOutput, GgnKind,
@@ -377,46 +377,9 @@ fn per_example_gradients_from_patches_equal_batch_of_one_backprop() {
         let one = DiffusionBatch::new(&s.model, &s.diff, &s.data, &[*pair], 9, 0, &d);
         let CurvatureOutput { output: y, target, .. } = one.forward(&mut Tap::off());
         let grads = (target - y).square().sum().backward();
-        let flat = param_space(&s.model, &grads, &order);
+        let flat = layer_space_gradient(&s.model, &grads, &order);
         assert_eq!(flat.len(), p);
         let e = rel_err(&per[i * p..(i + 1) * p], &flat);
         assert!(e < 1e-10, "example {i}: relative error {e}");
     }
-}
-
-/// Parameter gradients of the covered layers in layer-space layout (burn's Linear weight is
-/// `[d_in, d_out]`, so it is transposed; conv weights are already `[c_out, c_in*kh*kw]`).
-fn param_space(
-    model: &impl Module,
-    grads: &burn::tensor::Gradients,
-    order: &[(u64, Option<u64>)],
-) -> Vec<f64> {
-    struct Collect<'g>(&'g burn::tensor::Gradients, std::collections::HashMap<u64, Vec<f64>>);
-    impl ModuleVisitor for Collect<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(g) = param.val().grad(self.0) {
-                let g = match D {
-                    2 => {
-                        let [a, b] = [g.dims()[0], g.dims()[1]];
-                        g.reshape([a, b]).transpose().reshape([a * b])
-                    }
-                    _ => {
-                        let n = g.shape().num_elements();
-                        g.reshape([n])
-                    }
-                };
-                self.1.insert(param.id.val(), g.into_data().try_into_vec_as::<f64>().unwrap());
-            }
-        }
-    }
-    let mut c = Collect(grads, Default::default());
-    model.visit(&mut c);
-    let mut out = Vec::new();
-    for (w, b) in order {
-        out.extend(&c.1[w]);
-        if let Some(b) = b {
-            out.extend(&c.1[b]);
-        }
-    }
-    out
 }

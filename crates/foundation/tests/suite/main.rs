@@ -3,6 +3,8 @@
 
 mod atomic;
 mod layers;
+mod loss;
+mod plot;
 mod stats;
 mod tensor_file_and_fingerprint;
 mod train;

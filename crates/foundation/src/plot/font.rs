@@ -1,6 +1,6 @@
-//! A minimal 5x7 bitmap font (lower-case letters, digits and a little punctuation) for the labels
-//! of the attribution figures, so they need no font files or text-rendering dependency. Glyphs sit
-//! on a 5x7 body; `g`, `j`, `p`, `q` and `y` descend two rows below it.
+//! A minimal 5x7 bitmap font (lower-case letters, digits and a little punctuation) for figure
+//! labels (e.g. the attribution figures), so they need no font files or text-rendering dependency.
+//! Glyphs sit on a 5x7 body; `g`, `j`, `p`, `q` and `y` descend two rows below it.
 //!
 //! Upper-case letters are drawn as their lower-case forms; any other character without a glyph
 //! is drawn as `?`.
