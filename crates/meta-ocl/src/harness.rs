@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use attribution::plot::{write_bar_chart, Bar};
+use foundation::plot::{write_bar_chart, Bar};
 use foundation::progress::{NoProgress, Progress};
 use foundation::stats::{bootstrap_ci, mean_se, Interval};
 use foundation::train::Checkpoints;
@@ -555,14 +555,12 @@ pub fn report(out: &Path, cfg: &SweepConfig, note: &str) -> Result<String, MetaO
         let name = if stage == "Stage 1" { "gaps_stage1.png" } else { "gaps_stage2.png" };
         write_bar_chart(&out.join(name), &format!("{stage} paired gaps, 95% CI"), &gap_bars, |v, h| {
             format!("{v:+.3} +-{h:.3}")
-        })
-        .map_err(|e| foundation::atomic::IoError::new(&out.join(name), e))?;
+        })?;
     }
     if !bars.is_empty() {
         write_bar_chart(&out.join("em.png"), "EM per subset, 95% CI", &bars, |v, h| {
             format!("{v:.3} +-{h:.3}")
-        })
-        .map_err(|e| foundation::atomic::IoError::new(&out.join("em.png"), e))?;
+        })?;
     }
     md.push_str(
         "Gaps are paired per stage-1 seed (stage-2 EMs averaged over that seed's stage-2 seeds); CIs are \

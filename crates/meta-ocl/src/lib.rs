@@ -35,6 +35,9 @@ pub enum MetaOclError {
     /// A file could not be written.
     #[error(transparent)]
     Io(#[from] foundation::atomic::IoError),
+    /// A figure could not be written.
+    #[error(transparent)]
+    Png(#[from] foundation::plot::PngError),
     /// A file could not be read or parsed.
     #[error("{path}: {message}")]
     Read {
