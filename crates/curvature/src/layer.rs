@@ -45,6 +45,21 @@ impl LayerBatch {
         })
     }
 
+    /// The `[N, S, d_out]` output gradients of a record alone (no im2col of the input).
+    pub fn output_grads(rec: &TapRecord, grads: &Gradients) -> Option<Tensor<3>> {
+        Some(match rec.output_grad(grads)? {
+            Activation::Dense(g) => {
+                let [n, d_out] = g.dims();
+                g.reshape([n, 1, d_out])
+            }
+            Activation::Sequence(g) => g,
+            Activation::Spatial(g) => {
+                let [n, c_out, h, w] = g.dims();
+                g.reshape([n, c_out, h * w]).swap_dims(1, 2)
+            }
+        })
+    }
+
     /// The `[N, S, d_in]` input rows of a record (conv: im2col patches), without gradients.
     pub fn activations(rec: &TapRecord) -> Tensor<3> {
         match (&rec.kind, &rec.input) {
@@ -100,6 +115,52 @@ pub fn im2col(x: Tensor<4>, kernel: [usize; 2], stride: [usize; 2], padding: [us
         }
     }
     Tensor::cat(cols, 2).reshape([n, c * kernel[0] * kernel[1], ho * wo]).swap_dims(1, 2)
+}
+
+/// The Gram matrix `X^T X` of rows `X` (`[rows, d]`) as row-major f64 `[d, d]`, computed in the
+/// tensor's float type with faer: only the lower triangle is multiplied (half the flops of a
+/// full GEMM), then mirrored, and the rows are read in place (no transposed copy).
+pub fn gram(x: Tensor<2>) -> Vec<f64> {
+    let [rows, d] = x.dims();
+    let data = x.into_data();
+    if data.dtype() == burn::tensor::DType::F64 {
+        let v = data.try_into_vec_as::<f64>().expect("float data");
+        gram_of(&v, rows, d, |x| x)
+    } else {
+        let v = data.try_into_vec_as::<f32>().expect("float data");
+        gram_of(&v, rows, d, |x| x as f64)
+    }
+}
+
+fn gram_of<T: faer::traits::ComplexField + Copy>(
+    v: &[T],
+    rows: usize,
+    d: usize,
+    f64_of: impl Fn(T) -> f64,
+) -> Vec<f64> {
+    use faer::linalg::matmul::triangular::{matmul, BlockStructure};
+    let x = faer::MatRef::from_row_major_slice(v, rows, d);
+    let mut out = faer::Mat::<T>::zeros(d, d);
+    matmul(
+        out.as_mut(),
+        BlockStructure::TriangularLower,
+        faer::Accum::Replace,
+        x.transpose(),
+        BlockStructure::Rectangular,
+        x,
+        BlockStructure::Rectangular,
+        T::one_impl(),
+        faer::Par::rayon(0),
+    );
+    let mut g = vec![0.0; d * d];
+    for i in 0..d {
+        for j in 0..=i {
+            let v = f64_of(out[(i, j)]);
+            g[i * d + j] = v;
+            g[j * d + i] = v;
+        }
+    }
+    g
 }
 
 /// Tensor values as f64 whatever the device's float type.
