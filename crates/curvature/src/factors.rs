@@ -14,7 +14,7 @@ use faer::{Mat, Side};
 use foundation::tap::{LayerKind, TapRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::layer::{from_f64, gram, to_f64, LayerBatch};
+use crate::layer::{from_f64, gram, gram_sum, to_f64, LayerBatch};
 
 /// How positions shared by a layer (conv pixels) enter the Kronecker factors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,15 +93,19 @@ impl FactorAccumulator {
     /// Add the input (A) statistics of one forward pass. `names` maps weight ids to layer names.
     pub fn add_activations(&mut self, records: &[TapRecord], names: &dyn Fn(u64) -> String) {
         for (k, rec) in records.iter().enumerate() {
+            let diagonal = matches!(rec.kind, LayerKind::Embedding { .. });
+            if self.approx == KfacApprox::Expand && !diagonal {
+                // Feature-major blocks: no transposed copy of the patches.
+                let a = LayerBatch::activations_by_feature(rec);
+                let [_, d_in, s] = a.dims();
+                self.ensure_layer(k, rec, names, s, d_in);
+                let aa = gram_sum(a);
+                self.a_sum[k].iter_mut().zip(aa).for_each(|(s, v)| *s += v);
+                continue;
+            }
             let a = LayerBatch::activations(rec);
             let [n, s, d_in] = a.dims();
-            if self.layers.len() <= k {
-                let mut info = LayerInfo::from_record(rec, names(rec.weight_id.val()), s);
-                info.d_in = d_in;
-                self.a_sum.push(vec![0.0; if info.diagonal_input { d_in } else { d_in * d_in }]);
-                self.b_sum.push(vec![0.0; info.d_out * info.d_out]);
-                self.layers.push(info);
-            }
+            self.ensure_layer(k, rec, names, s, d_in);
             let a = match self.approx {
                 KfacApprox::Expand => a.reshape([n * s, d_in]),
                 KfacApprox::Reduce => a.mean_dim(1).reshape([n, d_in]),
@@ -111,16 +115,39 @@ impl FactorAccumulator {
         }
     }
 
+    /// Creates the sums of layer `k` on its first batch.
+    fn ensure_layer(
+        &mut self,
+        k: usize,
+        rec: &TapRecord,
+        names: &dyn Fn(u64) -> String,
+        s: usize,
+        d_in: usize,
+    ) {
+        if self.layers.len() <= k {
+            let mut info = LayerInfo::from_record(rec, names(rec.weight_id.val()), s);
+            info.d_in = d_in;
+            self.a_sum.push(vec![0.0; if info.diagonal_input { d_in } else { d_in * d_in }]);
+            self.b_sum.push(vec![0.0; info.d_out * info.d_out]);
+            self.layers.push(info);
+        }
+    }
+
     /// Add the output-gradient (B) statistics of one backward pass.
     pub fn add_gradients(&mut self, records: &[TapRecord], grads: &Gradients) {
         for (k, rec) in records.iter().enumerate() {
-            let g = LayerBatch::output_grads(rec, grads).expect("every tapped layer reaches the loss");
-            let [n, s, d_out] = g.dims();
-            let g = match self.approx {
-                KfacApprox::Expand => g.reshape([n * s, d_out]),
-                KfacApprox::Reduce => g.sum_dim(1).reshape([n, d_out]),
+            let gg = match self.approx {
+                KfacApprox::Expand => gram_sum(
+                    LayerBatch::output_grads_by_feature(rec, grads)
+                        .expect("every tapped layer reaches the loss"),
+                ),
+                KfacApprox::Reduce => {
+                    let g =
+                        LayerBatch::output_grads(rec, grads).expect("every tapped layer reaches the loss");
+                    let [n, _, d_out] = g.dims();
+                    gram(g.sum_dim(1).reshape([n, d_out]))
+                }
             };
-            let gg = gram(g);
             self.b_sum[k].iter_mut().zip(gg).for_each(|(s, v)| *s += v);
         }
     }
