@@ -117,8 +117,32 @@ pub enum Role {
 impl DiffusionTask {
     /// Per-image gradients `[n, P]` (layer space, see `curvature::precondition`) of the training
     /// loss or the measurement, each averaged over the role's draws. `rows` is `[n, D]`; `ids`
-    /// are the images' global indices (they seed the draws).
+    /// are the images' global indices (they seed the draws). The images are split into two
+    /// halves whose passes run concurrently, each on its own copy of the model with untracked
+    /// parameters (only the layer outputs' gradients are needed, so no weight gradients are
+    /// computed); an image's gradient depends on its own draws only.
     pub fn gradients<M: Denoiser>(
+        &self,
+        model: &M,
+        rows: &[f32],
+        ids: &[usize],
+        role: Role,
+        device: &Device,
+    ) -> Tensor<2> {
+        let (d, n) = (model.data_dim(), ids.len());
+        let pass = |m: M, rows: &[f32], ids: &[usize]| self.gradients_one_pass(&m, rows, ids, role, device);
+        if n < 2 {
+            return pass(model.clone().no_grad(), rows, ids);
+        }
+        let h = n / 2;
+        let (ma, mb) = (model.clone().no_grad(), model.clone().no_grad());
+        let (a, b) =
+            rayon::join(|| pass(ma, &rows[..h * d], &ids[..h]), || pass(mb, &rows[h * d..n * d], &ids[h..]));
+        Tensor::cat(vec![a, b], 0)
+    }
+
+    /// [`gradients`](Self::gradients) in one forward/backward pass.
+    fn gradients_one_pass<M: Denoiser>(
         &self,
         model: &M,
         rows: &[f32],

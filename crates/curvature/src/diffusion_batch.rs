@@ -11,9 +11,13 @@ use foundation::tap::Tap;
 
 use crate::fit::{CurvatureBatch, CurvatureOutput};
 
-/// A batch of (example, draw) data of the diffusion loss.
+/// A batch of (example, draw) data of the diffusion loss. The halves of
+/// [`CurvatureBatch::split`] hold copies of the model with every parameter untracked
+/// (`no_grad`): the curvature needs gradients at the layer outputs only (the tap's probes), so
+/// their backward passes skip the weight gradients, and the two halves build disjoint autodiff
+/// graphs that run concurrently.
 pub struct DiffusionBatch<'m, M: Denoiser> {
-    model: &'m M,
+    model: M,
     diffusion: &'m Diffusion,
     x0: Tensor<2>,
     t: Vec<usize>,
@@ -44,7 +48,7 @@ impl<'m, M: Denoiser> DiffusionBatch<'m, M> {
         let idx: Vec<usize> = pairs.iter().map(|p| p.0).collect();
         let x0 = data.batch(&idx, device);
         let eps = Tensor::from_data(TensorData::new(eps, [pairs.len(), d]), device);
-        Self { model, diffusion, x0, t, eps }
+        Self { model: model.clone(), diffusion, x0, t, eps }
     }
 
     /// All `examples x draws` data of one pass, in batches of `batch_size`, built lazily.
@@ -70,7 +74,7 @@ impl<'m, M: Denoiser> DiffusionBatch<'m, M> {
 impl<M: Denoiser> CurvatureBatch for DiffusionBatch<'_, M> {
     fn forward(&self, tap: &mut Tap) -> CurvatureOutput {
         let (_, output) =
-            self.diffusion.forward_draw(self.model, self.x0.clone(), &self.t, self.eps.clone(), tap);
+            self.diffusion.forward_draw(&self.model, self.x0.clone(), &self.t, self.eps.clone(), tap);
         CurvatureOutput {
             output,
             target: self.diffusion.target(self.x0.clone(), self.eps.clone()),
@@ -80,5 +84,23 @@ impl<M: Denoiser> CurvatureBatch for DiffusionBatch<'_, M> {
 
     fn len(&self) -> usize {
         self.t.len()
+    }
+
+    fn split(&self) -> Option<[Box<dyn CurvatureBatch + Send + '_>; 2]> {
+        let n = self.t.len();
+        if n < 2 {
+            return None;
+        }
+        let h = n / 2;
+        let half = |start: usize, len: usize| -> Box<dyn CurvatureBatch + Send + '_> {
+            Box::new(Self {
+                model: self.model.clone().no_grad(),
+                diffusion: self.diffusion,
+                x0: self.x0.clone().narrow(0, start, len),
+                t: self.t[start..start + len].to_vec(),
+                eps: self.eps.clone().narrow(0, start, len),
+            })
+        };
+        Some([half(0, h), half(h, n - h)])
     }
 }

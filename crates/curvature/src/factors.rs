@@ -14,7 +14,7 @@ use faer::{Mat, Side};
 use foundation::tap::{LayerKind, TapRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::layer::{from_f64, to_f64, LayerBatch};
+use crate::layer::{from_f64, gram, gram_sum, to_f64, LayerBatch};
 
 /// How positions shared by a layer (conv pixels) enter the Kronecker factors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,52 +90,64 @@ impl FactorAccumulator {
         Self { approx, layers: Vec::new(), a_sum: Vec::new(), b_sum: Vec::new(), data: 0 }
     }
 
-    fn layer_batch(rec: &TapRecord, grads: Option<&Gradients>) -> (Tensor<3>, Option<Tensor<3>>) {
-        match grads {
-            Some(g) => {
-                let lb = LayerBatch::from_record(rec, g).expect("every tapped layer reaches the loss");
-                (lb.a, Some(lb.g))
-            }
-            None => (LayerBatch::activations(rec), None),
-        }
-    }
-
     /// Add the input (A) statistics of one forward pass. `names` maps weight ids to layer names.
     pub fn add_activations(&mut self, records: &[TapRecord], names: &dyn Fn(u64) -> String) {
         for (k, rec) in records.iter().enumerate() {
-            let (a, _) = Self::layer_batch(rec, None);
-            let [n, s, d_in] = a.dims();
-            if self.layers.len() <= k {
-                let mut info = LayerInfo::from_record(rec, names(rec.weight_id.val()), s);
-                info.d_in = d_in;
-                self.a_sum.push(vec![0.0; if info.diagonal_input { d_in } else { d_in * d_in }]);
-                self.b_sum.push(vec![0.0; info.d_out * info.d_out]);
-                self.layers.push(info);
+            let diagonal = matches!(rec.kind, LayerKind::Embedding { .. });
+            if self.approx == KfacApprox::Expand && !diagonal {
+                // Feature-major blocks: no transposed copy of the patches.
+                let a = LayerBatch::activations_by_feature(rec);
+                let [_, d_in, s] = a.dims();
+                self.ensure_layer(k, rec, names, s, d_in);
+                let aa = gram_sum(a);
+                self.a_sum[k].iter_mut().zip(aa).for_each(|(s, v)| *s += v);
+                continue;
             }
+            let a = LayerBatch::activations(rec);
+            let [n, s, d_in] = a.dims();
+            self.ensure_layer(k, rec, names, s, d_in);
             let a = match self.approx {
                 KfacApprox::Expand => a.reshape([n * s, d_in]),
                 KfacApprox::Reduce => a.mean_dim(1).reshape([n, d_in]),
             };
-            let aa = if self.layers[k].diagonal_input {
-                to_f64(a.square().sum_dim(0))
-            } else {
-                to_f64(a.clone().transpose().matmul(a))
-            };
+            let aa = if self.layers[k].diagonal_input { to_f64(a.square().sum_dim(0)) } else { gram(a) };
             self.a_sum[k].iter_mut().zip(aa).for_each(|(s, v)| *s += v);
+        }
+    }
+
+    /// Creates the sums of layer `k` on its first batch.
+    fn ensure_layer(
+        &mut self,
+        k: usize,
+        rec: &TapRecord,
+        names: &dyn Fn(u64) -> String,
+        s: usize,
+        d_in: usize,
+    ) {
+        if self.layers.len() <= k {
+            let mut info = LayerInfo::from_record(rec, names(rec.weight_id.val()), s);
+            info.d_in = d_in;
+            self.a_sum.push(vec![0.0; if info.diagonal_input { d_in } else { d_in * d_in }]);
+            self.b_sum.push(vec![0.0; info.d_out * info.d_out]);
+            self.layers.push(info);
         }
     }
 
     /// Add the output-gradient (B) statistics of one backward pass.
     pub fn add_gradients(&mut self, records: &[TapRecord], grads: &Gradients) {
         for (k, rec) in records.iter().enumerate() {
-            let (_, g) = Self::layer_batch(rec, Some(grads));
-            let g = g.expect("gradients");
-            let [n, s, d_out] = g.dims();
-            let g = match self.approx {
-                KfacApprox::Expand => g.reshape([n * s, d_out]),
-                KfacApprox::Reduce => g.sum_dim(1).reshape([n, d_out]),
+            let gg = match self.approx {
+                KfacApprox::Expand => gram_sum(
+                    LayerBatch::output_grads_by_feature(rec, grads)
+                        .expect("every tapped layer reaches the loss"),
+                ),
+                KfacApprox::Reduce => {
+                    let g =
+                        LayerBatch::output_grads(rec, grads).expect("every tapped layer reaches the loss");
+                    let [n, _, d_out] = g.dims();
+                    gram(g.sum_dim(1).reshape([n, d_out]))
+                }
             };
-            let gg = to_f64(g.clone().transpose().matmul(g));
             self.b_sum[k].iter_mut().zip(gg).for_each(|(s, v)| *s += v);
         }
     }
@@ -143,6 +155,21 @@ impl FactorAccumulator {
     /// Count `n` more data (M).
     pub fn add_data(&mut self, n: usize) {
         self.data += n;
+    }
+
+    /// Add the sums of `part` (same layers, e.g. half of a batch) into these; the first part
+    /// merged into an empty accumulator brings the layers, named with `names`.
+    pub fn merge(&mut self, part: FactorAccumulator, names: &dyn Fn(u64) -> String) {
+        if self.layers.is_empty() {
+            self.layers = part.layers;
+            self.layers.iter_mut().for_each(|l| l.name = names(l.weight_id));
+            self.a_sum = part.a_sum;
+            self.b_sum = part.b_sum;
+        } else {
+            add_into(&mut self.a_sum, part.a_sum);
+            add_into(&mut self.b_sum, part.b_sum);
+        }
+        self.data += part.data;
     }
 
     /// The normalised factors.
@@ -336,6 +363,13 @@ impl<'c> CorrectionAccumulator<'c> {
         }
     }
 
+    /// Add the sums of `part` (another accumulator for the same curvature) into these.
+    pub fn merge(&mut self, part: CorrectionAccumulator<'_>) {
+        add_into(&mut self.lambda_w, part.lambda_w);
+        add_into(&mut self.lambda_b, part.lambda_b);
+        self.data += part.data;
+    }
+
     /// The EK-FAC curvature: same eigenbases, corrected eigenvalues.
     pub fn finish(self) -> EigenCurvature {
         let m = self.data as f64;
@@ -346,5 +380,12 @@ impl<'c> CorrectionAccumulator<'c> {
             layer.lambda_b = lb.into_iter().map(|v| v / m).collect();
         }
         out
+    }
+}
+
+/// `into[k][i] += from[k][i]` for every layer k.
+fn add_into(into: &mut [Vec<f64>], from: Vec<Vec<f64>>) {
+    for (s, f) in into.iter_mut().zip(from) {
+        s.iter_mut().zip(f).for_each(|(s, v)| *s += v);
     }
 }

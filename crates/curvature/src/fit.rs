@@ -82,6 +82,12 @@ pub trait CurvatureBatch {
     fn output_loss(&self) -> &dyn OutputLoss {
         &Mse
     }
+    /// The batch as two halves (first data, then the rest) whose passes may run concurrently on
+    /// disjoint autodiff graphs, or `None` (the default) to run it as one pass. The halves'
+    /// output loss must be this batch's, and their data in order must be this batch's data.
+    fn split(&self) -> Option<[Box<dyn CurvatureBatch + Send + '_>; 2]> {
+        None
+    }
 }
 
 /// `n * d` draws of N(0, 2/d): the output-space pseudo-gradients whose covariance is the
@@ -133,6 +139,39 @@ pub fn backward_passes<B: CurvatureBatch>(
     n
 }
 
+/// The single-backward-pass kinds ([`GgnKind::Model`], [`GgnKind::Loss`]) of a batch that
+/// [`CurvatureBatch::split`]s: both halves' forward passes run concurrently, the pseudo-gradients
+/// are drawn from `rng` for the first half then the second (the draws of one whole-batch pass),
+/// both backward passes run concurrently and `stats` reduces each to a partial result, returned in
+/// half order. `None` when the batch does not split or `ggn` is [`GgnKind::ModelExact`].
+fn concurrent_passes<B: CurvatureBatch + ?Sized, S: Send>(
+    batch: &B,
+    ggn: GgnKind,
+    rng: &mut impl Rng,
+    stats: impl Fn(&[foundation::tap::TapRecord], &burn::tensor::Gradients) -> S + Sync,
+) -> Option<[S; 2]> {
+    if ggn == GgnKind::ModelExact {
+        return None;
+    }
+    let [a, b] = batch.split()?;
+    let forward = |half: Box<dyn CurvatureBatch + Send + '_>| {
+        let mut tap = Tap::recording();
+        let out = half.forward(&mut tap);
+        (tap, out)
+    };
+    let ((tap_a, out_a), (tap_b, out_b)) = rayon::join(|| forward(a), || forward(b));
+    let loss = batch.output_loss();
+    let mut scalar = |out: &CurvatureOutput| match ggn {
+        GgnKind::Loss => loss.loss_scalar(out),
+        _ => loss.sampled_scalar(out, rng),
+    };
+    let (s_a, s_b) = (scalar(&out_a), scalar(&out_b));
+    drop((out_a, out_b));
+    let backward = |tap: Tap, s: Tensor<1>| stats(tap.records(), &s.backward());
+    let (r_a, r_b) = rayon::join(|| backward(tap_a, s_a), || backward(tap_b, s_b));
+    Some([r_a, r_b])
+}
+
 /// Pass 1: the Kronecker factors over all `batches`.
 pub fn fit_factors<B: CurvatureBatch>(
     batches: impl IntoIterator<Item = B>,
@@ -144,6 +183,18 @@ pub fn fit_factors<B: CurvatureBatch>(
 ) -> KfacFactors {
     let mut acc = FactorAccumulator::new(approx);
     for batch in batches {
+        let halves = concurrent_passes(&batch, ggn, rng, |records, grads| {
+            let mut part = FactorAccumulator::new(approx);
+            part.add_activations(records, &|_| String::new());
+            part.add_gradients(records, grads);
+            part
+        });
+        if let Some(halves) = halves {
+            halves.into_iter().for_each(|part| acc.merge(part, names));
+            acc.add_data(batch.len());
+            progress(batch.len());
+            continue;
+        }
         let n = backward_passes(&batch, ggn, rng, |records, grads, first| {
             if first {
                 acc.add_activations(records, names);
@@ -166,6 +217,17 @@ pub fn fit_correction<B: CurvatureBatch>(
 ) -> EigenCurvature {
     let mut acc = CorrectionAccumulator::new(curvature);
     for batch in batches {
+        let halves = concurrent_passes(&batch, ggn, rng, |records, grads| {
+            let mut part = CorrectionAccumulator::new(curvature);
+            part.add(records, grads);
+            part
+        });
+        if let Some(halves) = halves {
+            halves.into_iter().for_each(|part| acc.merge(part));
+            acc.add_data(batch.len());
+            progress(batch.len());
+            continue;
+        }
         let n = backward_passes(&batch, ggn, rng, |records, grads, first| {
             if first {
                 acc.add_data(batch.len());

@@ -45,6 +45,55 @@ impl LayerBatch {
         })
     }
 
+    /// The `[N, S, d_out]` output gradients of a record alone (no im2col of the input).
+    pub fn output_grads(rec: &TapRecord, grads: &Gradients) -> Option<Tensor<3>> {
+        Some(match rec.output_grad(grads)? {
+            Activation::Dense(g) => {
+                let [n, d_out] = g.dims();
+                g.reshape([n, 1, d_out])
+            }
+            Activation::Sequence(g) => g,
+            Activation::Spatial(g) => {
+                let [n, c_out, h, w] = g.dims();
+                g.reshape([n, c_out, h * w]).swap_dims(1, 2)
+            }
+        })
+    }
+
+    /// The inputs of a record feature-major, `[N, d_in, S]` (conv: im2col patches before the
+    /// transpose to rows, so no transposed copy is made; `S = 1` for a dense linear).
+    pub fn activations_by_feature(rec: &TapRecord) -> Tensor<3> {
+        match (&rec.kind, &rec.input) {
+            (LayerKind::Linear { .. }, Activation::Dense(a)) => {
+                let [n, d_in] = a.dims();
+                a.clone().reshape([n, d_in, 1])
+            }
+            (LayerKind::Linear { .. } | LayerKind::Embedding { .. }, Activation::Sequence(a)) => {
+                a.clone().swap_dims(1, 2)
+            }
+            (LayerKind::Conv2d { kernel, stride, padding, .. }, Activation::Spatial(x)) => {
+                im2col_by_feature(x.clone(), *kernel, *stride, *padding)
+            }
+            _ => panic!("record input does not match its layer kind"),
+        }
+    }
+
+    /// The output gradients of a record feature-major, `[N, d_out, S]` (conv: the NCHW gradient
+    /// as it is).
+    pub fn output_grads_by_feature(rec: &TapRecord, grads: &Gradients) -> Option<Tensor<3>> {
+        Some(match rec.output_grad(grads)? {
+            Activation::Dense(g) => {
+                let [n, d_out] = g.dims();
+                g.reshape([n, d_out, 1])
+            }
+            Activation::Sequence(g) => g.swap_dims(1, 2),
+            Activation::Spatial(g) => {
+                let [n, c_out, h, w] = g.dims();
+                g.reshape([n, c_out, h * w])
+            }
+        })
+    }
+
     /// The `[N, S, d_in]` input rows of a record (conv: im2col patches), without gradients.
     pub fn activations(rec: &TapRecord) -> Tensor<3> {
         match (&rec.kind, &rec.input) {
@@ -77,11 +126,21 @@ impl LayerBatch {
 /// movement): burn's `unfold4d` is a convolution with a one-hot kernel, which costs as much as
 /// a GEMM of size `L x (C k^2) x (C k^2)` per image.
 pub fn im2col(x: Tensor<4>, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> Tensor<3> {
+    im2col_by_feature(x, kernel, stride, padding).swap_dims(1, 2)
+}
+
+/// [`im2col`] feature-major: `[N, C*kh*kw, L]`.
+pub fn im2col_by_feature(
+    x: Tensor<4>,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> Tensor<3> {
     let [n, c, h, w] = x.dims();
     let ho = (h + 2 * padding[0] - kernel[0]) / stride[0] + 1;
     let wo = (w + 2 * padding[1] - kernel[1]) / stride[1] + 1;
     if kernel == [1, 1] && stride == [1, 1] && padding == [0, 0] {
-        return x.reshape([n, c, h * w]).swap_dims(1, 2);
+        return x.reshape([n, c, h * w]);
     }
     let xp = if padding == [0, 0] {
         x
@@ -99,7 +158,61 @@ pub fn im2col(x: Tensor<4>, kernel: [usize; 2], stride: [usize; 2], padding: [us
             cols.push(patch.reshape([n, c, 1, ho * wo]));
         }
     }
-    Tensor::cat(cols, 2).reshape([n, c * kernel[0] * kernel[1], ho * wo]).swap_dims(1, 2)
+    Tensor::cat(cols, 2).reshape([n, c * kernel[0] * kernel[1], ho * wo])
+}
+
+/// The Gram matrix `X^T X` of rows `X` (`[rows, d]`) as row-major f64 `[d, d]` (see
+/// [`gram_sum`]).
+pub fn gram(x: Tensor<2>) -> Vec<f64> {
+    let [rows, d] = x.dims();
+    gram_sum(x.reshape([rows, d, 1]))
+}
+
+/// `sum_i X_i X_i^T` of feature-major blocks `X_i` (`x` is `[N, d, S]`) as row-major f64
+/// `[d, d]`, computed in the tensor's float type with faer: only the lower triangle is multiplied
+/// (half the flops of a full product), then mirrored, and the blocks are read in place (no
+/// transposed copy). With `S = 1` it is one product `X^T X` of the `[N, d]` rows.
+pub fn gram_sum(x: Tensor<3>) -> Vec<f64> {
+    let [n, d, s] = x.dims();
+    let data = x.into_data();
+    if data.dtype() == burn::tensor::DType::F64 {
+        let v = data.try_into_vec_as::<f64>().expect("float data");
+        gram_sum_of(&v, [n, d, s], |x| x)
+    } else {
+        let v = data.try_into_vec_as::<f32>().expect("float data");
+        gram_sum_of(&v, [n, d, s], |x| x as f64)
+    }
+}
+
+fn gram_sum_of<T: faer::traits::ComplexField + Copy>(
+    v: &[T],
+    [n, d, s]: [usize; 3],
+    f64_of: impl Fn(T) -> f64,
+) -> Vec<f64> {
+    use faer::linalg::matmul::triangular::{matmul, BlockStructure};
+    let mut out = faer::Mat::<T>::zeros(d, d);
+    let mut product = |lhs: faer::MatRef<'_, T>, rhs: faer::MatRef<'_, T>, accum: faer::Accum| {
+        let (lower, rect) = (BlockStructure::TriangularLower, BlockStructure::Rectangular);
+        matmul(out.as_mut(), lower, accum, lhs, rect, rhs, rect, T::one_impl(), faer::Par::rayon(0));
+    };
+    if s == 1 {
+        let x = faer::MatRef::from_row_major_slice(v, n, d);
+        product(x.transpose(), x, faer::Accum::Replace);
+    } else {
+        for (i, block) in v.chunks_exact(d * s).enumerate() {
+            let x = faer::MatRef::from_row_major_slice(block, d, s);
+            product(x, x.transpose(), if i == 0 { faer::Accum::Replace } else { faer::Accum::Add });
+        }
+    }
+    let mut g = vec![0.0; d * d];
+    for i in 0..d {
+        for j in 0..=i {
+            let v = f64_of(out[(i, j)]);
+            g[i * d + j] = v;
+            g[j * d + i] = v;
+        }
+    }
+    g
 }
 
 /// Tensor values as f64 whatever the device's float type.

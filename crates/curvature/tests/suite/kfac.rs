@@ -383,3 +383,59 @@ fn per_example_gradients_from_patches_equal_batch_of_one_backprop() {
         assert!(e < 1e-10, "example {i}: relative error {e}");
     }
 }
+
+/// A batch that does not split, so the fit takes the one-pass path.
+struct Whole<B>(B);
+
+impl<B: CurvatureBatch> CurvatureBatch for Whole<B> {
+    fn forward(&self, tap: &mut Tap) -> CurvatureOutput {
+        self.0.forward(tap)
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Fitting in two concurrent half-batch passes gives the factors and EK-FAC eigenvalues of one
+/// whole-batch pass (same pseudo-gradient draws; sums only reassociated), for GGN^model and
+/// GGN^loss, and twice the same bits.
+#[test]
+fn concurrent_half_batch_passes_equal_one_pass() {
+    let s = setup();
+    let d = dev();
+    let examples: Vec<usize> = (0..8).collect();
+    let names = layer_names(&s.model);
+    let name_of = |id: u64| names.get(&burn::module::ParamId::from(id)).cloned().unwrap_or_default();
+    let batches = |pass| DiffusionBatch::batches(&s.model, &s.diff, &s.data, &examples, 3, 5, pass, 13, &d);
+    for ggn in [GgnKind::Model, GgnKind::Loss] {
+        let factors = |split: bool| {
+            let mut rng = stream(6, 0, 0);
+            if split {
+                fit_factors(batches(0), KfacApprox::Expand, ggn, &mut rng, &name_of, |_| {})
+            } else {
+                fit_factors(batches(0).map(Whole), KfacApprox::Expand, ggn, &mut rng, &name_of, |_| {})
+            }
+        };
+        let (f2, f1, f3) = (factors(true), factors(false), factors(true));
+        assert_eq!(f2.num_data, f1.num_data);
+        for (a, b) in f2.layers.iter().zip(&f1.layers) {
+            assert_eq!(a.info, b.info);
+            assert!(rel_err(&a.a, &b.a) < 1e-12, "{ggn:?} A of {}: {}", a.info.name, rel_err(&a.a, &b.a));
+            assert!(rel_err(&a.b, &b.b) < 1e-12, "{ggn:?} B of {}: {}", a.info.name, rel_err(&a.b, &b.b));
+        }
+        assert!(f2.layers.iter().zip(&f3.layers).all(|(a, b)| a.a == b.a && a.b == b.b));
+        let kfac = f1.eigendecompose();
+        let correct = |split: bool| {
+            let mut rng = stream(7, 0, 0);
+            let e = if split {
+                fit_correction(&kfac, batches(1), ggn, &mut rng, |_| {})
+            } else {
+                fit_correction(&kfac, batches(1).map(Whole), ggn, &mut rng, |_| {})
+            };
+            e.eigenvalues()
+        };
+        let (e2, e1, e3) = (correct(true), correct(false), correct(true));
+        assert!(rel_err(&e2, &e1) < 1e-12, "{ggn:?} EK-FAC eigenvalues: {}", rel_err(&e2, &e1));
+        assert_eq!(e2, e3);
+    }
+}
