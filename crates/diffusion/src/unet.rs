@@ -70,7 +70,10 @@ impl UNetConfig {
     /// at least one level, positive sizes, and GroupNorm groups dividing every channel count.
     pub fn validate(&self) -> Result<(), String> {
         if self.channels.is_empty() || self.channels.contains(&0) {
-            return Err(format!("--channels {:?}: need at least one level, each with channels > 0", self.channels));
+            return Err(format!(
+                "--channels {:?}: need at least one level, each with channels > 0",
+                self.channels
+            ));
         }
         if self.height == 0 || self.width == 0 || self.image_channels == 0 || self.blocks_per_level == 0 {
             return Err("image size, image channels and blocks per level must be positive".into());

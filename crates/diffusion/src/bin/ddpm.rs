@@ -132,7 +132,8 @@ impl TrainArgs {
         // The default run: the embedded data at 14x14, settings chosen by measurement so that a
         // newcomer gets recognisable digits of every class in under 5 minutes on 2 cores
         // (docs/ddpm.md, "The default run"): three levels (14 -> 7 -> 4, the receptive field
-        // two levels lack), narrow channels, the cosine schedule, two concurrent microbatches.
+        // two levels lack), narrow channels, the cosine schedule, learning rate 2e-3, two
+        // concurrent microbatches.
         let mut data = DataSpec { size: 14, ..DataSpec::default() };
         self.data.apply(&mut data);
         let size = data.size;
@@ -157,7 +158,7 @@ impl TrainArgs {
         let train = TrainConfig {
             steps: self.steps.unwrap_or(4000),
             batch_size: self.batch.unwrap_or(64),
-            lr: self.lr.unwrap_or(1e-3),
+            lr: self.lr.unwrap_or(2e-3),
             warmup_steps: self.warmup.unwrap_or(defaults.warmup_steps),
             ema_decay: self.ema.unwrap_or(0.995),
             seed: self.seed.unwrap_or(0),
