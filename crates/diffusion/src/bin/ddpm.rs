@@ -361,16 +361,3 @@ fn bench(args: BenchArgs, dev: &Device) -> Result<()> {
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The sampler flags' defaults are the library's one default sampler.
-    #[test]
-    fn sampler_flags_default_to_the_library_default() {
-        let cli = Cli::try_parse_from(["ddpm", "sample"]).unwrap();
-        let Command::Sample(args) = cli.command else { panic!("parsed another command") };
-        assert_eq!(args.sampler.sampler().unwrap(), Sampler::default());
-    }
-}

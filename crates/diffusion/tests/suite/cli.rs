@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use diffusion::sample::Sampler;
+
 fn ddpm(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ddpm")).args(args).output().expect("run ddpm");
     (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
@@ -117,4 +119,30 @@ fn channels_that_groupnorm_cannot_split_are_a_clear_error() {
     let (ok, err) = ddpm(&["train", "--channels", "4,8", "--steps", "1", "--out", out.to_str().unwrap()]);
     assert_clean_error(ok, &err, "GroupNorm");
     assert!(!out.exists(), "a refused run must write nothing");
+}
+
+/// `ddpm sample` without sampler flags draws with the library's one default sampler
+/// (`Sampler::default()`, also the sampler of the grid `ddpm train` writes): the same images as
+/// the flags spelling that sampler out, and other images than a different eta.
+#[test]
+fn sample_without_sampler_flags_uses_the_library_default() {
+    let Sampler::Ddim { steps, eta } = Sampler::default() else { panic!("the default is a DDIM sampler") };
+    let run = tmp("default-sampler");
+    tiny_run(&run, "2", &["--samples", "0"]);
+    let draw = |name: &str, extra: &[&str]| {
+        let png = run.join(name);
+        let mut args =
+            vec!["sample", "--run", run.to_str().unwrap(), "--n", "4", "--out", png.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let (ok, err) = ddpm(&args);
+        assert!(ok, "{err}");
+        std::fs::read(png).unwrap()
+    };
+    let (steps, eta, other_eta) = (steps.to_string(), eta.to_string(), (1.0 - eta).to_string());
+    let default = draw("default.png", &[]);
+    let spelled = draw("spelled.png", &["--sampler", "ddim", "--sample-steps", &steps, "--eta", &eta]);
+    let other = draw("other.png", &["--sampler", "ddim", "--sample-steps", &steps, "--eta", &other_eta]);
+    assert_eq!(default, spelled, "no flags must mean Sampler::default()");
+    assert_ne!(default, other, "the check must be able to fail");
+    std::fs::remove_dir_all(&run).ok();
 }

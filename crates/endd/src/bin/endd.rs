@@ -203,10 +203,16 @@ fn print(summary: &Option<Summary>, out: &std::path::Path) {
     match summary {
         None => println!("shard trained; run the other shards, then the same command without --shard"),
         Some(s) => {
+            // A single model (and EnD) has no knowledge uncertainty: its KU AUROC is undefined.
+            let pct = |v: f64| if v.is_finite() { format!("{v:5.1} %") } else { "    – ".to_string() };
             for r in &s.rows {
                 println!(
-                    "{:<24} error {:6.2} %  NLL {:.3}  OOD AUROC KU {:5.1} %  TU {:5.1} %",
-                    r.model, r.error, r.nll, r.ood_auroc[2], r.ood_auroc[0]
+                    "{:<24} error {:6.2} %  NLL {:.3}  OOD AUROC KU {}  TU {}",
+                    r.model,
+                    r.error,
+                    r.nll,
+                    pct(r.ood_auroc[2]),
+                    pct(r.ood_auroc[0])
                 );
             }
             if let Some([a, b]) = s.grid_spearman {
