@@ -254,17 +254,9 @@ impl<'c> Scorer<'c> {
     }
 }
 
-/// Parse `i/n` (zero-based shard i of n).
+/// Parse `i/n` (zero-based shard i of n; the one parser, `foundation::shard::Shard::parse`).
 pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
-    let (i, n) = s.split_once('/').ok_or_else(|| format!("--shard '{s}': expected i/n, e.g. 0/4"))?;
-    let (i, n): (usize, usize) = (
-        i.trim().parse().map_err(|_| format!("--shard '{s}': bad index"))?,
-        n.trim().parse().map_err(|_| format!("--shard '{s}': bad count"))?,
-    );
-    if n == 0 || i >= n {
-        return Err(format!("--shard '{s}': need 0 <= i < n"));
-    }
-    Ok((i, n))
+    foundation::shard::Shard::parse(s).map(|sh| (sh.index, sh.count)).map_err(|e| e.to_string())
 }
 
 /// The contiguous range of `0..len` that shard `i` of `n` owns (balanced; shards tile the range).

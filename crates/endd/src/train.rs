@@ -399,30 +399,8 @@ pub fn member_seed(seed: u64, m: usize) -> u64 {
     seed.wrapping_mul(1_000_003).wrapping_add(m as u64 + 1)
 }
 
-/// Which members a job trains: those with `m % count == index`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shard {
-    /// This job's index, `< count`.
-    pub index: usize,
-    /// Number of jobs.
-    pub count: usize,
-}
-
-impl Shard {
-    /// Every member.
-    pub const ALL: Shard = Shard { index: 0, count: 1 };
-
-    /// Parses `i/n` with `i < n`.
-    pub fn parse(s: &str) -> Result<Shard, EndError> {
-        let bad = || EndError::Invalid(format!("shard '{s}' is not i/n with 0 <= i < n"));
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
-        if count == 0 || index >= count {
-            return Err(bad());
-        }
-        Ok(Shard { index, count })
-    }
-}
+/// Which members a job trains: those it [`Shard::owns`] (`m % count == index`).
+pub use foundation::shard::Shard;
 
 /// The file of member `m` in an ensemble directory.
 pub fn member_path(dir: &Path, m: usize) -> PathBuf {
@@ -464,9 +442,8 @@ pub fn train_ensemble(
     spec.train.check()?;
     check_data(data, spec.arch.input_dim(), spec.arch.classes())?;
     check_or_write_settings(&dir.join("ensemble.json"), spec)?;
-    let todo: Vec<usize> = (0..spec.members)
-        .filter(|m| m % shard.count == shard.index && !member_path(dir, *m).exists())
-        .collect();
+    let todo: Vec<usize> =
+        (0..spec.members).filter(|&m| shard.owns(m) && !member_path(dir, m).exists()).collect();
     progress.start("ensemble", todo.len() as u64);
     let next = AtomicUsize::new(0);
     let failure: Mutex<Option<EndError>> = Mutex::new(None);

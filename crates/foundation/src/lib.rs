@@ -18,6 +18,7 @@ pub mod paths;
 pub mod plot;
 pub mod progress;
 pub mod rng;
+pub mod shard;
 pub mod stats;
 pub mod tap;
 pub mod tensor_file;

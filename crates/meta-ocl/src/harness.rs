@@ -92,35 +92,8 @@ impl SweepConfig {
     }
 }
 
-/// Which part of the stage-1 seeds this process runs: seeds `s` with `s % count == index`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shard {
-    /// This shard (`0..count`).
-    pub index: usize,
-    /// Number of shards.
-    pub count: usize,
-}
-
-impl Shard {
-    /// Every seed.
-    pub const ALL: Shard = Shard { index: 0, count: 1 };
-
-    /// Parses `i/n`.
-    pub fn parse(s: &str) -> Result<Self, MetaOclError> {
-        let bad = || MetaOclError::Invalid(format!("--shard wants i/n with i < n (got {s:?})"));
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
-        if count == 0 || index >= count {
-            return Err(bad());
-        }
-        Ok(Self { index, count })
-    }
-
-    /// Whether stage-1 seed `s` is this shard's.
-    pub fn owns(&self, s: usize) -> bool {
-        s % self.count == self.index
-    }
-}
+/// Which part of the stage-1 seeds this process runs: the seeds it [`Shard::owns`].
+pub use foundation::shard::Shard;
 
 /// The result of one stage-1 seed after stage 1.
 #[derive(Clone, Debug, Serialize, Deserialize)]
