@@ -13,7 +13,7 @@ use foundation::progress::Progress;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{validation_split, Inputs};
-use crate::hpo::{accuracy, train, PsiInit, PsiSignal, RunConfig, TracePoint};
+use crate::hpo::{accuracy, train, PsiInit, PsiOptimizer, PsiSignal, RunConfig, TracePoint};
 use crate::model::PsiUse;
 use crate::plot::{write_lines, write_map, COLOURS};
 use crate::HpoError;
@@ -178,8 +178,14 @@ pub fn run_experiment(
     let (tr80, val20) = (train_rows.select(&tr_idx), train_rows.select(&val_idx));
     let image_pixels = train_rows.image.0 * train_rows.image.1;
     let acc = |m: &crate::model::PartitionedNet, u: PsiUse| accuracy(m, &test, u, base.samples, base.seed);
+    let previous = finished_methods(config)?;
     let mut results = Vec::new();
     for &method in &config.methods {
+        if let Some(done) = previous.iter().find(|r| r.method == method) {
+            log(&format!("{}: finished earlier in {}, kept", method.name(), config.out.display()));
+            results.push(done.clone());
+            continue;
+        }
         log(&format!("{}: training", method.name()));
         let started = Instant::now();
         let result = match method {
@@ -254,6 +260,38 @@ pub fn run_experiment(
         write_report(config, &results, &train_rows, &test)?;
     }
     Ok(results)
+}
+
+/// The results already in `config.out/results.json` (none if there is no such file), so that an
+/// interrupted experiment resumes at the first unfinished method. Every setting but the method
+/// list must match the earlier run's: a directory holding other settings is refused, never
+/// overwritten.
+pub fn finished_methods(config: &ExperimentConfig) -> Result<Vec<MethodResult>, HpoError> {
+    let path = config.out.join("results.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(foundation::atomic::IoError::new(&path, e).into()),
+    };
+    let bad = |e: serde_json::Error| HpoError::InvalidArgument(format!("{}: {e}", path.display()));
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(bad)?;
+    // Compare the settings as JSON, without the fields that may change between resumptions.
+    let settings = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("methods");
+            o.remove("out");
+        }
+        v
+    };
+    let now = serde_json::to_value(config).expect("settings serialise");
+    if settings(&json["config"]) != settings(&now) {
+        return Err(HpoError::InvalidArgument(format!(
+            "{} holds results of other settings; choose another --out or remove it",
+            config.out.display()
+        )));
+    }
+    serde_json::from_value(json["results"].clone()).map_err(bad)
 }
 
 impl MethodResult {
@@ -525,6 +563,7 @@ pub fn default_config(task: Task, out: &Path) -> ExperimentConfig {
             signal: None,
             psi_every: 10,
             psi_lr: 0.05,
+            psi_optimizer: PsiOptimizer::Adam,
             psi_batch: 64,
             samples: 4,
             init: PsiInit::Uniform { theta_deg: 10.0, mask_keep: 0.9, sigma: 0.1 },

@@ -14,7 +14,8 @@
 use std::time::Instant;
 
 use burn::module::Param;
-use burn::optim::GradientsParams;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, SgdConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
 use foundation::loss::{one_hot, softmax_cross_entropy_per_example};
@@ -76,8 +77,11 @@ pub struct RunConfig {
     pub signal: Option<PsiSignal>,
     /// A hyperparameter step every this many parameter steps.
     pub psi_every: usize,
-    /// Adam learning rate of `psi`.
+    /// Learning rate of `psi`.
     pub psi_lr: f64,
+    /// Optimiser of `psi`.
+    #[serde(default)]
+    pub psi_optimizer: PsiOptimizer,
     /// Examples per shard (or per batch) in a hyperparameter step.
     pub psi_batch: usize,
     /// Augmentation samples averaged in the predictive of a hyperparameter step and of evaluation.
@@ -87,6 +91,21 @@ pub struct RunConfig {
     /// Untrained partitions hold zeros instead of their initial values.
     #[serde(default)]
     pub zero_defaults: bool,
+}
+
+/// The optimiser of the hyperparameters.
+///
+/// Adam normalises every coordinate by its own gradient scale, so a feature whose mask gradient
+/// is small but of constant sign moves as fast as one whose gradient is large. SGD keeps the
+/// relative sizes: features move in proportion to how much they change the objective.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum PsiOptimizer {
+    /// Adam (constant rate, no decay).
+    #[default]
+    Adam,
+    /// SGD with momentum 0.9 (no dampening).
+    Sgd,
 }
 
 /// Initial `psi`.
@@ -139,7 +158,7 @@ impl RunConfig {
     }
 
     fn psi_optim(&self) -> OptimConfig {
-        OptimConfig { lr: self.psi_lr, min_lr_ratio: 1.0, ..self.optim() }
+        OptimConfig { lr: self.psi_lr, min_lr_ratio: 1.0, weight_decay: 0.0, ..self.optim() }
     }
 }
 
@@ -194,7 +213,12 @@ fn draw_group(
     } else {
         Vec::new()
     };
-    Group { x, y, n, draws: Draws { u, eps }, mode }
+    let gate = if use_.mask {
+        (0..n * data.d).map(|_| rng.sample::<f32, _>(StandardNormal)).collect()
+    } else {
+        Vec::new()
+    };
+    Group { x, y, n, draws: Draws { u, eps, gate }, mode }
 }
 
 /// Mean cross-entropy of `logits` against `y` (the mean of the workspace's per-example
@@ -286,7 +310,15 @@ impl Objective<PartitionedNet> for WeightObjective<'_> {
                     x: g.x[a * d..b * d].to_vec(),
                     y: g.y[a..b].to_vec(),
                     n: b - a,
-                    draws: Draws { u: g.draws.u[a..b].to_vec(), eps },
+                    draws: Draws {
+                        u: g.draws.u[a..b].to_vec(),
+                        eps,
+                        gate: if g.draws.gate.is_empty() {
+                            Vec::new()
+                        } else {
+                            g.draws.gate[a * d..b * d].to_vec()
+                        },
+                    },
                     mode: g.mode,
                 });
             }
@@ -422,7 +454,12 @@ pub fn train(
     };
     let trainer = Trainer::new(config.optim(), objective, device);
     let psi_optim = config.psi_optim();
-    let mut psi_opt = psi_optim.optimizer();
+    let mut psi_opt = match config.psi_optimizer {
+        PsiOptimizer::Adam => psi_optim.optimizer(),
+        PsiOptimizer::Sgd => SgdConfig::new()
+            .with_momentum(Some(MomentumConfig { momentum: 0.9, dampening: 0.0, nesterov: false }))
+            .init(),
+    };
     let mut state = trainer.init_state(|rng, dev| {
         let psi = match &config.init {
             PsiInit::Uniform { theta_deg, mask_keep, sigma } => {
@@ -520,7 +557,7 @@ pub fn accuracy(model: &PartitionedNet, data: &Inputs, psi_use: PsiUse, samples:
             &x,
             n * samples,
             data.image,
-            &Draws { u, eps: Vec::new() },
+            &Draws { u, ..Draws::default() },
             use_,
             false,
             Mode::Eval(c),

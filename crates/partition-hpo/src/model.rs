@@ -11,7 +11,7 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::activation::{relu, sigmoid, softplus};
+use burn::tensor::activation::{log_sigmoid, relu, sigmoid, softplus};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use foundation::layers::kaiming_uniform;
@@ -331,14 +331,17 @@ pub struct PartitionedNet {
     pub psi: Psi,
 }
 
-/// Random draws of one forward pass: per-example rotation draws `u ~ U(-1, 1)` and Gaussian
-/// dropout noise per hidden layer.
-#[derive(Clone, Debug)]
+/// Random draws of one forward pass: per-example rotation draws `u ~ U(-1, 1)`, the noise of
+/// the input-mask gates and Gaussian dropout noise per hidden layer.
+#[derive(Clone, Debug, Default)]
 pub struct Draws {
     /// `u` per example.
     pub u: Vec<f32>,
     /// Standard normal noise `[n, width]` per hidden layer (empty when dropout is off).
     pub eps: Vec<Vec<f32>>,
+    /// Standard normal noise `[n, d_in]` of the input gates (empty: every feature is multiplied
+    /// by its keep probability, as at test time).
+    pub gate: Vec<f32>,
 }
 
 impl PartitionedNet {
@@ -410,7 +413,21 @@ impl PartitionedNet {
             Tensor::<2>::from_data(TensorData::new(x.to_vec(), [n, d]), &device)
         };
         if use_.mask {
-            h = h * maybe(self.psi.keep()).unsqueeze::<2>();
+            // A gate with the first two moments of Bernoulli(keep): mean keep, variance
+            // keep (1 - keep). The noise ties a feature's signal-to-noise ratio to its keep
+            // probability, which rescaling the next layer's weights cannot undo; a
+            // deterministic multiplier could drift down while the weights grow to compensate.
+            let keep = maybe(self.psi.keep()).unsqueeze::<2>();
+            h = if draws.gate.is_empty() {
+                h * keep
+            } else {
+                let eps = Tensor::<2>::from_data(TensorData::new(draws.gate.clone(), [n, d]), &device);
+                // sqrt(keep (1 - keep)) = exp((log sigmoid(l) + log sigmoid(-l)) / 2): finite
+                // gradient where keep (1 - keep) rounds to 0 in f32.
+                let l = maybe(self.psi.mask.val());
+                let sd = ((log_sigmoid(l.clone()) + log_sigmoid(l.neg())) * 0.5).exp().unsqueeze::<2>();
+                h * (keep + sd * eps)
+            };
         }
         if !self.convs.is_empty() {
             let [ih, iw] = self.image;

@@ -10,6 +10,7 @@ use burn::prelude::*;
 use clap::Parser;
 use foundation::cli::{exit_code, keep_freed_memory, Bar};
 use partition_hpo::experiment::{default_config, run_experiment, Method, Task};
+use partition_hpo::hpo::PsiOptimizer;
 use partition_hpo::model::PsiUse;
 
 const EXAMPLES: &str = "\
@@ -70,9 +71,12 @@ struct Cli {
     /// A hyperparameter step every this many parameter steps.
     #[arg(long)]
     psi_every: Option<usize>,
-    /// Adam learning rate of psi.
+    /// Learning rate of psi.
     #[arg(long)]
     psi_lr: Option<f64>,
+    /// Optimiser of psi.
+    #[arg(long, value_enum)]
+    psi_optimizer: Option<PsiOptimizer>,
     /// Rows per shard (or per batch) in a hyperparameter step.
     #[arg(long)]
     psi_batch: Option<usize>,
@@ -165,6 +169,9 @@ fn run(cli: Cli) -> Result<()> {
     }
     if let Some(v) = cli.psi_lr {
         r.psi_lr = v;
+    }
+    if let Some(v) = cli.psi_optimizer {
+        r.psi_optimizer = v;
     }
     r.zero_defaults = cli.zero_defaults;
     if let Some(v) = cli.psi_batch {

@@ -2,7 +2,7 @@
 
 use burn::prelude::*;
 use partition_hpo::data::Inputs;
-use partition_hpo::hpo::{PsiInit, RunConfig};
+use partition_hpo::hpo::{PsiInit, PsiOptimizer, RunConfig};
 use partition_hpo::model::PsiUse;
 use rand::{Rng, SeedableRng};
 
@@ -42,6 +42,7 @@ pub fn small_config() -> RunConfig {
         signal: None,
         psi_every: 4,
         psi_lr: 0.05,
+        psi_optimizer: PsiOptimizer::Adam,
         psi_batch: 8,
         samples: 2,
         init: PsiInit::Uniform { theta_deg: 30.0, mask_keep: 0.9, sigma: 0.2 },

@@ -2,6 +2,8 @@
 
 mod common;
 mod errors;
+mod gate;
 mod masking;
+mod resume;
 mod rotation;
 mod toy;

@@ -50,7 +50,7 @@ fn oots_objective_finds_the_computable_best_mask() {
         x: rows.x.clone(),
         y: rows.y.clone(),
         n: rows.n,
-        draws: Draws { u: vec![0.0; rows.n], eps: Vec::new() },
+        draws: Draws { u: vec![0.0; rows.n], ..Draws::default() },
         mode: Mode::Eval(0),
     };
     let use_ = PsiUse { rotation: false, mask: true, dropout: false };
