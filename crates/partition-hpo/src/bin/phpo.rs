@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use burn::prelude::*;
 use clap::Parser;
 use foundation::cli::{exit_code, keep_freed_memory, Bar};
 use partition_hpo::experiment::{default_config, run_experiment, Method, Task};
@@ -104,6 +103,10 @@ struct Cli {
     /// Seed of every draw.
     #[arg(long)]
     seed: Option<u64>,
+    /// Compute device: cpu (burn flex backend), cuda or wgpu (need the cargo features `cuda` /
+    /// `wgpu`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 fn main() -> ExitCode {
@@ -117,6 +120,7 @@ fn run(cli: Cli) -> Result<()> {
         println!("report: {}", cli.out.join("report.md").display());
         return Ok(());
     }
+    let device = foundation::cli::device(&cli.device)?;
     let mut config = default_config(cli.task, &cli.out);
     config.data = cli.data;
     if let Some(n) = cli.n_train {
@@ -196,7 +200,7 @@ fn run(cli: Cli) -> Result<()> {
     let bar = Bar::new();
     let started = std::time::Instant::now();
     let results =
-        run_experiment(&config, &Device::flex(), &bar, &|line| bar.suspend(|| eprintln!("{line}")))?;
+        run_experiment(&config, &device, &bar, &|line| bar.suspend(|| eprintln!("{line}")))?;
     println!(
         "{} methods in {:.1} s; report: {}",
         results.len(),
