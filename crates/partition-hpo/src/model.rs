@@ -387,6 +387,31 @@ impl PartitionedNet {
         self.layers[..self.layers.len() - 1].iter().map(|l| l.bias.dims()[0]).collect()
     }
 
+    /// The raw inputs `x` (`n x d_in`, row-major) rotated and masked by `psi` as `use_` says:
+    /// the input of the first layer (or of the convolutions), `psi` detached unless `psi_grad`.
+    pub fn transform_inputs(
+        &self,
+        x: &[f32],
+        n: usize,
+        image: (usize, usize),
+        draws: &Draws,
+        use_: PsiUse,
+        psi_grad: bool,
+    ) -> Tensor<2> {
+        let device = self.layers[0].weight.val().device();
+        let d = x.len() / n.max(1);
+        let maybe = |t: Tensor<1>| if psi_grad { t } else { t.detach() };
+        let mut h = if use_.rotation {
+            crate::augment::rotate_tensor(x, n, d, image, &draws.u, maybe(self.psi.theta_max()), &device)
+        } else {
+            Tensor::<2>::from_data(TensorData::new(x.to_vec(), [n, d]), &device)
+        };
+        if use_.mask {
+            h = h * maybe(self.psi.keep()).unsqueeze::<2>();
+        }
+        h
+    }
+
     /// Logits `[n, classes]` of the raw inputs `x` (`n x d_in`, row-major; the first `h * w`
     /// features are the image) under `mode`, with `psi` as used by `use_`, detached unless
     /// `psi_grad`.
@@ -404,14 +429,7 @@ impl PartitionedNet {
         let device = self.layers[0].weight.val().device();
         let d = x.len() / n.max(1);
         let maybe = |t: Tensor<1>| if psi_grad { t } else { t.detach() };
-        let mut h = if use_.rotation {
-            crate::augment::rotate_tensor(x, n, d, image, &draws.u, maybe(self.psi.theta_max()), &device)
-        } else {
-            Tensor::<2>::from_data(TensorData::new(x.to_vec(), [n, d]), &device)
-        };
-        if use_.mask {
-            h = h * maybe(self.psi.keep()).unsqueeze::<2>();
-        }
+        let mut h = self.transform_inputs(x, n, image, draws, use_, psi_grad);
         if !self.convs.is_empty() {
             let [ih, iw] = self.image;
             let p = ih * iw;

@@ -82,6 +82,9 @@ struct Cli {
     /// Augerino's width-regulariser weight.
     #[arg(long)]
     augerino_lambda: Option<f64>,
+    /// Prior precision delta of the Laplace method (every weight and bias).
+    #[arg(long)]
+    laplace_prior: Option<f64>,
     /// Rotation ranges of the grid search, degrees.
     #[arg(long, value_delimiter = ',')]
     grid: Option<Vec<f64>>,
@@ -175,6 +178,9 @@ fn run(cli: Cli) -> Result<()> {
     }
     if let Some(v) = cli.augerino_lambda {
         config.augerino_lambda = v;
+    }
+    if let Some(v) = cli.laplace_prior {
+        config.laplace_prior_precision = v;
     }
     if let Some(v) = cli.seed {
         r.seed = v;

@@ -2,6 +2,7 @@
 
 mod common;
 mod errors;
+mod laplace;
 mod masking;
 mod rotation;
 mod toy;
