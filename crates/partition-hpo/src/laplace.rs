@@ -83,6 +83,9 @@ pub fn squared_norm(model: &PartitionedNet) -> Tensor<1> {
 pub struct LayerFactors {
     /// `A = mean_i abar_i abar_i^T`, `[d_in + 1, d_in + 1]` (the bias last).
     pub a: Tensor<2>,
+    /// A square root `R` of `A = R^T R`: the rows `abar_i / sqrt(n)`, `[n, d_in + 1]` (when
+    /// `n < d_in + 1`, the eigendecomposition of `A` comes from the smaller `R R^T`).
+    pub a_root: Tensor<2>,
     /// `G = mean_i sum_j gbar_ij gbar_ij^T`, `[d_out, d_out]`.
     pub g: Tensor<2>,
 }
@@ -150,8 +153,9 @@ pub fn kfac_factors(
             .reshape([samples, n, d_in + 1])
             .mean_dim(0)
             .reshape([n, d_in + 1]);
-        let am = abar.clone().transpose().matmul(abar).div_scalar(n as f64);
-        factors.push(LayerFactors { a: am, g: gm });
+        let a_root = abar.div_scalar((n as f64).sqrt());
+        let am = a_root.clone().transpose().matmul(a_root.clone());
+        factors.push(LayerFactors { a: am, g: gm, a_root });
         if l > 0 {
             let w = model.layers[l].weight.val().detach();
             let back =
@@ -174,32 +178,82 @@ pub struct KronLogdet {
     pub grad_g: Vec<f64>,
 }
 
-/// `Q diag(c) Q^T` for eigenvectors `q` (columns, row-major `[d, d]`).
-fn spectral(q: &[f64], c: &[f64], d: usize) -> Vec<f64> {
-    let qm = Mat::<f64>::from_fn(d, d, |i, j| q[i * d + j]);
-    let qc = Mat::<f64>::from_fn(d, d, |i, j| q[i * d + j] * c[j]);
-    let m = &qc * qm.transpose();
-    (0..d * d).map(|t| m[(t / d, t % d)]).collect()
+/// The eigendecomposition of a symmetric positive semi-definite `[d, d]` matrix: the eigenvalues
+/// `vals` with their eigenvectors (the columns of `q`, row-major `[d, vals.len()]`); the other
+/// `d - vals.len()` eigenvalues are 0.
+#[derive(Clone, Debug)]
+pub struct Spectrum {
+    /// Size of the matrix.
+    pub d: usize,
+    /// Eigenvectors of `vals` as columns, row-major `[d, r]`.
+    pub q: Vec<f64>,
+    /// The eigenvalues that are not taken as 0.
+    pub vals: Vec<f64>,
 }
 
-/// The log-determinant of `n (A (x) G) + delta I` for symmetric positive semi-definite factors `a`
-/// (`[d_a, d_a]`) and `g` (`[d_g, d_g]`), from their eigenvalues, with its exact gradients
-/// `Ma`, `Mg` (see the module documentation).
-pub fn kron_logdet(a: &[f64], d_a: usize, g: &[f64], d_g: usize, n: f64, delta: f64) -> KronLogdet {
-    let (qa, ea) = eigh(a, d_a);
-    let (qg, eg) = eigh(g, d_g);
-    let mut value = 0.0;
-    let mut ca = vec![0.0; d_a];
-    let mut cg = vec![0.0; d_g];
-    for (i, &ai) in ea.iter().enumerate() {
-        for (j, &gj) in eg.iter().enumerate() {
+impl Spectrum {
+    /// The full eigendecomposition of `m` (`[d, d]`, row-major; negative rounding clamped to 0).
+    pub fn dense(m: &[f64], d: usize) -> Self {
+        let (q, vals) = eigh(m, d);
+        Self { d, q, vals }
+    }
+
+    /// The eigendecomposition of `X^T X` for `x` (`[rows, d]`, row-major) from the `[rows, rows]`
+    /// matrix `X X^T = V diag(l) V^T`: eigenvectors `X^T v / sqrt(l)` for the eigenvalues above
+    /// `1e-10` of the largest, all others 0.
+    pub fn gram(x: &[f64], rows: usize, d: usize) -> Self {
+        let xm = Mat::<f64>::from_fn(rows, d, |i, j| x[i * d + j]);
+        let k = &xm * xm.transpose();
+        let (v, l) = eigh(&(0..rows * rows).map(|t| k[(t / rows, t % rows)]).collect::<Vec<_>>(), rows);
+        let top = l.iter().cloned().fold(0.0, f64::max);
+        let keep: Vec<usize> = (0..rows).filter(|&r| l[r] > 1e-10 * top && l[r] > 0.0).collect();
+        let vk = Mat::<f64>::from_fn(rows, keep.len(), |i, c| v[i * rows + keep[c]] / l[keep[c]].sqrt());
+        let qm = xm.transpose() * &vk;
+        let r = keep.len();
+        Self {
+            d,
+            q: (0..d * r).map(|t| qm[(t / r, t % r)]).collect(),
+            vals: keep.iter().map(|&c| l[c]).collect(),
+        }
+    }
+
+    /// `c0 I + Q diag(c - c0) Q^T`: the symmetric matrix with eigenvalue `c[i]` on the kept
+    /// eigenvectors and `c0` on the rest (row-major `[d, d]`).
+    fn function(&self, c: &[f64], c0: f64) -> Vec<f64> {
+        let (d, r) = (self.d, self.vals.len());
+        let qm = Mat::<f64>::from_fn(d, r, |i, j| self.q[i * r + j]);
+        let qc = Mat::<f64>::from_fn(d, r, |i, j| self.q[i * r + j] * (c[j] - c0));
+        let m = &qc * qm.transpose();
+        (0..d * d).map(|t| m[(t / d, t % d)] + if t / d == t % d { c0 } else { 0.0 }).collect()
+    }
+}
+
+/// `logdet(n (A (x) G) + delta I)` and its gradients `Ma`, `Mg` from the spectra of `A` and `G`
+/// (see the module documentation; zero eigenvalues contribute `ln(delta)`).
+pub fn kron_logdet_spectra(a: &Spectrum, g: &Spectrum, n: f64, delta: f64) -> KronLogdet {
+    let (za, zg) = ((a.d - a.vals.len()) as f64, (g.d - g.vals.len()) as f64);
+    let mut value = (za * g.d as f64 + zg * a.vals.len() as f64) * delta.ln();
+    let mut ca = vec![0.0; a.vals.len()];
+    let mut cg = vec![0.0; g.vals.len()];
+    for (i, &ai) in a.vals.iter().enumerate() {
+        for (j, &gj) in g.vals.iter().enumerate() {
             let den = n * ai * gj + delta;
             value += den.ln();
             ca[i] += n * gj / den;
             cg[j] += n * ai / den;
         }
     }
-    KronLogdet { value, grad_a: spectral(&qa, &ca, d_a), grad_g: spectral(&qg, &cg, d_g) }
+    // Against a zero eigenvalue of the other factor, the coefficient is n g_j / delta.
+    let ca0 = g.vals.iter().map(|gj| n * gj / delta).sum::<f64>();
+    let cg0 = a.vals.iter().map(|ai| n * ai / delta).sum::<f64>();
+    KronLogdet { value, grad_a: a.function(&ca, ca0), grad_g: g.function(&cg, cg0) }
+}
+
+/// The log-determinant of `n (A (x) G) + delta I` for symmetric positive semi-definite factors `a`
+/// (`[d_a, d_a]`) and `g` (`[d_g, d_g]`), from their eigenvalues, with its exact gradients
+/// `Ma`, `Mg` (see the module documentation).
+pub fn kron_logdet(a: &[f64], d_a: usize, g: &[f64], d_g: usize, n: f64, delta: f64) -> KronLogdet {
+    kron_logdet_spectra(&Spectrum::dense(a, d_a), &Spectrum::dense(g, d_g), n, delta)
 }
 
 /// The surrogate `tr(sg(Ma) A) + tr(sg(Mg) G)` of one layer's `logdet(n (A (x) G) + delta I)`:
@@ -208,14 +262,13 @@ pub fn kron_logdet(a: &[f64], d_a: usize, g: &[f64], d_g: usize, n: f64, delta: 
 pub fn logdet_surrogate(factors: &LayerFactors, n: f64, delta: f64) -> (Tensor<1>, f64) {
     let device = factors.a.device();
     let (d_a, d_g) = (factors.a.dims()[0], factors.g.dims()[0]);
-    let kl = kron_logdet(
-        &to_f64(factors.a.clone().detach()),
-        d_a,
-        &to_f64(factors.g.clone().detach()),
-        d_g,
-        n,
-        delta,
-    );
+    let rows = factors.a_root.dims()[0];
+    let a = if rows < d_a {
+        Spectrum::gram(&to_f64(factors.a_root.clone().detach()), rows, d_a)
+    } else {
+        Spectrum::dense(&to_f64(factors.a.clone().detach()), d_a)
+    };
+    let kl = kron_logdet_spectra(&a, &Spectrum::dense(&to_f64(factors.g.clone().detach()), d_g), n, delta);
     let ma = from_f64(&kl.grad_a, d_a, d_a, &device);
     let mg = from_f64(&kl.grad_g, d_g, d_g, &device);
     ((factors.a.clone() * ma).sum() + (factors.g.clone() * mg).sum(), kl.value)

@@ -13,7 +13,9 @@ use curvature::loss::{OutputLoss, SoftmaxCrossEntropy};
 use foundation::layers::TapLinear;
 use foundation::tap::Tap;
 use partition_hpo::hpo::{Group, RunConfig};
-use partition_hpo::laplace::{kfac_factors, kron_logdet, logdet_surrogate, LayerFactors};
+use partition_hpo::laplace::{
+    kfac_factors, kron_logdet, kron_logdet_spectra, logdet_surrogate, LayerFactors, Spectrum,
+};
 use partition_hpo::model::{Draws, Mode, PartitionedNet, Psi, PsiUse};
 use rand::{Rng, SeedableRng};
 
@@ -84,8 +86,8 @@ fn logdet_surrogate_has_the_gradient_of_the_exact_logdet() {
         Tensor::<2>::from_data(TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), [d, d]), &dev)
     };
     let tt = t.clone().unsqueeze::<2>();
-    let factors =
-        LayerFactors { a: mat(&a, da) + mat(&e, da) * tt.clone(), g: mat(&g, dg) + mat(&f, dg) * tt };
+    let a_t = mat(&a, da) + mat(&e, da) * tt.clone();
+    let factors = LayerFactors { a: a_t.clone(), a_root: a_t, g: mat(&g, dg) + mat(&f, dg) * tt };
     let (s, value) = logdet_surrogate(&factors, n, delta);
     assert!((value - exact).abs() < 1e-4, "surrogate's value {value} vs {exact}");
     let grad: f32 = t.grad(&s.backward()).expect("t reaches the surrogate").into_scalar();
@@ -94,6 +96,25 @@ fn logdet_surrogate_has_the_gradient_of_the_exact_logdet() {
         / (2.0 * h);
     assert!((grad as f64 - fd).abs() < 1e-4 * (1.0 + fd.abs()), "path derivative {grad} vs fd {fd}");
     assert!(fd.abs() > 0.1, "the direction must move the log-determinant ({fd})");
+}
+
+/// The log-determinant from the small Gram matrix `X X^T` of a low-rank `A = X^T X` equals the
+/// one from the full eigendecomposition of `A`, value and gradients.
+#[test]
+fn low_rank_spectrum_gives_the_dense_logdet() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+    let (rows, da, dg, n, delta) = (2, 5, 3, 9.0, 0.7);
+    let x: Vec<f64> = (0..rows * da).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let a: Vec<f64> =
+        (0..da * da).map(|t| (0..rows).map(|r| x[r * da + t / da] * x[r * da + t % da]).sum()).collect();
+    let g = psd(dg, 3, &mut rng);
+    let dense = kron_logdet(&a, da, &g, dg, n, delta);
+    let low = kron_logdet_spectra(&Spectrum::gram(&x, rows, da), &Spectrum::dense(&g, dg), n, delta);
+    assert_eq!(Spectrum::gram(&x, rows, da).vals.len(), rows);
+    assert!((dense.value - low.value).abs() < 1e-10, "{} vs {}", dense.value, low.value);
+    for (u, v) in dense.grad_a.iter().zip(&low.grad_a).chain(dense.grad_g.iter().zip(&low.grad_g)) {
+        assert!((u - v).abs() < 1e-9 * (1.0 + u.abs()), "gradient {u} vs {v}");
+    }
 }
 
 /// The oracle network: the same weights as tapped layers with a ReLU between them.
