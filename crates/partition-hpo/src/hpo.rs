@@ -382,6 +382,26 @@ pub fn psi_objective(
     total
 }
 
+/// The scalar whose `psi` gradient a hyperparameter step follows, and the objective's value for
+/// the trace: [`psi_objective`], or for [`PsiSignal::Laplace`] the surrogate of
+/// [`crate::laplace::objective`] (its value is the marginal-likelihood estimate).
+fn hyper_objective(
+    model: &PartitionedNet,
+    groups: &[Group],
+    train: &Inputs,
+    config: &RunConfig,
+    signal: PsiSignal,
+) -> (Tensor<1>, f64) {
+    if let PsiSignal::Laplace { prior_precision } = signal {
+        let (image, use_, s) = (train.image, config.psi_use, config.samples);
+        return crate::laplace::objective(model, &groups[0], image, use_, s, train.n, prior_precision)
+            .into_surrogate();
+    }
+    let obj = psi_objective(model, groups, train.image, config.psi_use, config.samples, signal);
+    let value: f32 = obj.clone().into_scalar();
+    (obj, value as f64)
+}
+
 /// One point of the hyperparameter trace.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TracePoint {
@@ -498,30 +518,7 @@ pub fn train(
                 let j = (step + 1) / config.psi_every;
                 let groups: Vec<Group> =
                     psi_groups(signal, train, &parts, val, config, j).into_iter().map(|(g, _)| g).collect();
-                let (obj, value) = match signal {
-                    PsiSignal::Laplace { prior_precision } => crate::laplace::objective(
-                        &state.model,
-                        &groups[0],
-                        train.image,
-                        config.psi_use,
-                        config.samples,
-                        train.n,
-                        prior_precision,
-                    )
-                    .into_surrogate(),
-                    _ => {
-                        let obj = psi_objective(
-                            &state.model,
-                            &groups,
-                            train.image,
-                            config.psi_use,
-                            config.samples,
-                            signal,
-                        );
-                        let value: f32 = obj.clone().into_scalar();
-                        (obj, value as f64)
-                    }
-                };
+                let (obj, value) = hyper_objective(&state.model, &groups, train, config, signal);
                 let grads = GradientsParams::from_grads(obj.backward(), &state.model);
                 let model = std::mem::replace(&mut state.model, state.ema.clone());
                 state.model = psi_opt.step(psi_optim.lr, model, grads);
