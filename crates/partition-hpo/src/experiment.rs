@@ -499,7 +499,9 @@ pub fn write_report(
         .collect();
     write_bar_chart(&out.join("accuracy.png"), "test accuracy (%)", &bars, |v, _| format!("{v:.2}"))?;
     let _ = writeln!(md, "\n![test accuracy](accuracy.png)");
-    if let Some(r) = results.iter().find(|r| r.method == Method::Partitioned && r.keep.is_some()) {
+    // The learned mask of the partitioned method (or, without it, of the Laplace method).
+    let masked = |m: Method| results.iter().find(|r| r.method == m && r.keep.is_some());
+    if let Some(r) = masked(Method::Partitioned).or_else(|| masked(Method::Laplace)) {
         let keep = r.keep.as_ref().expect("mask");
         let (h, w) = train_rows.image;
         write_map(&out.join("mask.png"), &keep[..h * w], h, w, 8)?;
