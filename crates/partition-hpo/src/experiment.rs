@@ -46,6 +46,9 @@ pub enum Method {
     ValSplit,
     /// A grid of fixed rotation ranges trained on 80 %, the best on the other 20 % retrained on all.
     Grid,
+    /// psi from the Laplace marginal likelihood with a K-FAC GGN (Immer et al. 2022), weights the
+    /// MAP on all rows (then retrained with psi, like the partitioned method).
+    Laplace,
 }
 
 impl Method {
@@ -58,6 +61,7 @@ impl Method {
             Method::Augerino => "Augerino",
             Method::ValSplit => "20 % validation psi",
             Method::Grid => "grid search + validation",
+            Method::Laplace => "Laplace marglik (K-FAC)",
         }
     }
 }
@@ -86,12 +90,21 @@ pub struct ExperimentConfig {
     pub grid_deg: Vec<f64>,
     /// Augerino's regulariser weight.
     pub augerino_lambda: f64,
+    /// Prior precision delta of the Laplace method (weights and biases).
+    #[serde(default = "default_laplace_prior")]
+    pub laplace_prior_precision: f64,
     /// Share of the training rows held out by the validation-split methods.
     pub val_fraction: f64,
     /// Retrain the partitioned method's full network with the learned psi (the deployed model).
     pub retrain: bool,
     /// Output directory.
     pub out: PathBuf,
+}
+
+/// The default prior precision of the Laplace method: 1, a Gaussian prior of unit variance; at
+/// N = 5 000 rows its per-example weight `delta / N = 2e-4` is the usual weight-decay scale.
+pub fn default_laplace_prior() -> f64 {
+    1.0
 }
 
 /// The result of one method.
@@ -101,7 +114,7 @@ pub struct MethodResult {
     pub method: Method,
     /// Test accuracy of its model (for the partitioned method: the full network of the run).
     pub test_accuracy: f64,
-    /// Test accuracy after retraining with the learned psi (partitioned method only).
+    /// Test accuracy after retraining with the learned psi (partitioned and Laplace methods).
     pub retrained_accuracy: Option<f64>,
     /// Final rotation range, degrees (`None` if rotation is off).
     pub theta_max_deg: Option<f64>,
@@ -113,7 +126,7 @@ pub struct MethodResult {
     pub noise_dropped: Option<f64>,
     /// Training wall time, seconds (grid: all grid runs and the final retraining).
     pub seconds: f64,
-    /// Retraining wall time (partitioned method), seconds.
+    /// Retraining wall time (partitioned and Laplace methods), seconds.
     pub retrain_seconds: Option<f64>,
     /// psi over training.
     pub trace: Vec<TracePoint>,
@@ -179,6 +192,16 @@ pub fn run_experiment(
     let image_pixels = train_rows.image.0 * train_rows.image.1;
     let acc = |m: &crate::model::PartitionedNet, u: PsiUse| accuracy(m, &test, u, base.samples, base.seed);
     let previous = finished_methods(config)?;
+    // The deployed model of a method that learns psi in one run: a standard network (C = 1)
+    // retrained on all rows with psi fixed at the learned values (test accuracy, seconds).
+    let retrain = |psi: &crate::model::PsiValues| -> Result<(Option<f64>, Option<f64>), HpoError> {
+        if !config.retrain {
+            return Ok((None, None));
+        }
+        let rerun = RunConfig { signal: None, init: PsiInit::Values(psi.clone()), ..single(&base) };
+        let again = train(&rerun, &train_rows, None, device, progress)?;
+        Ok((Some(acc(&again.model, use_)), Some(again.seconds)))
+    };
     let mut results = Vec::new();
     for &method in &config.methods {
         if let Some(done) = previous.iter().find(|r| r.method == method) {
@@ -193,14 +216,7 @@ pub fn run_experiment(
                 let run = RunConfig { signal: Some(PsiSignal::Oots), ..base.clone() };
                 let out = train(&run, &train_rows, None, device, progress)?;
                 let test_accuracy = acc(&out.model, use_);
-                let (retrained_accuracy, retrain_seconds) = if config.retrain {
-                    let rerun =
-                        RunConfig { signal: None, init: PsiInit::Values(out.psi.clone()), ..single(&base) };
-                    let again = train(&rerun, &train_rows, None, device, progress)?;
-                    (Some(acc(&again.model, use_)), Some(again.seconds))
-                } else {
-                    (None, None)
-                };
+                let (retrained_accuracy, retrain_seconds) = retrain(&out.psi)?;
                 summarise(method, use_, image_pixels, test_accuracy, &out.psi, out.trace, out.seconds)
                     .with_retrain(retrained_accuracy, retrain_seconds)
             }
@@ -219,6 +235,15 @@ pub fn run_experiment(
                 let run = RunConfig { signal: Some(signal), ..single(&base) };
                 let out = train(&run, &train_rows, None, device, progress)?;
                 summarise(method, use_, image_pixels, acc(&out.model, use_), &out.psi, out.trace, out.seconds)
+            }
+            Method::Laplace => {
+                let signal = PsiSignal::Laplace { prior_precision: config.laplace_prior_precision };
+                let run = RunConfig { signal: Some(signal), ..single(&base) };
+                let out = train(&run, &train_rows, None, device, progress)?;
+                let test_accuracy = acc(&out.model, use_);
+                let (retrained_accuracy, retrain_seconds) = retrain(&out.psi)?;
+                summarise(method, use_, image_pixels, test_accuracy, &out.psi, out.trace, out.seconds)
+                    .with_retrain(retrained_accuracy, retrain_seconds)
             }
             Method::ValSplit => {
                 let run = RunConfig { signal: Some(PsiSignal::Validation), ..single(&base) };
@@ -418,21 +443,40 @@ pub fn write_report(
     // steps, psi fixed at the learned values: the retraining) and against the grid search; and
     // the machine-independent cost: rows through a forward and backward pass.
     let part = results.iter().find(|r| r.method == Method::Partitioned);
-    if let Some((p, standard)) = part.and_then(|p| p.retrain_seconds.map(|s| (p, s))) {
+    let laplace = results.iter().find(|r| r.method == Method::Laplace);
+    if let Some(standard) = part.or(laplace).and_then(|p| p.retrain_seconds) {
         let u = psi_use(config);
         let samples = if u.rotation || u.dropout { run.samples } else { 1 };
         let one = (run.steps * run.batch) as f64;
-        let hyper = ((run.steps / run.psi_every) * (run.partitions - 1) * run.psi_batch * samples) as f64;
         let _ = writeln!(
             md,
             "\n| cost | wall s | x one standard run | rows through forward + backward | x one standard run |\n|---|---|---|---|---|\n\
-             | one standard run (C = 1, learned psi fixed) | {standard:.1} | 1.00 | {one:.0} | 1.00 |\n\
-             | partitioned run (psi learned) | {:.1} | {:.2} | {:.0} | {:.2} |",
-            p.seconds,
-            p.seconds / standard,
-            one + hyper,
-            (one + hyper) / one
+             | one standard run (C = 1, learned psi fixed) | {standard:.1} | 1.00 | {one:.0} | 1.00 |"
         );
+        if let Some(p) = part {
+            let hyper = ((run.steps / run.psi_every) * (run.partitions - 1) * run.psi_batch * samples) as f64;
+            let _ = writeln!(
+                md,
+                "| partitioned run (psi learned) | {:.1} | {:.2} | {:.0} | {:.2} |",
+                p.seconds,
+                p.seconds / standard,
+                one + hyper,
+                (one + hyper) / one
+            );
+        }
+        if let Some(l) = laplace {
+            // The rows of the psi steps' forward pass; their K-FAC back-propagation (one pass per
+            // class) and the factors' eigendecompositions come on top.
+            let hyper = ((run.steps / run.psi_every) * run.psi_batch * samples) as f64;
+            let _ = writeln!(
+                md,
+                "| Laplace run (psi learned; + K-FAC per psi step) | {:.1} | {:.2} | {:.0} | {:.2} |",
+                l.seconds,
+                l.seconds / standard,
+                one + hyper,
+                (one + hyper) / one
+            );
+        }
         if let Some(g) = results.iter().find(|r| r.method == Method::Grid) {
             let rows = (g.grid.len() + 1) as f64 * one;
             let _ = writeln!(
@@ -482,7 +526,10 @@ pub fn write_report(
         })
         .chain(results.iter().filter_map(|r| {
             r.retrained_accuracy.map(|a| Bar {
-                label: "partitioned retrained".into(),
+                label: match r.method {
+                    Method::Laplace => "Laplace retrained".into(),
+                    _ => "partitioned retrained".into(),
+                },
                 value: 100.0 * a,
                 se: 0.0,
             })
@@ -490,7 +537,9 @@ pub fn write_report(
         .collect();
     write_bar_chart(&out.join("accuracy.png"), "test accuracy (%)", &bars, |v, _| format!("{v:.2}"))?;
     let _ = writeln!(md, "\n![test accuracy](accuracy.png)");
-    if let Some(r) = results.iter().find(|r| r.method == Method::Partitioned && r.keep.is_some()) {
+    // The learned mask of the partitioned method (or, without it, of the Laplace method).
+    let masked = |m: Method| results.iter().find(|r| r.method == m && r.keep.is_some());
+    if let Some(r) = masked(Method::Partitioned).or_else(|| masked(Method::Laplace)) {
         let keep = r.keep.as_ref().expect("mask");
         let (h, w) = train_rows.image;
         write_map(&out.join("mask.png"), &keep[..h * w], h, w, 8)?;
@@ -546,6 +595,7 @@ pub fn default_config(task: Task, out: &Path) -> ExperimentConfig {
                 Method::Augerino,
                 Method::ValSplit,
                 Method::Grid,
+                Method::Laplace,
             ],
         },
         psi_use: None,
@@ -571,6 +621,7 @@ pub fn default_config(task: Task, out: &Path) -> ExperimentConfig {
         },
         grid_deg: vec![0.0, 45.0, 90.0, 135.0, 180.0],
         augerino_lambda: 0.1,
+        laplace_prior_precision: default_laplace_prior(),
         val_fraction: 0.2,
         retrain: true,
         out: out.to_path_buf(),

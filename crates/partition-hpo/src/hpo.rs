@@ -47,6 +47,13 @@ pub enum PsiSignal {
     },
     /// The loss of the full network on the validation rows.
     Validation,
+    /// The negative Laplace log marginal likelihood with a K-FAC GGN (Immer et al. 2022) of the
+    /// full network (C = 1, an MLP), whose weights are trained to the MAP under a Gaussian prior
+    /// of this precision (see [`crate::laplace`]).
+    Laplace {
+        /// Prior precision delta of every weight and bias.
+        prior_precision: f64,
+    },
 }
 
 /// Settings of one training run.
@@ -139,6 +146,9 @@ impl RunConfig {
             return Err(HpoError::InvalidArgument(
                 "the out-of-training-sample loss needs at least C = 2 partitions".into(),
             ));
+        }
+        if let Some(PsiSignal::Laplace { prior_precision }) = self.signal {
+            crate::laplace::check(self, prior_precision)?;
         }
         Ok(())
     }
@@ -255,6 +265,9 @@ pub struct WeightObjective<'a> {
     pub psi_use: PsiUse,
     /// Seed.
     pub seed: u64,
+    /// Weight of `1/2 ||w||^2` (all trained weights and biases) added to the loss: the Gaussian
+    /// prior of a MAP fit in per-example units (`delta / N`; 0: none).
+    pub l2: f64,
 }
 
 impl Objective<PartitionedNet> for WeightObjective<'_> {
@@ -337,7 +350,12 @@ impl Objective<PartitionedNet> for WeightObjective<'_> {
                 None => l,
             });
         }
-        total.expect("at least one group")
+        let total = total.expect("at least one group");
+        if self.l2 > 0.0 {
+            total + crate::laplace::squared_norm(model).mul_scalar(0.5 * self.l2)
+        } else {
+            total
+        }
     }
 }
 
@@ -357,7 +375,7 @@ pub fn psi_groups(
         PsiSignal::Oots => (1..c)
             .map(|k| (draw_group(train, &shards[k], b, s, h, u, Mode::Eval(k - 1), &mut rng), "oots"))
             .collect(),
-        PsiSignal::TrainLoss | PsiSignal::Augerino { .. } => {
+        PsiSignal::TrainLoss | PsiSignal::Augerino { .. } | PsiSignal::Laplace { .. } => {
             let all: Vec<usize> = (0..train.n).collect();
             vec![(draw_group(train, &all, b, s, h, u, Mode::Eval(c - 1), &mut rng), "train")]
         }
@@ -394,6 +412,26 @@ pub fn psi_objective(
         total = total - model.psi.theta_max().mul_scalar(lambda);
     }
     total
+}
+
+/// The scalar whose `psi` gradient a hyperparameter step follows, and the objective's value for
+/// the trace: [`psi_objective`], or for [`PsiSignal::Laplace`] the surrogate of
+/// [`crate::laplace::objective`] (its value is the marginal-likelihood estimate).
+fn hyper_objective(
+    model: &PartitionedNet,
+    groups: &[Group],
+    train: &Inputs,
+    config: &RunConfig,
+    signal: PsiSignal,
+) -> (Tensor<1>, f64) {
+    if let PsiSignal::Laplace { prior_precision } = signal {
+        let (image, use_, s) = (train.image, config.psi_use, config.samples);
+        return crate::laplace::objective(model, &groups[0], image, use_, s, train.n, prior_precision)
+            .into_surrogate();
+    }
+    let obj = psi_objective(model, groups, train.image, config.psi_use, config.samples, signal);
+    let value: f32 = obj.clone().into_scalar();
+    (obj, value as f64)
 }
 
 /// One point of the hyperparameter trace.
@@ -451,6 +489,10 @@ pub fn train(
         hidden: config.hidden.clone(),
         psi_use: config.psi_use,
         seed: config.seed,
+        l2: match config.signal {
+            Some(PsiSignal::Laplace { prior_precision }) => prior_precision / train.n as f64,
+            _ => 0.0,
+        },
     };
     let trainer = Trainer::new(config.optim(), objective, device);
     let psi_optim = config.psi_optim();
@@ -513,13 +555,11 @@ pub fn train(
                 let j = (step + 1) / config.psi_every;
                 let groups: Vec<Group> =
                     psi_groups(signal, train, &parts, val, config, j).into_iter().map(|(g, _)| g).collect();
-                let obj =
-                    psi_objective(&state.model, &groups, train.image, config.psi_use, config.samples, signal);
-                let value: f32 = obj.clone().into_scalar();
+                let (obj, value) = hyper_objective(&state.model, &groups, train, config, signal);
                 let grads = GradientsParams::from_grads(obj.backward(), &state.model);
                 let model = std::mem::replace(&mut state.model, state.ema.clone());
                 state.model = psi_opt.step(psi_optim.lr, model, grads);
-                trace.push(trace_point(&state.model, step + 1, Some(value as f64)));
+                trace.push(trace_point(&state.model, step + 1, Some(value)));
                 progress.message(&format!("loss {loss:.3} theta {:.1}", trace.last().unwrap().theta_max_deg));
             }
         }

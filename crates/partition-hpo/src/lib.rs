@@ -8,8 +8,8 @@
 //!
 //! [`model`] holds the partitioned network and `psi`, [`hpo`] the objectives and the training
 //! loop (parameter steps on `foundation::train`), [`augment`] the differentiable rotation,
-//! [`data`] shards and derived data sets, [`experiment`] the experiments with their baselines and
-//! reports.
+//! [`data`] shards and derived data sets, [`laplace`] the Laplace marginal-likelihood baseline,
+//! [`experiment`] the experiments with their baselines and reports.
 
 #![warn(missing_docs)]
 
@@ -17,6 +17,7 @@ pub mod augment;
 pub mod data;
 pub mod experiment;
 pub mod hpo;
+pub mod laplace;
 pub mod model;
 pub mod plot;
 

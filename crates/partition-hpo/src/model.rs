@@ -390,11 +390,9 @@ impl PartitionedNet {
         self.layers[..self.layers.len() - 1].iter().map(|l| l.bias.dims()[0]).collect()
     }
 
-    /// Logits `[n, classes]` of the raw inputs `x` (`n x d_in`, row-major; the first `h * w`
-    /// features are the image) under `mode`, with `psi` as used by `use_`, detached unless
-    /// `psi_grad`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward(
+    /// The raw inputs `x` (`n x d_in`, row-major) rotated and masked by `psi` as `use_` says:
+    /// the input of the first layer (or of the convolutions), `psi` detached unless `psi_grad`.
+    pub fn transform_inputs(
         &self,
         x: &[f32],
         n: usize,
@@ -402,7 +400,6 @@ impl PartitionedNet {
         draws: &Draws,
         use_: PsiUse,
         psi_grad: bool,
-        mode: Mode,
     ) -> Tensor<2> {
         let device = self.layers[0].weight.val().device();
         let d = x.len() / n.max(1);
@@ -429,6 +426,27 @@ impl PartitionedNet {
                 h * (keep + sd * eps)
             };
         }
+        h
+    }
+
+    /// Logits `[n, classes]` of the raw inputs `x` (`n x d_in`, row-major; the first `h * w`
+    /// features are the image) under `mode`, with `psi` as used by `use_`, detached unless
+    /// `psi_grad`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        x: &[f32],
+        n: usize,
+        image: (usize, usize),
+        draws: &Draws,
+        use_: PsiUse,
+        psi_grad: bool,
+        mode: Mode,
+    ) -> Tensor<2> {
+        let device = self.layers[0].weight.val().device();
+        let d = x.len() / n.max(1);
+        let maybe = |t: Tensor<1>| if psi_grad { t } else { t.detach() };
+        let mut h = self.transform_inputs(x, n, image, draws, use_, psi_grad);
         if !self.convs.is_empty() {
             let [ih, iw] = self.image;
             let p = ih * iw;

@@ -85,6 +85,9 @@ struct Cli {
     /// Augerino's width-regulariser weight.
     #[arg(long)]
     augerino_lambda: Option<f64>,
+    /// Prior precision delta of the Laplace method (every weight and bias).
+    #[arg(long)]
+    laplace_prior: Option<f64>,
     /// Rotation ranges of the grid search, degrees.
     #[arg(long, value_delimiter = ',')]
     grid: Option<Vec<f64>>,
@@ -187,6 +190,9 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(v) = cli.augerino_lambda {
         config.augerino_lambda = v;
     }
+    if let Some(v) = cli.laplace_prior {
+        config.laplace_prior_precision = v;
+    }
     if let Some(v) = cli.seed {
         r.seed = v;
     }
@@ -199,8 +205,7 @@ fn run(cli: Cli) -> Result<()> {
     config.retrain = !cli.no_retrain;
     let bar = Bar::new();
     let started = std::time::Instant::now();
-    let results =
-        run_experiment(&config, &device, &bar, &|line| bar.suspend(|| eprintln!("{line}")))?;
+    let results = run_experiment(&config, &device, &bar, &|line| bar.suspend(|| eprintln!("{line}")))?;
     println!(
         "{} methods in {:.1} s; report: {}",
         results.len(),

@@ -3,6 +3,7 @@
 mod common;
 mod errors;
 mod gate;
+mod laplace;
 mod masking;
 mod resume;
 mod rotation;
