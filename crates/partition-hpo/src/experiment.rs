@@ -207,6 +207,7 @@ pub fn run_experiment(
         if let Some(done) = previous.iter().find(|r| r.method == method) {
             log(&format!("{}: finished earlier in {}, kept", method.name(), config.out.display()));
             results.push(done.clone());
+            write_report(config, &results, &train_rows, &test)?;
             continue;
         }
         log(&format!("{}: training", method.name()));
@@ -309,8 +310,10 @@ pub fn finished_methods(config: &ExperimentConfig) -> Result<Vec<MethodResult>, 
         }
         v
     };
-    let now = serde_json::to_value(config).expect("settings serialise");
-    if settings(&json["config"]) != settings(&now) {
+    // Through the settings type, so fields added since (with serde defaults) compare equal.
+    let stored: ExperimentConfig = serde_json::from_value(json["config"].clone()).map_err(bad)?;
+    let (then, now) = (serde_json::to_value(&stored), serde_json::to_value(config));
+    if settings(&then.expect("settings serialise")) != settings(&now.expect("settings serialise")) {
         return Err(HpoError::InvalidArgument(format!(
             "{} holds results of other settings; choose another --out or remove it",
             config.out.display()
@@ -587,7 +590,7 @@ pub fn default_config(task: Task, out: &Path) -> ExperimentConfig {
         n_test: 1000,
         noise_features: 200,
         methods: match task {
-            Task::Noise => vec![Method::Partitioned, Method::None, Method::ValSplit],
+            Task::Noise => vec![Method::Partitioned, Method::None, Method::ValSplit, Method::Laplace],
             _ => vec![
                 Method::Partitioned,
                 Method::None,

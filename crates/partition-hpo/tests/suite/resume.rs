@@ -23,12 +23,14 @@ fn experiment_resumes_at_the_first_unfinished_method() {
 
     // Resumed with one more method: the two finished ones come back unchanged (their recorded
     // wall seconds too, which a rerun could not reproduce), and only the new one is trained.
-    config.methods.push(Method::ValSplit);
+    // The new method in the middle, so the last one is a kept one: it must reach the files too.
+    config.methods = vec![Method::None, Method::ValSplit, Method::Partitioned];
     let mut logged = std::sync::Mutex::new(Vec::new());
     let log = |line: &str| logged.lock().unwrap().push(line.to_string());
     let second = run_experiment(&config, &dev, &foundation::progress::NoProgress, &log).unwrap();
     assert_eq!(second.len(), 3);
-    for (a, b) in first.iter().zip(&second) {
+    let kept = [&second[0], &second[2]];
+    for (a, b) in first.iter().zip(kept) {
         assert_eq!(a.method, b.method);
         assert_eq!(a.seconds, b.seconds, "{} was retrained", a.method.name());
         assert_eq!(a.keep, b.keep);
@@ -36,6 +38,12 @@ fn experiment_resumes_at_the_first_unfinished_method() {
     let trained: Vec<String> =
         logged.get_mut().unwrap().iter().filter(|l| l.ends_with(": training")).cloned().collect();
     assert_eq!(trained, vec![format!("{}: training", Method::ValSplit.name())]);
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    let methods: Vec<&str> =
+        written["results"].as_array().unwrap().iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(methods, ["None", "ValSplit", "Partitioned"]);
+    assert!(std::fs::read_to_string(dir.join("report.md")).unwrap().contains(Method::Partitioned.name()));
 
     // Other settings in the same directory: one error naming the problem, nothing overwritten.
     let before = std::fs::read(dir.join("results.json")).unwrap();
