@@ -176,7 +176,7 @@ pub struct StageReport {
 /// Trains `model_cfg` on `data` for `cfg.epochs` epochs from `start` on `device` and returns the
 /// trained model (on `device` without autodiff). With `checkpoints`, saves every `every` steps and
 /// resumes from the newest complete generation if there is one (the device is not part of the
-/// checked settings: a run may resume on another device).
+/// checked settings).
 #[allow(clippy::too_many_arguments)]
 pub fn train_stage(
     model_cfg: &ModelConfig,
