@@ -26,8 +26,10 @@ pub struct StepTimes {
 
 /// Times `steps` steps (after `warmup`) of each objective on synthetic data: `batch` inputs
 /// uniform on [-1, 1] (×300 for an MLP on points), random labels and N(0, 3²) teacher logits of 10
-/// members. AdamW with epsilon 1e-8, no decay, one pass per step.
-pub fn bench_steps(arch: &Arch, batch: usize, steps: usize, warmup: usize) -> StepTimes {
+/// members. AdamW with epsilon 1e-8, no decay, one pass per step, on `device`. The JAX reference
+/// (`bench/endd_step.py`) runs on CPU, so its ratio to these times compares like with like only
+/// for a CPU `device`.
+pub fn bench_steps(arch: &Arch, batch: usize, steps: usize, warmup: usize, device: &Device) -> StepTimes {
     let mut rng = stream(0, 0xBE, 0);
     let (dim, k, members) = (arch.input_dim(), arch.classes(), 10);
     let scale = if matches!(arch, Arch::Mlp { .. }) { 300.0 } else { 1.0 };
@@ -63,7 +65,7 @@ pub fn bench_steps(arch: &Arch, batch: usize, steps: usize, warmup: usize) -> St
     let member = Trainer::new(
         settings.optim(batch, 1),
         MemberObjective { data: &data, classes: k, batch_size: batch, seed: 1 },
-        &Device::flex(),
+        device,
     );
     let mut state: TrainState<Net> = member.init_state(|r, d| arch.init_with(r, d));
     let member_sec = time(&mut Vec::new(), &mut || {
@@ -80,7 +82,7 @@ pub fn bench_steps(arch: &Arch, batch: usize, steps: usize, warmup: usize) -> St
                 batch_size: batch,
                 seed: 2,
             },
-            &Device::flex(),
+            device,
         );
         let mut state: TrainState<Net> = student.init_state(|r, d| arch.init_with(r, d));
         time(&mut Vec::new(), &mut || {

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
+use burn::prelude::Device;
 use foundation::plot::write_png;
 use foundation::progress::Progress;
 use serde::Serialize;
@@ -200,12 +201,15 @@ fn row(model: &str, test: &Eval, ood: Option<&Eval>, data: &Labeled, k: usize) -
     }
 }
 
-/// Runs the experiment into `out`. Returns `None` when only a shard of the ensemble was trained
-/// (run the other shards, then again without `--shard`).
+/// Runs the experiment into `out`, training and evaluating on `device` (not part of `cfg`: the
+/// settings written to the output directory, and compared on resume, do not name a device).
+/// Returns `None` when only a shard of the ensemble was trained (run the other shards, then again
+/// without `--shard`).
 pub fn run(
     out: &Path,
     cfg: &ExperimentConfig,
     d: &ExperimentData,
+    device: &Device,
     progress: &dyn Progress,
 ) -> Result<Option<Summary>, EndError> {
     let k = cfg.arch.classes();
@@ -217,11 +221,11 @@ pub fn run(
     };
     let ens_dir = out.join("ensemble");
     let t0 = Instant::now();
-    train_ensemble(&ens_dir, &spec, &d.train, cfg.shard.unwrap_or(Shard::ALL), cfg.jobs, progress)?;
+    train_ensemble(&ens_dir, &spec, &d.train, cfg.shard.unwrap_or(Shard::ALL), cfg.jobs, device, progress)?;
     if cfg.shard.is_some_and(|s| s.count > 1) {
         return Ok(None);
     }
-    let members = load_ensemble(&ens_dir, &spec)?;
+    let members = load_ensemble(&ens_dir, &spec, device)?;
     let t_ens = t0.elapsed().as_secs_f64();
 
     // Teacher outputs go through their files, so a student is always distilled from a checked file.
@@ -254,6 +258,7 @@ pub fn run(
             &spec,
             inputs,
             teacher,
+            device,
             progress,
         )
     };

@@ -112,6 +112,11 @@ pub struct Net {
 }
 
 impl Net {
+    /// The device its weights are on (every network has at least one dense layer).
+    pub fn device(&self) -> Device {
+        self.linears[0].weight.device()
+    }
+
     /// Logits `[N, classes]` of inputs `[N, input_dim]` (images flattened row-major).
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let x = if self.input_scale == 1.0 { x } else { x.mul_scalar(self.input_scale) };

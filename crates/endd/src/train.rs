@@ -369,9 +369,10 @@ pub fn end2_loss(z: Tensor<2>, mean_logp: &[f64], t: f64) -> Tensor<1> {
     (z * g).sum() + constant
 }
 
-/// A classifier's logits on `inputs`, `[n, classes]` row-major (inference in chunks).
+/// A classifier's logits on `inputs`, `[n, classes]` row-major (inference in chunks, on the
+/// device of `net`'s weights).
 pub fn logits(net: &Net, inputs: &Inputs, classes: usize) -> Vec<f32> {
-    let device = Device::flex();
+    let device = net.device();
     let mut out = Vec::with_capacity(inputs.n * classes);
     let idx: Vec<usize> = (0..inputs.n).collect();
     for chunk in idx.chunks(1024) {
@@ -429,14 +430,16 @@ pub fn check_or_write_settings<T: Serialize>(path: &Path, value: &T) -> Result<(
 }
 
 /// Trains the members of `shard` that are not finished yet (a finished member is one whose file
-/// exists) on `jobs` local worker threads; returns the members trained now. Each member is saved
-/// atomically as soon as it is done, so an interrupted run resumes with the rest.
+/// exists) on `jobs` local worker threads, each on `device`; returns the members trained now.
+/// Each member is saved atomically as soon as it is done, so an interrupted run resumes with the
+/// rest.
 pub fn train_ensemble(
     dir: &Path,
     spec: &EnsembleSpec,
     data: &Labeled,
     shard: Shard,
     jobs: usize,
+    device: &Device,
     progress: &dyn Progress,
 ) -> Result<Vec<usize>, EndError> {
     spec.train.check()?;
@@ -455,7 +458,7 @@ pub fn train_ensemble(
                     return;
                 }
                 let m = todo[k];
-                let result = train_member(spec, data, m)
+                let result = train_member(spec, data, m, device)
                     .and_then(|net| save_module(&net, &member_path(dir, m)).map_err(EndError::from));
                 match result {
                     Ok(()) => progress.advance(1),
@@ -476,14 +479,15 @@ pub fn train_ensemble(
     Ok(todo)
 }
 
-/// Trains member `m` of `spec` (in validation mode on the plain device).
-pub fn train_member(spec: &EnsembleSpec, data: &Labeled, m: usize) -> Result<Net, EndError> {
+/// Trains member `m` of `spec` on `device`; returns it in validation mode (on the plain device,
+/// without autodiff).
+pub fn train_member(spec: &EnsembleSpec, data: &Labeled, m: usize, device: &Device) -> Result<Net, EndError> {
     let seed = member_seed(spec.seed, m);
     let optim = spec.train.optim(data.inputs.n, seed);
     let steps = optim.steps;
     let objective =
         MemberObjective { data, classes: spec.arch.classes(), batch_size: spec.train.batch_size, seed };
-    let trainer = Trainer::new(optim, objective, &Device::flex());
+    let trainer = Trainer::new(optim, objective, device);
     let mut state = trainer.init_state(|rng, device| spec.arch.init_with(rng, device));
     trainer
         .run(&mut state, steps, None, &NoProgress, |_| Ok(()))
@@ -491,8 +495,9 @@ pub fn train_member(spec: &EnsembleSpec, data: &Labeled, m: usize) -> Result<Net
     Ok(state.model.valid())
 }
 
-/// Loads every member of a finished ensemble; errors naming the first missing member.
-pub fn load_ensemble(dir: &Path, spec: &EnsembleSpec) -> Result<Vec<Net>, EndError> {
+/// Loads every member of a finished ensemble onto `device`; errors naming the first missing
+/// member.
+pub fn load_ensemble(dir: &Path, spec: &EnsembleSpec, device: &Device) -> Result<Vec<Net>, EndError> {
     check_or_write_settings(&dir.join("ensemble.json"), spec)?;
     (0..spec.members)
         .map(|m| {
@@ -506,7 +511,7 @@ pub fn load_ensemble(dir: &Path, spec: &EnsembleSpec) -> Result<Vec<Net>, EndErr
             Ok(load_module(
                 spec.arch.init_with(
                     &mut foundation::rng::stream_for(0, foundation::rng::Purpose::Init, 0),
-                    &Device::flex(),
+                    device,
                 ),
                 &path,
             )?)
@@ -546,13 +551,15 @@ pub struct StudentSpec {
     pub inputs: usize,
 }
 
-/// Trains a student on `teacher`'s outputs on `inputs`, or loads it from `path` when a previous
-/// run finished it with the same settings (stored next to it as `<path>.json`).
+/// Trains a student on `teacher`'s outputs on `inputs` on `device`, or loads it from `path` onto
+/// `device` when a previous run finished it with the same settings (stored next to it as
+/// `<path>.json`; the device is not a setting).
 pub fn train_student(
     path: &Path,
     spec: &StudentSpec,
     inputs: &Inputs,
     teacher: &Teacher,
+    device: &Device,
     progress: &dyn Progress,
 ) -> Result<Net, EndError> {
     spec.train.check()?;
@@ -569,10 +576,7 @@ pub fn train_student(
     meta.push(".json");
     check_or_write_settings(Path::new(&meta), spec)?;
     let fresh = || {
-        spec.arch.init_with(
-            &mut foundation::rng::stream_for(0, foundation::rng::Purpose::Init, 0),
-            &Device::flex(),
-        )
+        spec.arch.init_with(&mut foundation::rng::stream_for(0, foundation::rng::Purpose::Init, 0), device)
     };
     if path.exists() {
         return Ok(load_module(fresh(), path)?);
@@ -587,7 +591,7 @@ pub fn train_student(
         batch_size: spec.train.batch_size,
         seed: spec.seed,
     };
-    let trainer = Trainer::new(optim, objective, &Device::flex());
+    let trainer = Trainer::new(optim, objective, device);
     let mut state = trainer.init_state(|rng, device| spec.arch.init_with(rng, device));
     trainer
         .run(&mut state, steps, None, progress, |_| Ok(()))

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use burn::prelude::Device;
 use foundation::plot::{write_bar_chart, Bar};
 use foundation::progress::{NoProgress, Progress};
 use foundation::stats::{bootstrap_ci, mean_se, Interval};
@@ -169,12 +170,13 @@ pub fn prepare(out: &Path, cfg: &SweepConfig) -> Result<(), MetaOclError> {
     write_json(&path, cfg)
 }
 
-/// Stage 0: trains (or resumes, or finds) the model that knows every fact. Returns the path of
-/// its weights.
+/// Stage 0: trains (or resumes, or finds) the model that knows every fact, on `device`. Returns
+/// the path of its weights.
 pub fn stage0(
     out: &Path,
     cfg: &SweepConfig,
     world: &World,
+    device: &Device,
     progress: &dyn Progress,
 ) -> Result<PathBuf, MetaOclError> {
     let dir = out.join("stage0");
@@ -194,6 +196,7 @@ pub fn stage0(
         Start::Fresh,
         order_seed(world.config.seed, 0, 0, 0),
         Some((&checkpoints, every)),
+        device,
         progress,
     )?;
     let em = em_by_subset(&model, &world.stage0_tests(cfg.recall_items));
@@ -211,6 +214,7 @@ fn run_seed(
     stage0_weights: &Path,
     s: usize,
     outcome: &Mutex<SweepOutcome>,
+    device: &Device,
 ) -> Result<(), MetaOclError> {
     let dir = seed_dir(out, s);
     let (w1, r1) = (dir.join("stage1.safetensors"), dir.join("stage1.json"));
@@ -237,6 +241,7 @@ fn run_seed(
             Start::Weights(stage0_weights),
             order_seed(world.config.seed, 1, s, 0),
             None,
+            device,
             &NoProgress,
         )?;
         let mut em = em_by_subset(&model, &protocol.tests);
@@ -254,6 +259,7 @@ fn run_seed(
             Start::Weights(&w1),
             order_seed(world.config.seed, 2, s, t),
             None,
+            device,
             &NoProgress,
         )?;
         let mut em = em_by_subset(&model, &protocol.tests);
@@ -264,14 +270,16 @@ fn run_seed(
     Ok(())
 }
 
-/// Runs this shard's seeds of the sweep in `out` on `jobs` concurrent workers, skipping finished
-/// work. Stage 0 runs first if it is missing (only an unsharded run or shard 0 trains it; other
-/// shards need it finished). `progress` sees one unit per stage-1 seed.
+/// Runs this shard's seeds of the sweep in `out` on `jobs` concurrent workers, all on `device`
+/// (not part of `cfg`: `config.json`, compared on resume, does not name a device), skipping
+/// finished work. Stage 0 runs first if it is missing (only an unsharded run or shard 0 trains
+/// it; other shards need it finished). `progress` sees one unit per stage-1 seed.
 pub fn sweep(
     out: &Path,
     cfg: &SweepConfig,
     shard: Shard,
     jobs: usize,
+    device: &Device,
     progress: &dyn Progress,
 ) -> Result<SweepOutcome, MetaOclError> {
     prepare(out, cfg)?;
@@ -283,7 +291,7 @@ pub fn sweep(
             out.display()
         )));
     }
-    let weights = stage0(out, cfg, &world, progress)?;
+    let weights = stage0(out, cfg, &world, device, progress)?;
     let seeds: Vec<usize> = (0..cfg.stage1_seeds).filter(|&s| shard.owns(s)).collect();
     let next = AtomicUsize::new(0);
     let outcome = Mutex::new(SweepOutcome::default());
@@ -297,7 +305,7 @@ pub fn sweep(
                 }
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(&s) = seeds.get(i) else { return };
-                if let Err(e) = run_seed(out, cfg, &world, &weights, s, &outcome) {
+                if let Err(e) = run_seed(out, cfg, &world, &weights, s, &outcome, device) {
                     first_error.lock().expect("no poisoned lock").get_or_insert(e);
                     return;
                 }

@@ -137,6 +137,11 @@ pub struct Transformer {
 }
 
 impl Transformer {
+    /// The device its weights are on.
+    pub fn device(&self) -> Device {
+        self.tok.device()
+    }
+
     /// Vocabulary size.
     pub fn vocab(&self) -> usize {
         self.tok.dims()[0]

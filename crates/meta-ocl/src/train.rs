@@ -173,9 +173,10 @@ pub struct StageReport {
     pub seconds: f64,
 }
 
-/// Trains `model_cfg` on `data` for `cfg.epochs` epochs from `start` and returns the trained
-/// model (plain device). With `checkpoints`, saves every `every` steps and resumes from the
-/// newest complete generation if there is one.
+/// Trains `model_cfg` on `data` for `cfg.epochs` epochs from `start` on `device` and returns the
+/// trained model (on `device` without autodiff). With `checkpoints`, saves every `every` steps and
+/// resumes from the newest complete generation if there is one (the device is not part of the
+/// checked settings).
 #[allow(clippy::too_many_arguments)]
 pub fn train_stage(
     model_cfg: &ModelConfig,
@@ -185,6 +186,7 @@ pub fn train_stage(
     start: Start<'_>,
     order_seed: u64,
     checkpoints: Option<(&Checkpoints, usize)>,
+    device: &Device,
     progress: &dyn Progress,
 ) -> Result<(Transformer, StageReport), MetaOclError> {
     cfg.validate("stage")?;
@@ -203,7 +205,7 @@ pub fn train_stage(
     let steps = optim.steps;
     let objective =
         LmObjective { data, batch_size: cfg.batch_size, order_seed, vocab, block: model_cfg.block };
-    let trainer = Trainer::new(optim, objective, &Device::flex());
+    let trainer = Trainer::new(optim, objective, device);
     let build = |device: &Device| -> Result<Transformer, MetaOclError> {
         let fresh = model_cfg.init(vocab, device);
         match start {
@@ -258,16 +260,22 @@ pub fn save_model(model: &Transformer, path: &Path) -> Result<(), MetaOclError> 
     Ok(save_module(model, path)?)
 }
 
-/// Loads a model saved by [`save_model`].
-pub fn load_model(cfg: &ModelConfig, vocab: usize, path: &Path) -> Result<Transformer, MetaOclError> {
-    Ok(load_module(cfg.init(vocab, &Device::flex()), path)?)
+/// Loads a model saved by [`save_model`] onto `device`.
+pub fn load_model(
+    cfg: &ModelConfig,
+    vocab: usize,
+    path: &Path,
+    device: &Device,
+) -> Result<Transformer, MetaOclError> {
+    Ok(load_module(cfg.init(vocab, device), path)?)
 }
 
 /// Greedy decoding: for each prompt, appends the most likely next token until `<eos>`,
 /// `max_new` tokens or the model's block is reached. Returns the generated tokens (without the
-/// prompt, with the `<eos>` if one was produced). Prompts of equal length run as one batch.
+/// prompt, with the `<eos>` if one was produced). Prompts of equal length run as one batch, on
+/// the device of `model`'s weights.
 pub fn greedy_decode(model: &Transformer, prompts: &[Vec<u32>], max_new: usize) -> Vec<Vec<u32>> {
-    let device = Device::flex();
+    let device = model.device();
     let vocab = model.vocab();
     let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, p) in prompts.iter().enumerate() {

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use burn::prelude::Device;
 use clap::{Args, Parser, Subcommand};
 use endd::data::{self as ddata, SPIRAL_CLASSES};
 use endd::experiment::{self, ExperimentConfig, ExperimentData, Summary};
@@ -27,6 +28,10 @@ use foundation::cli::Bar;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Compute device: cpu (burn flex backend), cuda or wgpu (need the cargo features `cuda` /
+    /// `wgpu`).
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -38,7 +43,7 @@ enum Command {
     /// KU histograms.
     Mnist(MnistArgs),
     /// Time a member step and an EnD² step of the same network here and in JAX
-    /// (bench/endd_step.py); prints the ratio JAX time / Rust time (>= 1: Rust is faster).
+    /// (bench/endd_step.py, on CPU); prints the ratio JAX time / Rust time (>= 1: Rust is faster).
     Bench(BenchArgs),
 }
 
@@ -223,7 +228,7 @@ fn print(summary: &Option<Summary>, out: &std::path::Path) {
     }
 }
 
-fn spiral(a: SpiralArgs) -> Result<()> {
+fn spiral(a: SpiralArgs, device: &Device) -> Result<()> {
     let arch = Arch::Mlp {
         input_dim: 2,
         hidden: vec![100, 100],
@@ -250,12 +255,12 @@ fn spiral(a: SpiralArgs) -> Result<()> {
         grid: Some((a.grid, ddata::grid(a.grid, 500.0))),
     };
     let bar = Bar::new();
-    let summary = experiment::run(&out, &cfg, &data, &bar)?;
+    let summary = experiment::run(&out, &cfg, &data, device, &bar)?;
     bar.suspend(|| print(&summary, &out));
     Ok(())
 }
 
-fn mnist(a: MnistArgs) -> Result<()> {
+fn mnist(a: MnistArgs, device: &Device) -> Result<()> {
     let load = |split| data::load_mnist(a.mnist.as_deref(), split).context("loading MNIST");
     let mut train = load(data::Split::Train)?;
     let mut test = load(data::Split::Test)?;
@@ -309,18 +314,18 @@ fn mnist(a: MnistArgs) -> Result<()> {
         grid: None,
     };
     let bar = Bar::new();
-    let summary = experiment::run(&out, &cfg, &data, &bar)?;
+    let summary = experiment::run(&out, &cfg, &data, device, &bar)?;
     bar.suspend(|| print(&summary, &out));
     Ok(())
 }
 
-fn bench(a: BenchArgs) -> Result<()> {
+fn bench(a: BenchArgs, device: &Device) -> Result<()> {
     let arch = if a.arch == "mlp" {
         Arch::Mlp { input_dim: 2, hidden: vec![100, 100], classes: 3, input_scale: 0.05 }
     } else {
         Arch::Cnn { side: 28, channels: vec![16, 32], hidden: 100, classes: 10 }
     };
-    let rust = endd::bench::bench_steps(&arch, a.batch, a.steps, 3);
+    let rust = endd::bench::bench_steps(&arch, a.batch, a.steps, 3, device);
     println!(
         "rust {} batch {}: member {:.2} ms/step, EnD² {:.2} ms/step (EnD {:.2} ms/step)",
         a.arch,
@@ -365,10 +370,15 @@ fn bench(a: BenchArgs) -> Result<()> {
 fn main() -> std::process::ExitCode {
     foundation::cli::keep_freed_memory();
     let cli = Cli::parse();
-    foundation::cli::exit_code(match cli.command {
-        Some(Command::Spiral(a)) => spiral(a),
-        Some(Command::Mnist(a)) => mnist(a),
-        Some(Command::Bench(a)) => bench(a),
-        None => mnist(DefaultRun::parse_from(["endd"]).args),
-    })
+    foundation::cli::exit_code(run(cli))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let device = foundation::cli::device(&cli.device)?;
+    match cli.command {
+        Some(Command::Spiral(a)) => spiral(a, &device),
+        Some(Command::Mnist(a)) => mnist(a, &device),
+        Some(Command::Bench(a)) => bench(a, &device),
+        None => mnist(DefaultRun::parse_from(["endd"]).args, &device),
+    }
 }

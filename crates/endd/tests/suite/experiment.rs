@@ -1,6 +1,7 @@
 //! One small experiment end to end: report, summary and pictures written; a second run resumes
 //! everything from the directory and gives the same figures.
 
+use burn::prelude::Device;
 use endd::data::{grid, ring, spiral, SET_RING_AUX, SET_RING_OOD, SET_SPIRAL_TEST, SET_SPIRAL_TRAIN};
 use endd::experiment::{run, ExperimentConfig, ExperimentData};
 use endd::loss::Anneal;
@@ -39,7 +40,7 @@ fn spiral_experiment_writes_report_and_pictures_and_resumes() {
         ood: Some(("ring".into(), ring(60, 20.0, 3, SET_RING_OOD))),
         grid: Some((12, grid(12, 500.0))),
     };
-    let first = run(&dir, &cfg, &data, &NoProgress).expect("run").expect("whole ensemble");
+    let first = run(&dir, &cfg, &data, &Device::flex(), &NoProgress).expect("run").expect("whole ensemble");
     for f in ["report.md", "summary.json", "ku-grid.png", "ku-hist-ensemble.png", "ku-hist-end2-aux.png"] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
@@ -47,7 +48,7 @@ fn spiral_experiment_writes_report_and_pictures_and_resumes() {
     assert!(report.contains("| EnD²+AUX |") && report.contains("Spearman"), "{report}");
     assert_eq!(first.rows.len(), 6);
     assert!(first.rows.iter().all(|r| r.error.is_finite() && r.nll.is_finite()));
-    let again = run(&dir, &cfg, &data, &NoProgress).expect("rerun").expect("whole ensemble");
+    let again = run(&dir, &cfg, &data, &Device::flex(), &NoProgress).expect("rerun").expect("whole ensemble");
     let errors = |s: &endd::experiment::Summary| s.rows.iter().map(|r| (r.error, r.nll)).collect::<Vec<_>>();
     assert_eq!(errors(&first), errors(&again), "a resumed run reuses members and students");
     let _ = std::fs::remove_dir_all(&dir);

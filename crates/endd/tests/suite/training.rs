@@ -1,6 +1,7 @@
 //! Ensemble training: sharded and resumable (finished members skipped), deterministic whatever the
 //! number of workers, settings checked on reuse; a student trains and resumes from its file.
 
+use burn::prelude::Device;
 use endd::data::{ring, spiral, SET_RING_AUX, SET_SPIRAL_TRAIN};
 use endd::loss::Anneal;
 use endd::model::Arch;
@@ -32,29 +33,31 @@ fn sharded_ensemble_resumes_and_skips_finished_members() {
     let _ = std::fs::remove_dir_all(&dir);
     let data = spiral(20, 0.3, 0, SET_SPIRAL_TRAIN);
     let s = spec(5);
+    let cpu = Device::flex();
     assert_eq!(Shard::parse("0/2").expect("shard"), Shard { index: 0, count: 2 });
     assert!(Shard::parse("2/2").is_err() && Shard::parse("x").is_err());
 
-    let done =
-        train_ensemble(&dir, &s, &data, Shard::parse("0/2").expect("shard"), 2, &NoProgress).expect("train");
+    let done = train_ensemble(&dir, &s, &data, Shard::parse("0/2").expect("shard"), 2, &cpu, &NoProgress)
+        .expect("train");
     assert_eq!(done, vec![0, 2]);
     assert!(!member_path(&dir, 1).exists());
-    let missing = load_ensemble(&dir, &s).expect_err("unfinished").to_string();
+    let missing = load_ensemble(&dir, &s, &cpu).expect_err("unfinished").to_string();
     assert!(missing.contains("member-001") && missing.contains("not finished"), "{missing}");
 
-    let done = train_ensemble(&dir, &s, &data, Shard { index: 1, count: 2 }, 1, &NoProgress).expect("train");
+    let done =
+        train_ensemble(&dir, &s, &data, Shard { index: 1, count: 2 }, 1, &cpu, &NoProgress).expect("train");
     assert_eq!(done, vec![1]);
-    let again = train_ensemble(&dir, &s, &data, Shard::ALL, 1, &NoProgress).expect("train");
+    let again = train_ensemble(&dir, &s, &data, Shard::ALL, 1, &cpu, &NoProgress).expect("train");
     assert!(again.is_empty(), "finished members are skipped");
 
     // Same members whatever the worker count: member 0 (trained beside member 2) retrained alone.
-    let members = load_ensemble(&dir, &s).expect("load");
-    let alone = train_member(&s, &data, 0).expect("train");
+    let members = load_ensemble(&dir, &s, &cpu).expect("load");
+    let alone = train_member(&s, &data, 0, &cpu).expect("train");
     assert_eq!(logits(&members[0], &data.inputs, 3), logits(&alone, &data.inputs, 3));
     assert_ne!(logits(&members[0], &data.inputs, 3), logits(&members[1], &data.inputs, 3));
 
     // The directory refuses other settings.
-    let err = train_ensemble(&dir, &spec(6), &data, Shard::ALL, 1, &NoProgress).expect_err("refused");
+    let err = train_ensemble(&dir, &spec(6), &data, Shard::ALL, 1, &cpu, &NoProgress).expect_err("refused");
     assert!(err.to_string().contains("other settings"), "{err}");
 
     // A student trains on the teacher's outputs and resumes from its file.
@@ -70,10 +73,10 @@ fn sharded_ensemble_resumes_and_skips_finished_members() {
         inputs: inputs.n,
     };
     let path = dir.join("students").join("end2.safetensors");
-    let a = train_student(&path, &st, &inputs, &teacher, &NoProgress).expect("student");
+    let a = train_student(&path, &st, &inputs, &teacher, &cpu, &NoProgress).expect("student");
     let z = logits(&a, &inputs, 3);
     assert!(z.iter().all(|v| v.is_finite()));
-    let b = train_student(&path, &st, &inputs, &teacher, &NoProgress).expect("resumed");
+    let b = train_student(&path, &st, &inputs, &teacher, &cpu, &NoProgress).expect("resumed");
     assert_eq!(logits(&b, &inputs, 3), z);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Result;
+use burn::prelude::Device;
 use clap::{Args, Parser, Subcommand};
 use foundation::cli::{exit_code, Bar};
 use meta_ocl::harness::{prepare, report, stage0, sweep, Shard, SweepConfig};
@@ -24,6 +25,10 @@ Examples:
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Compute device: cpu (burn flex backend), cuda or wgpu (need the cargo features `cuda` /
+    /// `wgpu`).
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Subcommand)]
@@ -121,19 +126,19 @@ impl RunArgs {
     }
 }
 
-fn run(args: &RunArgs) -> Result<()> {
+fn run(args: &RunArgs, device: &Device) -> Result<()> {
     let cfg = args.config();
     let out = &args.out.out;
     let clock = Instant::now();
     if args.stage0_only {
         prepare(out, &cfg)?;
         let world = World::new(&cfg.world)?;
-        stage0(out, &cfg, &world, &Bar::new())?;
+        stage0(out, &cfg, &world, device, &Bar::new())?;
         println!("stage 0 done in {:.0} s: {}", clock.elapsed().as_secs_f64(), out.join("stage0").display());
         return Ok(());
     }
     let shard = Shard::parse(&args.shard)?;
-    let outcome = sweep(out, &cfg, shard, args.jobs, &Bar::new())?;
+    let outcome = sweep(out, &cfg, shard, args.jobs, device, &Bar::new())?;
     let note = format!(
         "Last `meta-ocl run` call: trained {} units, skipped {} finished ones, {:.0} s wall.",
         outcome.trained.len(),
@@ -159,9 +164,9 @@ fn report_only(args: &OutArgs) -> Result<()> {
 fn main() -> ExitCode {
     foundation::cli::keep_freed_memory();
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Run(a) => run(a),
+    let result = foundation::cli::device(&cli.device).and_then(|device| match &cli.command {
+        Command::Run(a) => run(a, &device),
         Command::Report(a) => report_only(a),
-    };
+    });
     exit_code(result)
 }

@@ -67,8 +67,9 @@ fn a_resumed_sweep_skips_finished_seeds_and_shards_split_the_work() {
     let dir = std::env::temp_dir().join(format!("meta-ocl-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let np = &foundation::progress::NoProgress;
+    let cpu = burn::prelude::Device::flex();
     // Shard 0/2 of 3 seeds: seeds 0 and 2.
-    let first = sweep(&dir, &tiny_sweep(3), Shard { index: 0, count: 2 }, 2, np).unwrap();
+    let first = sweep(&dir, &tiny_sweep(3), Shard { index: 0, count: 2 }, 2, &cpu, np).unwrap();
     let all = |seeds: &[usize]| -> Vec<(usize, Option<usize>)> {
         let mut v: Vec<_> = seeds.iter().flat_map(|&s| [(s, None), (s, Some(0)), (s, Some(1))]).collect();
         v.sort();
@@ -80,7 +81,7 @@ fn a_resumed_sweep_skips_finished_seeds_and_shards_split_the_work() {
     // Simulate an interruption: seed 2 lost its second stage-2 result.
     std::fs::remove_file(dir.join("seeds/s2/t1.json")).unwrap();
     // The whole sweep now: seed 1 is new, seed 2 redoes t1 only, seed 0 is skipped.
-    let second = sweep(&dir, &tiny_sweep(3), Shard::ALL, 1, np).unwrap();
+    let second = sweep(&dir, &tiny_sweep(3), Shard::ALL, 1, &cpu, np).unwrap();
     assert_eq!(second.trained, vec![(1, None), (1, Some(0)), (1, Some(1)), (2, Some(1))]);
     assert_eq!(second.skipped, vec![(0, None), (0, Some(0)), (0, Some(1)), (2, None), (2, Some(0))]);
     assert_eq!(std::fs::read(dir.join("seeds/s0/t1.json")).unwrap(), before, "finished results untouched");
@@ -96,6 +97,6 @@ fn a_resumed_sweep_skips_finished_seeds_and_shards_split_the_work() {
     // Other settings in the same directory are refused.
     let mut other = tiny_sweep(3);
     other.stage1.lr = 1e-3;
-    assert!(sweep(&dir, &other, Shard::ALL, 1, np).is_err());
+    assert!(sweep(&dir, &other, Shard::ALL, 1, &cpu, np).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -54,9 +54,18 @@ fn overfits_one_batch_and_greedy_decoding_reproduces_it() {
         vec![1, 5, 4, 11, 10, 7, 8, 2],
     ];
     let cfg = StageConfig { epochs: 150, batch_size: 4, lr: 1e-2, warmup_steps: 5, weight_decay: 0.0 };
-    let (model, report) =
-        train_stage(&tiny(), vocab, &data, &cfg, Start::Fresh, 3, None, &foundation::progress::NoProgress)
-            .expect("trains");
+    let (model, report) = train_stage(
+        &tiny(),
+        vocab,
+        &data,
+        &cfg,
+        Start::Fresh,
+        3,
+        None,
+        &Device::flex(),
+        &foundation::progress::NoProgress,
+    )
+    .expect("trains");
     assert_eq!(report.steps, 150);
     // Everything is memorisable except the token after <bos> (4 equally likely second tokens):
     // the loss floor is 4 ln 4 over the 22 targets.
