@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod accept;
 pub mod error;
 pub mod flow;
 pub mod isomers;

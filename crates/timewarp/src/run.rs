@@ -13,6 +13,7 @@ use foundation::atomic::write_bytes;
 use burn::prelude::Device;
 use foundation::progress::Progress;
 
+use crate::accept::{finetune_acceptance, AcceptanceConfig, AcceptanceReport};
 use crate::error::TimewarpError;
 use crate::isomers::IsomerTable;
 use crate::lj::LjCluster;
@@ -53,12 +54,19 @@ pub struct FlowStage {
     pub explore_steps: usize,
     /// Exploration energy cap, in units of kT.
     pub explore_cap_kt: f64,
+    /// Acceptance-loss fine-tuning after the likelihood training (None: none). Its kT is the
+    /// run's.
+    #[serde(default)]
+    pub finetune: Option<AcceptanceConfig>,
 }
 
 impl FlowStage {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), TimewarpError> {
-        self.train.flow.validate()?;
+        self.train.validate()?;
+        if let Some(f) = &self.finetune {
+            f.validate()?;
+        }
         if self.train.steps == 0 || self.train.batch_size == 0 || self.mh_batch == 0 || self.mh_trials == 0 {
             return Err(TimewarpError::Input(format!(
                 "flow stage needs train steps, batch size, MH batch and MH trials >= 1, got {}, {}, {}, {}",
@@ -93,6 +101,10 @@ pub struct FlowResult {
     pub explore_found: usize,
     /// How the flow treats the rare isomer changes of the training pairs.
     pub hops: HopDiagnostics,
+    /// The acceptance-loss fine-tuning, if run (the hop diagnostics and chains use the
+    /// fine-tuned flow).
+    #[serde(default)]
+    pub finetune: Option<AcceptanceReport>,
 }
 
 /// How often the training pairs change isomer, how likely the flow finds those pairs, and how
@@ -108,6 +120,25 @@ pub struct HopDiagnostics {
     /// Fraction of flow proposals (one from each of up to 2000 pair starts) that quench to
     /// another isomer than their start.
     pub flow_hop_fraction: f64,
+    /// Fraction of those proposals that quench to another isomer of the table (not to an
+    /// unlisted minimum).
+    #[serde(default)]
+    pub flow_hop_known_fraction: f64,
+}
+
+/// The isomers (start, end) of every pair at lag `lag` frames, in the order
+/// [`crate::reference::pairs`] walks them, from the quenched energy of every frame (per run).
+pub fn pair_isomers(
+    table: &IsomerTable,
+    quenched: &[Vec<f64>],
+    lag: usize,
+) -> Vec<(Option<usize>, Option<usize>)> {
+    quenched
+        .iter()
+        .flat_map(|q| {
+            (0..q.len().saturating_sub(lag)).map(move |t| (table.classify(q[t]), table.classify(q[t + lag])))
+        })
+        .collect()
 }
 
 /// The hop diagnostics of `prop` on the (aligned) training pairs `set` at lag `lag` frames,
@@ -122,12 +153,7 @@ fn hop_diagnostics(
     lag: usize,
     seed: u64,
 ) -> HopDiagnostics {
-    let labels: Vec<(Option<usize>, Option<usize>)> = quenched
-        .iter()
-        .flat_map(|q| {
-            (0..q.len().saturating_sub(lag)).map(move |t| (table.classify(q[t]), table.classify(q[t + lag])))
-        })
-        .collect();
+    let labels = pair_isomers(table, quenched, lag);
     let dim = 2 * cluster.n_atoms();
     let n = set.len().min(labels.len());
     let mut r = rng::stream(seed, rng::CHAIN, 7777);
@@ -153,15 +179,17 @@ fn hop_diagnostics(
         }
     }
     let step = (n / 2000).max(1);
-    let (mut moved, mut tried) = (0usize, 0usize);
+    let (mut moved, mut known, mut tried) = (0usize, 0usize, 0usize);
     for i in (0..n).step_by(step) {
         let x = &set.x0[i * dim..(i + 1) * dim];
         let m = prop.propose(x, 1, &mut r).pop();
         if let Some(m) = m {
             let e = crate::isomers::quench(cluster, &m.x, 1e-5, 20_000).1;
             tried += 1;
-            if table.classify(e) != labels[i].0 {
+            let to = table.classify(e);
+            if to != labels[i].0 {
                 moved += 1;
+                known += usize::from(to.is_some());
             }
         }
     }
@@ -171,6 +199,7 @@ fn hop_diagnostics(
         nll_hop: mean(&hop),
         nll_stay: mean(&stay),
         flow_hop_fraction: moved as f64 / tried.max(1) as f64,
+        flow_hop_known_fraction: known as f64 / tried.max(1) as f64,
     }
 }
 
@@ -274,13 +303,19 @@ fn flow_sanity(seed: u64, progress: &dyn Progress) -> Result<SanityResult, Timew
     let mut r = rng::stream(seed, rng::LANGEVIN, 999);
     let mut state = crate::md::MdState::new(&pot, vec![-1.0, 0.0], 1.0, &mut r);
     let traj = crate::md::trajectory(&pot, &lang, &mut state, 20_001, 50, &mut r);
-    let set = PairSet { types: vec![0], x0: traj[..traj.len() - 2].to_vec(), x1: traj[2..].to_vec() };
+    let set = PairSet {
+        types: vec![0],
+        x0: traj[..traj.len() - 2].to_vec(),
+        x1: traj[2..].to_vec(),
+        hop: Vec::new(),
+    };
     let train = FlowTrainConfig {
         flow: crate::flow::FlowConfig::default(),
         steps: 300,
         batch_size: 64,
         lr: 3e-3,
         seed,
+        hop_fraction: 0.0,
     };
     let (flow, _) = train_flow(&[set], &train, progress)?;
     let prop = FlowProposal { flow, types: vec![0], n_types: 2, device: Device::flex() };
@@ -510,7 +545,8 @@ pub fn run(
     let mut flow_result = None;
     if let Some(stage) = &cfg.flow {
         let (x0s, x1s) = pairs(&frames, cfg.lag);
-        let set = [PairSet { types: cluster.types.clone(), x0: x0s, x1: x1s }.aligned()];
+        let hop = pair_isomers(&table, &quenched, cfg.lag).into_iter().map(|(a, b)| a != b).collect();
+        let set = [PairSet { types: cluster.types.clone(), x0: x0s, x1: x1s, hop }.aligned()];
         log(&format!(
             "training the flow ({} steps, batch {}) ...",
             stage.train.steps, stage.train.batch_size
@@ -520,6 +556,36 @@ pub fn run(
             "NLL {:.2} -> {:.2} in {:.1} s",
             train_report.nll_first_last.0, train_report.nll_first_last.1, train_report.seconds
         ));
+        let (flow, finetune) = match &stage.finetune {
+            None => (flow, None),
+            Some(f) => {
+                let f = AcceptanceConfig { kt, ..f.clone() };
+                log(&format!(
+                    "acceptance-loss fine-tuning ({} steps, weight {}, beta {}) ...",
+                    f.steps, f.weight, f.beta
+                ));
+                let pots: Vec<&dyn crate::potential::Potential> = vec![&cluster];
+                let (flow, rep) = finetune_acceptance(
+                    &flow,
+                    &set,
+                    pots,
+                    stage.train.flow.n_types,
+                    stage.train.hop_fraction,
+                    &f,
+                    stage.train.seed,
+                    progress,
+                )?;
+                log(&format!(
+                    "acceptance of own proposals {:.4} -> {:.4}, loss {:.2} -> {:.2} in {:.1} s",
+                    rep.acceptance_before_after.0,
+                    rep.acceptance_before_after.1,
+                    rep.loss_first_last.0,
+                    rep.loss_first_last.1,
+                    rep.seconds
+                ));
+                (flow, Some(rep))
+            }
+        };
         let prior_log_scales = flow.prior_log_scales();
         let prop = FlowProposal {
             flow,
@@ -573,6 +639,7 @@ pub fn run(
             explore_seconds_to_all: (found == table.energies.len()).then_some(wall),
             explore_found: found,
             hops,
+            finetune,
         });
     }
 
@@ -696,9 +763,27 @@ pub fn markdown(r: &RunReport) -> String {
         );
         let _ = writeln!(
             s,
-            "- isomer changes: {:.3} of the training pairs change isomer, {:.3} of the flow's proposals from the same starts do; mean -log q per pair {:.2} on the pairs that change, {:.2} on those that stay",
-            f.hops.md_hop_fraction, f.hops.flow_hop_fraction, f.hops.nll_hop, f.hops.nll_stay
+            "- isomer changes: {:.3} of the training pairs change isomer, {:.3} of the flow's proposals from the same starts do ({:.3} to a listed isomer); mean -log q per pair {:.2} on the pairs that change, {:.2} on those that stay",
+            f.hops.md_hop_fraction, f.hops.flow_hop_fraction, f.hops.flow_hop_known_fraction, f.hops.nll_hop, f.hops.nll_stay
         );
+        if let Some(a) = &f.finetune {
+            let _ = writeln!(
+                s,
+                "- acceptance-loss fine-tuning ({} steps, lr {}, weight {}, beta {}, cap {} kT): loss {:.2} -> {:.2}; mean acceptance probability of the flow's own proposals from training starts {:.4} -> {:.4} ({:.3} -> {:.3} within the cap), {:.1} s",
+                a.config.steps,
+                a.config.lr,
+                a.config.weight,
+                a.config.beta,
+                a.config.energy_cap_kt,
+                a.loss_first_last.0,
+                a.loss_first_last.1,
+                a.acceptance_before_after.0,
+                a.acceptance_before_after.1,
+                a.within_cap_before_after.0,
+                a.within_cap_before_after.1,
+                a.seconds
+            );
+        }
     }
     s
 }
@@ -790,13 +875,40 @@ pub fn transfer(
         .iter()
         .zip(&all)
         .filter(|(_, (_, tr))| *tr)
-        .map(|((frames, _, _, _), _)| {
+        .map(|((frames, table, _, quenched), _)| {
             let (x0, x1) = pairs(frames, cfg.lag);
-            PairSet { types: frames.cluster.types.clone(), x0, x1 }.aligned()
+            let hop = pair_isomers(table, quenched, cfg.lag).into_iter().map(|(a, b)| a != b).collect();
+            PairSet { types: frames.cluster.types.clone(), x0, x1, hop }.aligned()
         })
         .collect();
     log(&format!("training one flow on {} compositions ({} steps) ...", sets.len(), cfg.flow.train.steps));
     let (flow, train_report) = train_flow(&sets, &cfg.flow.train, progress)?;
+    let flow = match &cfg.flow.finetune {
+        None => flow,
+        Some(f) => {
+            let f = AcceptanceConfig { kt: cfg.md.langevin.kt, ..f.clone() };
+            let clusters: Vec<&LjCluster> =
+                refs.iter().zip(&all).filter(|(_, (_, tr))| *tr).map(|(r, _)| &r.0.cluster).collect();
+            let pots: Vec<&dyn crate::potential::Potential> =
+                clusters.iter().map(|c| *c as &dyn crate::potential::Potential).collect();
+            log(&format!("acceptance-loss fine-tuning ({} steps) ...", f.steps));
+            let (flow, rep) = finetune_acceptance(
+                &flow,
+                &sets,
+                pots,
+                cfg.flow.train.flow.n_types,
+                cfg.flow.train.hop_fraction,
+                &f,
+                cfg.flow.train.seed,
+                progress,
+            )?;
+            log(&format!(
+                "acceptance of own proposals {:.4} -> {:.4}",
+                rep.acceptance_before_after.0, rep.acceptance_before_after.1
+            ));
+            flow
+        }
+    };
     let mut rows = Vec::new();
     for (k, ((frames, table, md, _), (c, trained_on))) in refs.into_iter().zip(&all).enumerate() {
         let cluster = frames.cluster.clone();

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use foundation::cli::Bar;
+use timewarp::accept::AcceptanceConfig;
 use timewarp::flow::FlowConfig;
 use timewarp::md::Langevin;
 use timewarp::reference::MdConfig;
@@ -88,6 +89,29 @@ struct Common {
     /// Exploration energy cap in units of kT.
     #[arg(long, default_value_t = 20.0)]
     explore_cap_kt: f64,
+    /// Fraction of every training batch drawn from the pairs that change isomer (0: the MD
+    /// pairs as they come; above their own hop fraction the flow fits a hop-enriched mixture,
+    /// which MH keeps exact).
+    #[arg(long, default_value_t = 0.0)]
+    hop_fraction: f64,
+    /// Affine coupling layers of the flow.
+    #[arg(long, default_value_t = 4)]
+    couplings: usize,
+    /// Hidden width of the flow's input MLP and feed-forward block.
+    #[arg(long, default_value_t = 64)]
+    hidden: usize,
+    /// Acceptance-loss fine-tuning steps after the likelihood training (0: none).
+    #[arg(long, default_value_t = 0)]
+    finetune_steps: usize,
+    /// Peak learning rate of the fine-tuning.
+    #[arg(long, default_value_t = 3e-4)]
+    finetune_lr: f64,
+    /// Weight λ of the acceptance term in the fine-tuning loss (1 − λ)·NLL + λ·acceptance.
+    #[arg(long, default_value_t = 0.5)]
+    acceptance_weight: f64,
+    /// β of the acceptance loss's entropy term.
+    #[arg(long, default_value_t = 0.2)]
+    acceptance_beta: f64,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -132,17 +156,27 @@ fn md(c: &Common, composition: String) -> MdConfig {
 fn stage(c: &Common) -> FlowStage {
     FlowStage {
         train: FlowTrainConfig {
-            flow: FlowConfig::default(),
+            flow: FlowConfig { couplings: c.couplings, hidden: c.hidden, ..FlowConfig::default() },
             steps: c.train_steps,
             batch_size: c.batch_size,
             lr: c.lr,
             seed: c.seed,
+            hop_fraction: c.hop_fraction,
         },
         mh_batch: c.mh_batch,
         adapt_batch: c.adapt_batch,
         mh_trials: c.mh_trials,
         explore_steps: c.explore_steps,
         explore_cap_kt: c.explore_cap_kt,
+        finetune: (c.finetune_steps > 0).then_some(AcceptanceConfig {
+            steps: c.finetune_steps,
+            lr: c.finetune_lr,
+            batch_size: c.batch_size,
+            weight: c.acceptance_weight,
+            beta: c.acceptance_beta,
+            energy_cap_kt: c.explore_cap_kt,
+            kt: c.kt,
+        }),
     }
 }
 
