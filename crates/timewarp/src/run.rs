@@ -54,10 +54,18 @@ pub struct FlowStage {
     pub explore_steps: usize,
     /// Exploration energy cap, in units of kT.
     pub explore_cap_kt: f64,
+    /// Parallel exploration chains, all from the global minimum's geometry (their proposals
+    /// computed in one batch per step).
+    #[serde(default = "one")]
+    pub explore_chains: usize,
     /// Acceptance-loss fine-tuning after the likelihood training (None: none). Its kT is the
     /// run's.
     #[serde(default)]
     pub finetune: Option<AcceptanceConfig>,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl FlowStage {
@@ -67,10 +75,15 @@ impl FlowStage {
         if let Some(f) = &self.finetune {
             f.validate()?;
         }
-        if self.train.steps == 0 || self.train.batch_size == 0 || self.mh_batch == 0 || self.mh_trials == 0 {
+        if self.train.steps == 0
+            || self.train.batch_size == 0
+            || self.mh_batch == 0
+            || self.mh_trials == 0
+            || self.explore_chains == 0
+        {
             return Err(TimewarpError::Input(format!(
-                "flow stage needs train steps, batch size, MH batch and MH trials >= 1, got {}, {}, {}, {}",
-                self.train.steps, self.train.batch_size, self.mh_batch, self.mh_trials
+                "flow stage needs train steps, batch size, MH batch, MH trials and exploration chains >= 1, got {}, {}, {}, {}, {}",
+                self.train.steps, self.train.batch_size, self.mh_batch, self.mh_trials, self.explore_chains
             )));
         }
         let lr_ok = self.train.lr.is_finite() && self.train.lr > 0.0;
@@ -91,8 +104,11 @@ pub struct FlowResult {
     pub train: FlowTrainReport,
     /// Learned prior log-scales (positions, velocities).
     pub prior_log_scales: [f32; 2],
-    /// Exploration: steps taken, fraction accepted, seconds until every isomer was seen.
+    /// Exploration: moves proposed (over all chains).
     pub explore_steps: usize,
+    /// Wall seconds of the exploration (proposals and energies, not the quench).
+    #[serde(default)]
+    pub explore_seconds: f64,
     /// Fraction of exploration moves accepted (below the cap).
     pub explore_accepted: f64,
     /// Wall seconds until exploration had seen every isomer (None: not within the steps).
@@ -124,6 +140,13 @@ pub struct HopDiagnostics {
     /// unlisted minimum).
     #[serde(default)]
     pub flow_hop_known_fraction: f64,
+    /// Of the pairs starting in the global minimum (isomer 0), the fraction ending in another
+    /// isomer.
+    #[serde(default)]
+    pub md_escape_fraction: f64,
+    /// Of the flow's proposals from those starts, the fraction quenching to another listed isomer.
+    #[serde(default)]
+    pub flow_escape_fraction: f64,
 }
 
 /// The isomers (start, end) of every pair at lag `lag` frames, in the order
@@ -180,6 +203,7 @@ fn hop_diagnostics(
     }
     let step = (n / 2000).max(1);
     let (mut moved, mut known, mut tried) = (0usize, 0usize, 0usize);
+    let (mut escaped, mut from_min) = (0usize, 0usize);
     for i in (0..n).step_by(step) {
         let x = &set.x0[i * dim..(i + 1) * dim];
         let m = prop.propose(x, 1, &mut r).pop();
@@ -191,6 +215,10 @@ fn hop_diagnostics(
                 moved += 1;
                 known += usize::from(to.is_some());
             }
+            if labels[i].0 == Some(0) {
+                from_min += 1;
+                escaped += usize::from(to.is_some_and(|k| k != 0));
+            }
         }
     }
     let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
@@ -200,6 +228,13 @@ fn hop_diagnostics(
         nll_stay: mean(&stay),
         flow_hop_fraction: moved as f64 / tried.max(1) as f64,
         flow_hop_known_fraction: known as f64 / tried.max(1) as f64,
+        md_escape_fraction: {
+            let starts = labels[..n].iter().filter(|l| l.0 == Some(0));
+            let (k, e) = starts
+                .fold((0usize, 0usize), |(k, e), l| (k + 1, e + usize::from(l.1.is_some_and(|j| j != 0))));
+            e as f64 / k.max(1) as f64
+        },
+        flow_escape_fraction: escaped as f64 / from_min.max(1) as f64,
     }
 }
 
@@ -613,28 +648,42 @@ pub fn run(
         ));
         log("exploration ...");
         let mut r = rng::stream(cfg.md.seed, rng::EXPLORE, 0);
-        let start_x = cluster.initial_positions();
+        let starts = vec![cluster.initial_positions(); stage.explore_chains];
         let mut seen = vec![false; table.energies.len()];
+        if let Some(k) = table.classify(crate::isomers::quench(&cluster, &starts[0], 1e-5, 20_000).1) {
+            seen[k] = true;
+        }
         let mut steps = 0usize;
         let mut quench_s = 0.0;
         let t = Instant::now();
-        let (accepted, _) =
-            explore(&cluster, &prop, stage.explore_cap_kt * kt, &start_x, stage.explore_steps, &mut r, |x| {
+        let (accepted, _) = explore(
+            &cluster,
+            &prop,
+            stage.explore_cap_kt * kt,
+            &starts,
+            stage.explore_steps,
+            &mut r,
+            |_, x, moved| {
                 steps += 1;
-                let q = Instant::now();
-                let e = crate::isomers::quench(&cluster, x, 1e-5, 20_000).1;
-                quench_s += q.elapsed().as_secs_f64();
-                if let Some(k) = table.classify(e) {
-                    seen[k] = true;
+                // A rejected move leaves a state already quenched.
+                if moved {
+                    let q = Instant::now();
+                    let e = crate::isomers::quench(&cluster, x, 1e-5, 20_000).1;
+                    quench_s += q.elapsed().as_secs_f64();
+                    if let Some(k) = table.classify(e) {
+                        seen[k] = true;
+                    }
                 }
                 !seen.iter().all(|&s| s)
-            });
+            },
+        );
         let wall = t.elapsed().as_secs_f64() - quench_s;
         let found = seen.iter().filter(|&&s| s).count();
         flow_result = Some(FlowResult {
             train: train_report,
             prior_log_scales,
             explore_steps: steps,
+            explore_seconds: wall,
             explore_accepted: accepted as f64 / steps.max(1) as f64,
             explore_seconds_to_all: (found == table.energies.len()).then_some(wall),
             explore_found: found,
@@ -754,8 +803,10 @@ pub fn markdown(r: &RunReport) -> String {
         );
         let _ = writeln!(
             s,
-            "- exploration (accept unless U rises by more than the cap): {} steps, {:.3} accepted, found {} of {} isomers, {}",
+            "- exploration (accept unless U rises by more than the cap, {} chains): {} moves in {:.3} s, {:.3} accepted, found {} of {} isomers, {}",
+            r.config.flow.as_ref().map_or(1, |s| s.explore_chains),
             f.explore_steps,
+            f.explore_seconds,
             f.explore_accepted,
             f.explore_found,
             r.isomers.energies.len(),
@@ -765,6 +816,11 @@ pub fn markdown(r: &RunReport) -> String {
             s,
             "- isomer changes: {:.3} of the training pairs change isomer, {:.3} of the flow's proposals from the same starts do ({:.3} to a listed isomer); mean -log q per pair {:.2} on the pairs that change, {:.2} on those that stay",
             f.hops.md_hop_fraction, f.hops.flow_hop_fraction, f.hops.flow_hop_known_fraction, f.hops.nll_hop, f.hops.nll_stay
+        );
+        let _ = writeln!(
+            s,
+            "- escapes from the global minimum: {:.3} of the pairs starting there end in another isomer, {:.3} of the flow's proposals from those starts do",
+            f.hops.md_escape_fraction, f.hops.flow_escape_fraction
         );
         if let Some(a) = &f.finetune {
             let _ = writeln!(

@@ -356,10 +356,13 @@ impl FlowProposal {
 
 impl Proposal for FlowProposal {
     fn propose(&self, x: &[f64], count: usize, rng: &mut ChaCha8Rng) -> Vec<Move> {
-        let n = self.types.len();
-        let xs: Vec<&[f64]> = vec![x; count];
+        self.propose_each(&vec![x; count], rng)
+    }
+
+    fn propose_each(&self, xs: &[&[f64]], rng: &mut ChaCha8Rng) -> Vec<Move> {
+        let (n, count) = (self.types.len(), xs.len());
         let cond = Conditioning {
-            x: self.tensor(&xs),
+            x: self.tensor(xs),
             types: one_hot(&self.types, self.n_types, count, &self.device),
         };
         let mut normals = |_| -> Tensor<3> {

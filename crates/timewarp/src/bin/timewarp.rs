@@ -86,9 +86,12 @@ struct Common {
     /// Exploration steps at most.
     #[arg(long, default_value_t = 2_000)]
     explore_steps: usize,
-    /// Exploration energy cap in units of kT.
+    /// Exploration energy cap in units of kT (also the cap of the fine-tuning's acceptance term).
     #[arg(long, default_value_t = 20.0)]
     explore_cap_kt: f64,
+    /// Parallel exploration chains (one batched flow call per step).
+    #[arg(long, default_value_t = 1)]
+    explore_chains: usize,
     /// Fraction of every training batch drawn from the pairs that change isomer (0: the MD
     /// pairs as they come; above their own hop fraction the flow fits a hop-enriched mixture,
     /// which MH keeps exact).
@@ -168,6 +171,7 @@ fn stage(c: &Common) -> FlowStage {
         mh_trials: c.mh_trials,
         explore_steps: c.explore_steps,
         explore_cap_kt: c.explore_cap_kt,
+        explore_chains: c.explore_chains,
         finetune: (c.finetune_steps > 0).then_some(AcceptanceConfig {
             steps: c.finetune_steps,
             lr: c.finetune_lr,

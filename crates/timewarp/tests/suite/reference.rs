@@ -82,6 +82,7 @@ fn bad_input_is_an_error_not_a_panic() {
         mh_trials: 10,
         explore_steps: 10,
         explore_cap_kt: 20.0,
+        explore_chains: 1,
         finetune: None,
     };
     let rc3 = RunConfig {
