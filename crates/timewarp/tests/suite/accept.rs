@@ -184,4 +184,7 @@ fn hop_fraction_draws_that_share_of_every_batch_from_the_flagged_pairs() {
         }
     };
     assert!(bad.validate().unwrap_err().to_string().contains("hop fraction"));
+    let bad = AcceptanceConfig { weight: 1.5, ..AcceptanceConfig::default() };
+    assert!(bad.validate().unwrap_err().to_string().contains("weight in [0, 1]"));
+    assert!(AcceptanceConfig::default().validate().is_ok());
 }
