@@ -18,7 +18,7 @@ use crate::error::TimewarpError;
 use crate::isomers::IsomerTable;
 use crate::lj::LjCluster;
 use crate::mh::{explore, run_chain, GaussianDrift, MhConfig, Proposal};
-use crate::potential::{quadrature_marginal, DoubleWell};
+use crate::potential::{quadrature_marginal, DoubleWell, Potential};
 use crate::reference::{
     describe, pairs, populations, run_md, slowest_cv_ess, write_pairs, MdConfig, MdFrames, Populations,
 };
@@ -58,6 +58,11 @@ pub struct FlowStage {
     /// computed in one batch per step).
     #[serde(default = "one")]
     pub explore_chains: usize,
+    /// Start the exploration chains from the first frames of MD run 0 (thermal states of the
+    /// starting basin; the MD time of those frames is added to the exploration's wall time)
+    /// instead of the hexagon geometry of [`LjCluster::initial_positions`].
+    #[serde(default)]
+    pub explore_from_md: bool,
     /// Acceptance-loss fine-tuning after the likelihood training (None: none). Its kT is the
     /// run's.
     #[serde(default)]
@@ -115,6 +120,9 @@ pub struct FlowResult {
     pub explore_seconds_to_all: Option<f64>,
     /// Isomers exploration found.
     pub explore_found: usize,
+    /// Mean potential energy of the exploration chains' final states, and of the MD frames.
+    #[serde(default)]
+    pub explore_final_energy: (f64, f64),
     /// How the flow treats the rare isomer changes of the training pairs.
     pub hops: HopDiagnostics,
     /// The acceptance-loss fine-tuning, if run (the hop diagnostics and chains use the
@@ -599,7 +607,7 @@ pub fn run(
                     "acceptance-loss fine-tuning ({} steps, weight {}, beta {}) ...",
                     f.steps, f.weight, f.beta
                 ));
-                let pots: Vec<&dyn crate::potential::Potential> = vec![&cluster];
+                let pots: Vec<&dyn Potential> = vec![&cluster];
                 let (flow, rep) = finetune_acceptance(
                     &flow,
                     &set,
@@ -648,15 +656,30 @@ pub fn run(
         ));
         log("exploration ...");
         let mut r = rng::stream(cfg.md.seed, rng::EXPLORE, 0);
-        let starts = vec![cluster.initial_positions(); stage.explore_chains];
+        let dim = 2 * cluster.n_atoms();
         let mut seen = vec![false; table.energies.len()];
-        if let Some(k) = table.classify(crate::isomers::quench(&cluster, &starts[0], 1e-5, 20_000).1) {
-            seen[k] = true;
-        }
+        let (starts, md_start_s) = if stage.explore_from_md {
+            // The first frames of MD run 0, their isomers, and the MD time they took.
+            let k = stage.explore_chains.min(cfg.md.frames);
+            let starts: Vec<Vec<f64>> =
+                (0..k).map(|i| frames.runs[0][i * dim..(i + 1) * dim].to_vec()).collect();
+            for &q in &quenched[0][..k] {
+                if let Some(j) = table.classify(q) {
+                    seen[j] = true;
+                }
+            }
+            (starts, k as f64 * frames.md_seconds / (cfg.md.runs * cfg.md.frames) as f64)
+        } else {
+            let x = cluster.initial_positions();
+            if let Some(j) = table.classify(crate::isomers::quench(&cluster, &x, 1e-5, 20_000).1) {
+                seen[j] = true;
+            }
+            (vec![x; stage.explore_chains], 0.0)
+        };
         let mut steps = 0usize;
         let mut quench_s = 0.0;
         let t = Instant::now();
-        let (accepted, _) = explore(
+        let (accepted, finals) = explore(
             &cluster,
             &prop,
             stage.explore_cap_kt * kt,
@@ -677,8 +700,16 @@ pub fn run(
                 !seen.iter().all(|&s| s)
             },
         );
-        let wall = t.elapsed().as_secs_f64() - quench_s;
+        let wall = t.elapsed().as_secs_f64() - quench_s + md_start_s;
         let found = seen.iter().filter(|&&s| s).count();
+        let mean_u = |xs: &mut dyn Iterator<Item = &[f64]>| {
+            let (sum, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + cluster.energy(x), n + 1));
+            sum / n.max(1) as f64
+        };
+        let explore_final_energy = (
+            mean_u(&mut finals.iter().map(|x| x.as_slice())),
+            mean_u(&mut frames.runs.iter().flat_map(|r| r.chunks_exact(dim))),
+        );
         flow_result = Some(FlowResult {
             train: train_report,
             prior_log_scales,
@@ -687,6 +718,7 @@ pub fn run(
             explore_accepted: accepted as f64 / steps.max(1) as f64,
             explore_seconds_to_all: (found == table.energies.len()).then_some(wall),
             explore_found: found,
+            explore_final_energy,
             hops,
             finetune,
         });
@@ -811,6 +843,13 @@ pub fn markdown(r: &RunReport) -> String {
             f.explore_found,
             r.isomers.energies.len(),
             f.explore_seconds_to_all.map_or("not all within the step budget".into(), |t| format!("all in {t:.3} s"))
+        );
+        let _ = writeln!(
+            s,
+            "- exploration chains start from {}; mean U of their final states {:.3} against {:.3} over the MD frames",
+            if r.config.flow.as_ref().is_some_and(|s| s.explore_from_md) { "the first MD frames (their MD time counted)" } else { "the hexagon geometry" },
+            f.explore_final_energy.0,
+            f.explore_final_energy.1
         );
         let _ = writeln!(
             s,
@@ -945,8 +984,7 @@ pub fn transfer(
             let f = AcceptanceConfig { kt: cfg.md.langevin.kt, ..f.clone() };
             let clusters: Vec<&LjCluster> =
                 refs.iter().zip(&all).filter(|(_, (_, tr))| *tr).map(|(r, _)| &r.0.cluster).collect();
-            let pots: Vec<&dyn crate::potential::Potential> =
-                clusters.iter().map(|c| *c as &dyn crate::potential::Potential).collect();
+            let pots: Vec<&dyn Potential> = clusters.iter().map(|c| *c as &dyn Potential).collect();
             log(&format!("acceptance-loss fine-tuning ({} steps) ...", f.steps));
             let (flow, rep) = finetune_acceptance(
                 &flow,

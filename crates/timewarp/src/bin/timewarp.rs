@@ -92,6 +92,10 @@ struct Common {
     /// Parallel exploration chains (one batched flow call per step).
     #[arg(long, default_value_t = 1)]
     explore_chains: usize,
+    /// Start the exploration chains from the first MD frames (their MD time counted) instead
+    /// of the hexagon geometry.
+    #[arg(long)]
+    explore_from_md: bool,
     /// Fraction of every training batch drawn from the pairs that change isomer (0: the MD
     /// pairs as they come; above their own hop fraction the flow fits a hop-enriched mixture,
     /// which MH keeps exact).
@@ -172,6 +176,7 @@ fn stage(c: &Common) -> FlowStage {
         explore_steps: c.explore_steps,
         explore_cap_kt: c.explore_cap_kt,
         explore_chains: c.explore_chains,
+        explore_from_md: c.explore_from_md,
         finetune: (c.finetune_steps > 0).then_some(AcceptanceConfig {
             steps: c.finetune_steps,
             lr: c.finetune_lr,

@@ -83,6 +83,7 @@ fn bad_input_is_an_error_not_a_panic() {
         explore_steps: 10,
         explore_cap_kt: 20.0,
         explore_chains: 1,
+        explore_from_md: false,
         finetune: None,
     };
     let rc3 = RunConfig {
