@@ -63,6 +63,11 @@ pub struct FlowStage {
     /// instead of the hexagon geometry of [`LjCluster::initial_positions`].
     #[serde(default)]
     pub explore_from_md: bool,
+    /// Train a second flow for exploration with this hop fraction
+    /// ([`FlowTrainConfig::hop_fraction`]; None: exploration uses the MH flow). Exploration is
+    /// not exact, so its flow may be a pure hop model that MH could not use.
+    #[serde(default)]
+    pub explore_hop_fraction: Option<f64>,
     /// Acceptance-loss fine-tuning after the likelihood training (None: none). Its kT is the
     /// run's.
     #[serde(default)]
@@ -79,6 +84,9 @@ impl FlowStage {
         self.train.validate()?;
         if let Some(f) = &self.finetune {
             f.validate()?;
+        }
+        if let Some(f) = self.explore_hop_fraction {
+            FlowTrainConfig { hop_fraction: f, ..self.train.clone() }.validate()?;
         }
         if self.train.steps == 0
             || self.train.batch_size == 0
@@ -109,6 +117,9 @@ pub struct FlowResult {
     pub train: FlowTrainReport,
     /// Learned prior log-scales (positions, velocities).
     pub prior_log_scales: [f32; 2],
+    /// Training of the separate exploration flow, if one was trained.
+    #[serde(default)]
+    pub explore_train: Option<FlowTrainReport>,
     /// Exploration: moves proposed (over all chains).
     pub explore_steps: usize,
     /// Wall seconds of the exploration (proposals and energies, not the quench).
@@ -654,6 +665,22 @@ pub fn run(
             stage.adapt_batch,
             1,
         ));
+        let explore_own = match stage.explore_hop_fraction {
+            Some(f) => {
+                log(&format!("training the exploration flow (hop fraction {f}) ..."));
+                let train = FlowTrainConfig { hop_fraction: f, ..stage.train.clone() };
+                let (flow, rep) = train_flow(&set, &train, progress)?;
+                let p = FlowProposal {
+                    flow,
+                    types: cluster.types.clone(),
+                    n_types: stage.train.flow.n_types,
+                    device: Device::flex(),
+                };
+                Some((p, rep))
+            }
+            None => None,
+        };
+        let explore_prop = explore_own.as_ref().map_or(&prop, |(p, _)| p);
         log("exploration ...");
         let mut r = rng::stream(cfg.md.seed, rng::EXPLORE, 0);
         let dim = 2 * cluster.n_atoms();
@@ -681,7 +708,7 @@ pub fn run(
         let t = Instant::now();
         let (accepted, finals) = explore(
             &cluster,
-            &prop,
+            explore_prop,
             stage.explore_cap_kt * kt,
             &starts,
             stage.explore_steps,
@@ -713,6 +740,7 @@ pub fn run(
         flow_result = Some(FlowResult {
             train: train_report,
             prior_log_scales,
+            explore_train: explore_own.map(|(_, rep)| rep),
             explore_steps: steps,
             explore_seconds: wall,
             explore_accepted: accepted as f64 / steps.max(1) as f64,
@@ -844,6 +872,16 @@ pub fn markdown(r: &RunReport) -> String {
             r.isomers.energies.len(),
             f.explore_seconds_to_all.map_or("not all within the step budget".into(), |t| format!("all in {t:.3} s"))
         );
+        if let Some(t) = &f.explore_train {
+            let _ = writeln!(
+                s,
+                "- exploration flow: trained separately with hop fraction {}, NLL per pair {:.2} -> {:.2}, {:.1} s",
+                r.config.flow.as_ref().and_then(|s| s.explore_hop_fraction).unwrap_or(f64::NAN),
+                t.nll_first_last.0,
+                t.nll_first_last.1,
+                t.seconds
+            );
+        }
         let _ = writeln!(
             s,
             "- exploration chains start from {}; mean U of their final states {:.3} against {:.3} over the MD frames",

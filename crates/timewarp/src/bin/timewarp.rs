@@ -83,15 +83,19 @@ struct Common {
     /// MH-Timewarp trials.
     #[arg(long, default_value_t = 10_000)]
     mh_trials: usize,
-    /// Exploration steps at most.
-    #[arg(long, default_value_t = 2_000)]
+    /// Exploration steps per chain at most.
+    #[arg(long, default_value_t = 500)]
     explore_steps: usize,
-    /// Exploration energy cap in units of kT (also the cap of the fine-tuning's acceptance term).
-    #[arg(long, default_value_t = 20.0)]
+    /// Exploration energy cap in units of kT (116 kT: the authors' 300 kJ/mol at their 310 K).
+    #[arg(long, default_value_t = 116.0)]
     explore_cap_kt: f64,
     /// Parallel exploration chains (one batched flow call per step).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 32)]
     explore_chains: usize,
+    /// Hop fraction of a separate exploration flow (1: trained on the pairs that change isomer
+    /// only); a negative value: exploration uses the MH flow.
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+    explore_hop_fraction: f64,
     /// Start the exploration chains from the first MD frames (their MD time counted) instead
     /// of the hexagon geometry.
     #[arg(long)]
@@ -119,6 +123,9 @@ struct Common {
     /// β of the acceptance loss's entropy term.
     #[arg(long, default_value_t = 0.2)]
     acceptance_beta: f64,
+    /// Proposals raising U by more than this many kT are left out of the acceptance term.
+    #[arg(long, default_value_t = 20.0)]
+    acceptance_cap_kt: f64,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -177,13 +184,14 @@ fn stage(c: &Common) -> FlowStage {
         explore_cap_kt: c.explore_cap_kt,
         explore_chains: c.explore_chains,
         explore_from_md: c.explore_from_md,
+        explore_hop_fraction: (c.explore_hop_fraction >= 0.0).then_some(c.explore_hop_fraction),
         finetune: (c.finetune_steps > 0).then_some(AcceptanceConfig {
             steps: c.finetune_steps,
             lr: c.finetune_lr,
             batch_size: c.batch_size,
             weight: c.acceptance_weight,
             beta: c.acceptance_beta,
-            energy_cap_kt: c.explore_cap_kt,
+            energy_cap_kt: c.acceptance_cap_kt,
             kt: c.kt,
         }),
     }

@@ -84,6 +84,7 @@ fn bad_input_is_an_error_not_a_panic() {
         explore_cap_kt: 20.0,
         explore_chains: 1,
         explore_from_md: false,
+        explore_hop_fraction: None,
         finetune: None,
     };
     let rc3 = RunConfig {
