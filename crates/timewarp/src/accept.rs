@@ -190,8 +190,12 @@ impl<'a> AcceptanceObjective<'a> {
         let (e, _, du) = proposal_mh_energy(model, &pots, &b.nll.cond, b.e_p, b.e_v, b.v0, self.cfg.kt);
         let e = e.into_data().try_into_vec::<f32>().unwrap_or_default();
         let n = e.len().max(1) as f64;
-        let acc =
-            e.iter().map(|&v| if v.is_finite() { (-f64::from(v)).exp().min(1.0) } else { 0.0 }).sum::<f64>();
+        // A move to U = +∞ (no finite energy or gradient) is never accepted.
+        let acc = e
+            .iter()
+            .zip(&du)
+            .map(|(&v, d)| if v.is_finite() && d.is_finite() { (-f64::from(v)).exp().min(1.0) } else { 0.0 })
+            .sum::<f64>();
         let within = du.iter().filter(|&&d| d / self.cfg.kt <= self.cfg.energy_cap_kt).count();
         (acc / n, within as f64 / n)
     }
