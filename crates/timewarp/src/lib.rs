@@ -2,10 +2,13 @@
 //! 2-D Lennard-Jones clusters ([`lj`], [`md`]), the auxiliary-velocity Metropolis–Hastings sampler
 //! with batched proposals and exploration mode ([`mh`]), isomers and collective variables
 //! ([`isomers`]), chain statistics ([`stats`]) and the reference runs and training pairs
-//! ([`reference`]). Sanity systems with quadrature references are in [`potential`].
+//! ([`reference`](mod@reference)), the conditional flow and its training by likelihood ([`flow`], [`train`]) and
+//! by the acceptance loss ([`accept`]). Sanity systems with quadrature references are in
+//! [`potential`].
 
 #![warn(missing_docs)]
 
+pub mod accept;
 pub mod error;
 pub mod flow;
 pub mod isomers;

@@ -34,6 +34,11 @@ pub trait Proposal: Sync {
     fn propose(&self, x: &[f64], count: usize, rng: &mut ChaCha8Rng) -> Vec<Move>;
     /// log q(to_x, to_v | from) for each case `(from, to_x, to_v)`.
     fn log_density(&self, cases: &[(&[f64], &[f64], &[f64])]) -> Vec<f64>;
+    /// One move from each state of `xs` (by default one [`Proposal::propose`] call per state; a
+    /// batched proposal computes them at once).
+    fn propose_each(&self, xs: &[&[f64]], rng: &mut ChaCha8Rng) -> Vec<Move> {
+        xs.iter().flat_map(|x| self.propose(x, 1, rng)).collect()
+    }
 }
 
 /// Sampler settings.
@@ -150,34 +155,46 @@ pub fn run_chain(
     (stats, x)
 }
 
-/// Exploration mode: every proposal is accepted unless U rises by more than `energy_cap`
-/// (in energy units, not kT). Not Boltzmann-exact. Calls `record` after each step; returns the
-/// number of accepted moves and the final state.
+/// Exploration mode over parallel chains, one per state of `x0s`: at every step each chain
+/// proposes one move (all chains' moves in one [`Proposal::propose_each`] call) and takes it
+/// unless U rises by more than `energy_cap` (in energy units, not kT). Not Boltzmann-exact.
+/// Calls `record(chain, x, moved)` for every chain after each step and stops after the step in
+/// which a call returned false. Returns the number of accepted moves and the final states.
 pub fn explore(
     pot: &dyn Potential,
     prop: &dyn Proposal,
     energy_cap: f64,
-    x0: &[f64],
+    x0s: &[Vec<f64>],
     steps: usize,
     rng: &mut ChaCha8Rng,
-    mut record: impl FnMut(&[f64]) -> bool,
-) -> (usize, Vec<f64>) {
-    let mut x = x0.to_vec();
-    let mut u_x = pot.energy(&x);
+    mut record: impl FnMut(usize, &[f64], bool) -> bool,
+) -> (usize, Vec<Vec<f64>>) {
+    let mut xs = x0s.to_vec();
+    let mut u: Vec<f64> = xs.iter().map(|x| pot.energy(x)).collect();
     let mut accepted = 0;
     for _ in 0..steps {
-        let mv = prop.propose(&x, 1, rng).pop().expect("one move");
-        let u_y = pot.energy(&mv.x);
-        if u_y.is_finite() && u_y - u_x <= energy_cap {
-            x = mv.x;
-            u_x = u_y;
-            accepted += 1;
+        let refs: Vec<&[f64]> = xs.iter().map(|x| x.as_slice()).collect();
+        let moves = prop.propose_each(&refs, rng);
+        let energies: Vec<f64> = if moves.len() > 1 {
+            moves.par_iter().map(|m| pot.energy(&m.x)).collect()
+        } else {
+            moves.iter().map(|m| pot.energy(&m.x)).collect()
+        };
+        let mut go_on = true;
+        for (k, (mv, u_y)) in moves.into_iter().zip(energies).enumerate() {
+            let moved = u_y.is_finite() && u_y - u[k] <= energy_cap;
+            if moved {
+                xs[k] = mv.x;
+                u[k] = u_y;
+                accepted += 1;
+            }
+            go_on &= record(k, &xs[k], moved);
         }
-        if !record(&x) {
+        if !go_on {
             break;
         }
     }
-    (accepted, x)
+    (accepted, xs)
 }
 
 /// A proposal with a known closed-form density, for testing the sampler and as a baseline:

@@ -14,6 +14,9 @@ pub const BOOTSTRAP: u64 = 3;
 pub const INIT: u64 = 4;
 /// Exploration chains (index: chain).
 pub const EXPLORE: u64 = 5;
+/// Acceptance-loss fine-tuning: the flow's own proposal noise and the starts' velocities
+/// (index: step).
+pub const FINETUNE: u64 = 6;
 
 /// The stream `stream` (one of the constants above) for `index` under `seed`.
 pub fn stream(seed: u64, stream: u64, index: u64) -> ChaCha8Rng {

@@ -13,11 +13,12 @@ use foundation::atomic::write_bytes;
 use burn::prelude::Device;
 use foundation::progress::Progress;
 
+use crate::accept::{finetune_acceptance, AcceptanceConfig, AcceptanceReport};
 use crate::error::TimewarpError;
 use crate::isomers::IsomerTable;
 use crate::lj::LjCluster;
 use crate::mh::{explore, run_chain, GaussianDrift, MhConfig, Proposal};
-use crate::potential::{quadrature_marginal, DoubleWell};
+use crate::potential::{quadrature_marginal, DoubleWell, Potential};
 use crate::reference::{
     describe, pairs, populations, run_md, slowest_cv_ess, write_pairs, MdConfig, MdFrames, Populations,
 };
@@ -53,16 +54,49 @@ pub struct FlowStage {
     pub explore_steps: usize,
     /// Exploration energy cap, in units of kT.
     pub explore_cap_kt: f64,
+    /// Parallel exploration chains, all from the global minimum's geometry (their proposals
+    /// computed in one batch per step).
+    #[serde(default = "one")]
+    pub explore_chains: usize,
+    /// Start the exploration chains from the first frames of MD run 0 (thermal states of the
+    /// starting basin; the MD time of those frames is added to the exploration's wall time)
+    /// instead of the hexagon geometry of [`LjCluster::initial_positions`].
+    #[serde(default)]
+    pub explore_from_md: bool,
+    /// Train a second flow for exploration with this hop fraction
+    /// ([`FlowTrainConfig::hop_fraction`]; None: exploration uses the MH flow). Exploration is
+    /// not exact, so its flow may be a pure hop model that MH could not use.
+    #[serde(default)]
+    pub explore_hop_fraction: Option<f64>,
+    /// Acceptance-loss fine-tuning after the likelihood training (None: none). Its kT is the
+    /// run's.
+    #[serde(default)]
+    pub finetune: Option<AcceptanceConfig>,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl FlowStage {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), TimewarpError> {
-        self.train.flow.validate()?;
-        if self.train.steps == 0 || self.train.batch_size == 0 || self.mh_batch == 0 || self.mh_trials == 0 {
+        self.train.validate()?;
+        if let Some(f) = &self.finetune {
+            f.validate()?;
+        }
+        if let Some(f) = self.explore_hop_fraction {
+            FlowTrainConfig { hop_fraction: f, ..self.train.clone() }.validate()?;
+        }
+        if self.train.steps == 0
+            || self.train.batch_size == 0
+            || self.mh_batch == 0
+            || self.mh_trials == 0
+            || self.explore_chains == 0
+        {
             return Err(TimewarpError::Input(format!(
-                "flow stage needs train steps, batch size, MH batch and MH trials >= 1, got {}, {}, {}, {}",
-                self.train.steps, self.train.batch_size, self.mh_batch, self.mh_trials
+                "flow stage needs train steps, batch size, MH batch, MH trials and exploration chains >= 1, got {}, {}, {}, {}, {}",
+                self.train.steps, self.train.batch_size, self.mh_batch, self.mh_trials, self.explore_chains
             )));
         }
         let lr_ok = self.train.lr.is_finite() && self.train.lr > 0.0;
@@ -83,16 +117,29 @@ pub struct FlowResult {
     pub train: FlowTrainReport,
     /// Learned prior log-scales (positions, velocities).
     pub prior_log_scales: [f32; 2],
-    /// Exploration: steps taken, fraction accepted, seconds until every isomer was seen.
+    /// Training of the separate exploration flow, if one was trained.
+    #[serde(default)]
+    pub explore_train: Option<FlowTrainReport>,
+    /// Exploration: moves proposed (over all chains).
     pub explore_steps: usize,
+    /// Wall seconds of the exploration (proposals and energies, not the quench).
+    #[serde(default)]
+    pub explore_seconds: f64,
     /// Fraction of exploration moves accepted (below the cap).
     pub explore_accepted: f64,
     /// Wall seconds until exploration had seen every isomer (None: not within the steps).
     pub explore_seconds_to_all: Option<f64>,
     /// Isomers exploration found.
     pub explore_found: usize,
+    /// Mean potential energy of the exploration chains' final states, and of the MD frames.
+    #[serde(default)]
+    pub explore_final_energy: (f64, f64),
     /// How the flow treats the rare isomer changes of the training pairs.
     pub hops: HopDiagnostics,
+    /// The acceptance-loss fine-tuning, if run (the hop diagnostics and chains use the
+    /// fine-tuned flow).
+    #[serde(default)]
+    pub finetune: Option<AcceptanceReport>,
 }
 
 /// How often the training pairs change isomer, how likely the flow finds those pairs, and how
@@ -108,6 +155,32 @@ pub struct HopDiagnostics {
     /// Fraction of flow proposals (one from each of up to 2000 pair starts) that quench to
     /// another isomer than their start.
     pub flow_hop_fraction: f64,
+    /// Fraction of those proposals that quench to another isomer of the table (not to an
+    /// unlisted minimum).
+    #[serde(default)]
+    pub flow_hop_known_fraction: f64,
+    /// Of the pairs starting in the global minimum (isomer 0), the fraction ending in another
+    /// isomer.
+    #[serde(default)]
+    pub md_escape_fraction: f64,
+    /// Of the flow's proposals from those starts, the fraction quenching to another listed isomer.
+    #[serde(default)]
+    pub flow_escape_fraction: f64,
+}
+
+/// The isomers (start, end) of every pair at lag `lag` frames, in the order
+/// [`crate::reference::pairs`] walks them, from the quenched energy of every frame (per run).
+pub fn pair_isomers(
+    table: &IsomerTable,
+    quenched: &[Vec<f64>],
+    lag: usize,
+) -> Vec<(Option<usize>, Option<usize>)> {
+    quenched
+        .iter()
+        .flat_map(|q| {
+            (0..q.len().saturating_sub(lag)).map(move |t| (table.classify(q[t]), table.classify(q[t + lag])))
+        })
+        .collect()
 }
 
 /// The hop diagnostics of `prop` on the (aligned) training pairs `set` at lag `lag` frames,
@@ -122,12 +195,7 @@ fn hop_diagnostics(
     lag: usize,
     seed: u64,
 ) -> HopDiagnostics {
-    let labels: Vec<(Option<usize>, Option<usize>)> = quenched
-        .iter()
-        .flat_map(|q| {
-            (0..q.len().saturating_sub(lag)).map(move |t| (table.classify(q[t]), table.classify(q[t + lag])))
-        })
-        .collect();
+    let labels = pair_isomers(table, quenched, lag);
     let dim = 2 * cluster.n_atoms();
     let n = set.len().min(labels.len());
     let mut r = rng::stream(seed, rng::CHAIN, 7777);
@@ -153,15 +221,22 @@ fn hop_diagnostics(
         }
     }
     let step = (n / 2000).max(1);
-    let (mut moved, mut tried) = (0usize, 0usize);
+    let (mut moved, mut known, mut tried) = (0usize, 0usize, 0usize);
+    let (mut escaped, mut from_min) = (0usize, 0usize);
     for i in (0..n).step_by(step) {
         let x = &set.x0[i * dim..(i + 1) * dim];
         let m = prop.propose(x, 1, &mut r).pop();
         if let Some(m) = m {
             let e = crate::isomers::quench(cluster, &m.x, 1e-5, 20_000).1;
             tried += 1;
-            if table.classify(e) != labels[i].0 {
+            let to = table.classify(e);
+            if to != labels[i].0 {
                 moved += 1;
+                known += usize::from(to.is_some());
+            }
+            if labels[i].0 == Some(0) {
+                from_min += 1;
+                escaped += usize::from(to.is_some_and(|k| k != 0));
             }
         }
     }
@@ -171,6 +246,14 @@ fn hop_diagnostics(
         nll_hop: mean(&hop),
         nll_stay: mean(&stay),
         flow_hop_fraction: moved as f64 / tried.max(1) as f64,
+        flow_hop_known_fraction: known as f64 / tried.max(1) as f64,
+        md_escape_fraction: {
+            let starts = labels[..n].iter().filter(|l| l.0 == Some(0));
+            let (k, e) = starts
+                .fold((0usize, 0usize), |(k, e), l| (k + 1, e + usize::from(l.1.is_some_and(|j| j != 0))));
+            e as f64 / k.max(1) as f64
+        },
+        flow_escape_fraction: escaped as f64 / from_min.max(1) as f64,
     }
 }
 
@@ -274,13 +357,19 @@ fn flow_sanity(seed: u64, progress: &dyn Progress) -> Result<SanityResult, Timew
     let mut r = rng::stream(seed, rng::LANGEVIN, 999);
     let mut state = crate::md::MdState::new(&pot, vec![-1.0, 0.0], 1.0, &mut r);
     let traj = crate::md::trajectory(&pot, &lang, &mut state, 20_001, 50, &mut r);
-    let set = PairSet { types: vec![0], x0: traj[..traj.len() - 2].to_vec(), x1: traj[2..].to_vec() };
+    let set = PairSet {
+        types: vec![0],
+        x0: traj[..traj.len() - 2].to_vec(),
+        x1: traj[2..].to_vec(),
+        hop: Vec::new(),
+    };
     let train = FlowTrainConfig {
         flow: crate::flow::FlowConfig::default(),
         steps: 300,
         batch_size: 64,
         lr: 3e-3,
         seed,
+        hop_fraction: 0.0,
     };
     let (flow, _) = train_flow(&[set], &train, progress)?;
     let prop = FlowProposal { flow, types: vec![0], n_types: 2, device: Device::flex() };
@@ -510,7 +599,8 @@ pub fn run(
     let mut flow_result = None;
     if let Some(stage) = &cfg.flow {
         let (x0s, x1s) = pairs(&frames, cfg.lag);
-        let set = [PairSet { types: cluster.types.clone(), x0: x0s, x1: x1s }.aligned()];
+        let hop = pair_isomers(&table, &quenched, cfg.lag).into_iter().map(|(a, b)| a != b).collect();
+        let set = [PairSet { types: cluster.types.clone(), x0: x0s, x1: x1s, hop }.aligned()];
         log(&format!(
             "training the flow ({} steps, batch {}) ...",
             stage.train.steps, stage.train.batch_size
@@ -520,6 +610,36 @@ pub fn run(
             "NLL {:.2} -> {:.2} in {:.1} s",
             train_report.nll_first_last.0, train_report.nll_first_last.1, train_report.seconds
         ));
+        let (flow, finetune) = match &stage.finetune {
+            None => (flow, None),
+            Some(f) => {
+                let f = AcceptanceConfig { kt, ..f.clone() };
+                log(&format!(
+                    "acceptance-loss fine-tuning ({} steps, weight {}, beta {}) ...",
+                    f.steps, f.weight, f.beta
+                ));
+                let pots: Vec<&dyn Potential> = vec![&cluster];
+                let (flow, rep) = finetune_acceptance(
+                    &flow,
+                    &set,
+                    pots,
+                    stage.train.flow.n_types,
+                    stage.train.hop_fraction,
+                    &f,
+                    stage.train.seed,
+                    progress,
+                )?;
+                log(&format!(
+                    "acceptance of own proposals {:.4} -> {:.4}, loss {:.2} -> {:.2} in {:.1} s",
+                    rep.acceptance_before_after.0,
+                    rep.acceptance_before_after.1,
+                    rep.loss_first_last.0,
+                    rep.loss_first_last.1,
+                    rep.seconds
+                ));
+                (flow, Some(rep))
+            }
+        };
         let prior_log_scales = flow.prior_log_scales();
         let prop = FlowProposal {
             flow,
@@ -545,34 +665,90 @@ pub fn run(
             stage.adapt_batch,
             1,
         ));
+        let explore_own = match stage.explore_hop_fraction {
+            Some(f) => {
+                log(&format!("training the exploration flow (hop fraction {f}) ..."));
+                let train = FlowTrainConfig { hop_fraction: f, ..stage.train.clone() };
+                let (flow, rep) = train_flow(&set, &train, progress)?;
+                let p = FlowProposal {
+                    flow,
+                    types: cluster.types.clone(),
+                    n_types: stage.train.flow.n_types,
+                    device: Device::flex(),
+                };
+                Some((p, rep))
+            }
+            None => None,
+        };
+        let explore_prop = explore_own.as_ref().map_or(&prop, |(p, _)| p);
         log("exploration ...");
         let mut r = rng::stream(cfg.md.seed, rng::EXPLORE, 0);
-        let start_x = cluster.initial_positions();
+        let dim = 2 * cluster.n_atoms();
         let mut seen = vec![false; table.energies.len()];
+        let (starts, md_start_s) = if stage.explore_from_md {
+            // The first frames of MD run 0, their isomers, and the MD time they took.
+            let k = stage.explore_chains.min(cfg.md.frames);
+            let starts: Vec<Vec<f64>> =
+                (0..k).map(|i| frames.runs[0][i * dim..(i + 1) * dim].to_vec()).collect();
+            for &q in &quenched[0][..k] {
+                if let Some(j) = table.classify(q) {
+                    seen[j] = true;
+                }
+            }
+            (starts, k as f64 * frames.md_seconds / (cfg.md.runs * cfg.md.frames) as f64)
+        } else {
+            let x = cluster.initial_positions();
+            if let Some(j) = table.classify(crate::isomers::quench(&cluster, &x, 1e-5, 20_000).1) {
+                seen[j] = true;
+            }
+            (vec![x; stage.explore_chains], 0.0)
+        };
         let mut steps = 0usize;
         let mut quench_s = 0.0;
         let t = Instant::now();
-        let (accepted, _) =
-            explore(&cluster, &prop, stage.explore_cap_kt * kt, &start_x, stage.explore_steps, &mut r, |x| {
+        let (accepted, finals) = explore(
+            &cluster,
+            explore_prop,
+            stage.explore_cap_kt * kt,
+            &starts,
+            stage.explore_steps,
+            &mut r,
+            |_, x, moved| {
                 steps += 1;
-                let q = Instant::now();
-                let e = crate::isomers::quench(&cluster, x, 1e-5, 20_000).1;
-                quench_s += q.elapsed().as_secs_f64();
-                if let Some(k) = table.classify(e) {
-                    seen[k] = true;
+                // A rejected move leaves a state already quenched.
+                if moved {
+                    let q = Instant::now();
+                    let e = crate::isomers::quench(&cluster, x, 1e-5, 20_000).1;
+                    quench_s += q.elapsed().as_secs_f64();
+                    if let Some(k) = table.classify(e) {
+                        seen[k] = true;
+                    }
                 }
                 !seen.iter().all(|&s| s)
-            });
-        let wall = t.elapsed().as_secs_f64() - quench_s;
+            },
+        );
+        let wall = t.elapsed().as_secs_f64() - quench_s + md_start_s;
         let found = seen.iter().filter(|&&s| s).count();
+        let mean_u = |xs: &mut dyn Iterator<Item = &[f64]>| {
+            let (sum, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + cluster.energy(x), n + 1));
+            sum / n.max(1) as f64
+        };
+        let explore_final_energy = (
+            mean_u(&mut finals.iter().map(|x| x.as_slice())),
+            mean_u(&mut frames.runs.iter().flat_map(|r| r.chunks_exact(dim))),
+        );
         flow_result = Some(FlowResult {
             train: train_report,
             prior_log_scales,
+            explore_train: explore_own.map(|(_, rep)| rep),
             explore_steps: steps,
+            explore_seconds: wall,
             explore_accepted: accepted as f64 / steps.max(1) as f64,
             explore_seconds_to_all: (found == table.energies.len()).then_some(wall),
             explore_found: found,
+            explore_final_energy,
             hops,
+            finetune,
         });
     }
 
@@ -687,18 +863,60 @@ pub fn markdown(r: &RunReport) -> String {
         );
         let _ = writeln!(
             s,
-            "- exploration (accept unless U rises by more than the cap): {} steps, {:.3} accepted, found {} of {} isomers, {}",
+            "- exploration (accept unless U rises by more than the cap, {} chains): {} moves in {:.3} s, {:.3} accepted, found {} of {} isomers, {}",
+            r.config.flow.as_ref().map_or(1, |s| s.explore_chains),
             f.explore_steps,
+            f.explore_seconds,
             f.explore_accepted,
             f.explore_found,
             r.isomers.energies.len(),
             f.explore_seconds_to_all.map_or("not all within the step budget".into(), |t| format!("all in {t:.3} s"))
         );
+        if let Some(t) = &f.explore_train {
+            let _ = writeln!(
+                s,
+                "- exploration flow: trained separately with hop fraction {}, NLL per pair {:.2} -> {:.2}, {:.1} s",
+                r.config.flow.as_ref().and_then(|s| s.explore_hop_fraction).unwrap_or(f64::NAN),
+                t.nll_first_last.0,
+                t.nll_first_last.1,
+                t.seconds
+            );
+        }
         let _ = writeln!(
             s,
-            "- isomer changes: {:.3} of the training pairs change isomer, {:.3} of the flow's proposals from the same starts do; mean -log q per pair {:.2} on the pairs that change, {:.2} on those that stay",
-            f.hops.md_hop_fraction, f.hops.flow_hop_fraction, f.hops.nll_hop, f.hops.nll_stay
+            "- exploration chains start from {}; mean U of their final states {:.3} against {:.3} over the MD frames",
+            if r.config.flow.as_ref().is_some_and(|s| s.explore_from_md) { "the first MD frames (their MD time counted)" } else { "the hexagon geometry" },
+            f.explore_final_energy.0,
+            f.explore_final_energy.1
         );
+        let _ = writeln!(
+            s,
+            "- isomer changes: {:.3} of the training pairs change isomer, {:.3} of the flow's proposals from the same starts do ({:.3} to a listed isomer); mean -log q per pair {:.2} on the pairs that change, {:.2} on those that stay",
+            f.hops.md_hop_fraction, f.hops.flow_hop_fraction, f.hops.flow_hop_known_fraction, f.hops.nll_hop, f.hops.nll_stay
+        );
+        let _ = writeln!(
+            s,
+            "- escapes from the global minimum: {:.3} of the pairs starting there end in another isomer, {:.3} of the flow's proposals from those starts do",
+            f.hops.md_escape_fraction, f.hops.flow_escape_fraction
+        );
+        if let Some(a) = &f.finetune {
+            let _ = writeln!(
+                s,
+                "- acceptance-loss fine-tuning ({} steps, lr {}, weight {}, beta {}, cap {} kT): loss {:.2} -> {:.2}; mean acceptance probability of the flow's own proposals from training starts {:.4} -> {:.4} ({:.3} -> {:.3} within the cap), {:.1} s",
+                a.config.steps,
+                a.config.lr,
+                a.config.weight,
+                a.config.beta,
+                a.config.energy_cap_kt,
+                a.loss_first_last.0,
+                a.loss_first_last.1,
+                a.acceptance_before_after.0,
+                a.acceptance_before_after.1,
+                a.within_cap_before_after.0,
+                a.within_cap_before_after.1,
+                a.seconds
+            );
+        }
     }
     s
 }
@@ -790,13 +1008,39 @@ pub fn transfer(
         .iter()
         .zip(&all)
         .filter(|(_, (_, tr))| *tr)
-        .map(|((frames, _, _, _), _)| {
+        .map(|((frames, table, _, quenched), _)| {
             let (x0, x1) = pairs(frames, cfg.lag);
-            PairSet { types: frames.cluster.types.clone(), x0, x1 }.aligned()
+            let hop = pair_isomers(table, quenched, cfg.lag).into_iter().map(|(a, b)| a != b).collect();
+            PairSet { types: frames.cluster.types.clone(), x0, x1, hop }.aligned()
         })
         .collect();
     log(&format!("training one flow on {} compositions ({} steps) ...", sets.len(), cfg.flow.train.steps));
     let (flow, train_report) = train_flow(&sets, &cfg.flow.train, progress)?;
+    let flow = match &cfg.flow.finetune {
+        None => flow,
+        Some(f) => {
+            let f = AcceptanceConfig { kt: cfg.md.langevin.kt, ..f.clone() };
+            let clusters: Vec<&LjCluster> =
+                refs.iter().zip(&all).filter(|(_, (_, tr))| *tr).map(|(r, _)| &r.0.cluster).collect();
+            let pots: Vec<&dyn Potential> = clusters.iter().map(|c| *c as &dyn Potential).collect();
+            log(&format!("acceptance-loss fine-tuning ({} steps) ...", f.steps));
+            let (flow, rep) = finetune_acceptance(
+                &flow,
+                &sets,
+                pots,
+                cfg.flow.train.flow.n_types,
+                cfg.flow.train.hop_fraction,
+                &f,
+                cfg.flow.train.seed,
+                progress,
+            )?;
+            log(&format!(
+                "acceptance of own proposals {:.4} -> {:.4}",
+                rep.acceptance_before_after.0, rep.acceptance_before_after.1
+            ));
+            flow
+        }
+    };
     let mut rows = Vec::new();
     for (k, ((frames, table, md, _), (c, trained_on))) in refs.into_iter().zip(&all).enumerate() {
         let cluster = frames.cluster.clone();

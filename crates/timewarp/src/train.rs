@@ -28,6 +28,9 @@ pub struct PairSet {
     pub x0: Vec<f64>,
     /// x(t + τ).
     pub x1: Vec<f64>,
+    /// Per pair, whether its two frames quench to different isomers (empty: not known). Only
+    /// [`FlowTrainConfig::hop_fraction`] reads it.
+    pub hop: Vec<bool>,
 }
 
 impl PairSet {
@@ -52,7 +55,7 @@ impl PairSet {
         for (a, b) in self.x0.chunks_exact(2 * n).zip(x1.chunks_exact_mut(2 * n)) {
             align_onto(a, b);
         }
-        PairSet { types: self.types.clone(), x0: self.x0.clone(), x1 }
+        PairSet { types: self.types.clone(), x0: self.x0.clone(), x1, hop: self.hop.clone() }
     }
 
     /// Root-mean-square displacement per coordinate between x(t) and x(t + τ).
@@ -93,6 +96,27 @@ pub struct FlowTrainConfig {
     pub lr: f64,
     /// Seed of initialisation, order and augmentation.
     pub seed: u64,
+    /// Fraction of every batch drawn (uniformly, with replacement) from the pairs flagged as
+    /// isomer changes ([`PairSet::hop`]); the rest of the batch follows the epoch order over all
+    /// pairs. 0 trains on the MD pairs as they come (maximum likelihood of the MD kernel); above
+    /// the pairs' own hop fraction the flow fits a hop-enriched mixture instead, which MH keeps
+    /// exact (it evaluates the flow's own density both ways).
+    #[serde(default)]
+    pub hop_fraction: f64,
+}
+
+impl FlowTrainConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), TimewarpError> {
+        self.flow.validate()?;
+        if !(0.0..=1.0).contains(&self.hop_fraction) {
+            return Err(TimewarpError::Input(format!(
+                "hop fraction must be in [0, 1], got {}",
+                self.hop_fraction
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The NLL objective over one or more pair sets of the same atom count.
@@ -103,14 +127,18 @@ pub struct FlowObjective<'a> {
     seed: u64,
     /// (set, pair) of every training example.
     index: Vec<(usize, usize)>,
+    /// Positions in `index` of the pairs flagged as isomer changes.
+    hops: Vec<usize>,
+    /// Examples per batch drawn from `hops`.
+    hop_count: usize,
 }
 
 /// A batch: conditioning, targets.
 #[derive(Clone, Debug)]
 pub struct FlowBatch {
-    cond: Conditioning,
-    y: Tensor<3>,
-    v: Tensor<3>,
+    pub(crate) cond: Conditioning,
+    pub(crate) y: Tensor<3>,
+    pub(crate) v: Tensor<3>,
 }
 
 impl<'a> FlowObjective<'a> {
@@ -132,7 +160,51 @@ impl<'a> FlowObjective<'a> {
         if index.is_empty() {
             return Err(TimewarpError::Input("flow training needs at least one pair".into()));
         }
-        Ok(Self { sets, n_types, batch_size, seed, index })
+        Ok(Self { sets, n_types, batch_size, seed, index, hops: Vec::new(), hop_count: 0 })
+    }
+
+    /// Draws `round(fraction × batch_size)` examples of every batch from the pairs flagged as
+    /// isomer changes (no effect if none is flagged).
+    pub fn with_hop_fraction(mut self, fraction: f64) -> Self {
+        self.hops = self
+            .index
+            .iter()
+            .enumerate()
+            .filter(|(_, &(k, i))| self.sets[k].hop.get(i).copied().unwrap_or(false))
+            .map(|(j, _)| j)
+            .collect();
+        self.hop_count = if self.hops.is_empty() {
+            0
+        } else {
+            ((fraction * self.batch_size as f64).round() as usize).min(self.batch_size)
+        };
+        self
+    }
+
+    /// The (set, pair) of every example of step `step`'s batch, and the step's noise stream
+    /// positioned after these draws (rotations and velocities come next).
+    fn examples(&self, step: usize) -> (Vec<(usize, usize)>, ChaCha8Rng) {
+        let m = self.index.len();
+        let per_epoch = m.div_ceil(self.batch_size);
+        let (epoch, pos) = (step / per_epoch, step % per_epoch);
+        let order = epoch_order(self.seed, epoch, m);
+        let chunk = &order[pos * self.batch_size..((pos + 1) * self.batch_size).min(m)];
+        let mut r = stream_for(self.seed, Purpose::TrainNoise, step as u64);
+        let k = self.hop_count.min(chunk.len());
+        let mut out: Vec<(usize, usize)> =
+            (0..k).map(|_| self.index[self.hops[r.gen_range(0..self.hops.len())]]).collect();
+        out.extend(chunk[k..].iter().map(|&j| self.index[j]));
+        (out, r)
+    }
+
+    /// The (set, pair) of every example of step `step`'s batch.
+    pub fn batch_examples(&self, step: usize) -> Vec<(usize, usize)> {
+        self.examples(step).0
+    }
+
+    /// Number of pair sets.
+    pub fn n_sets(&self) -> usize {
+        self.sets.len()
     }
 
     fn n_atoms(&self) -> usize {
@@ -144,17 +216,11 @@ impl Objective<TimewarpFlow> for FlowObjective<'_> {
     type Batch = FlowBatch;
 
     fn batch(&self, step: usize, device: &Device) -> FlowBatch {
-        let m = self.index.len();
-        let per_epoch = m.div_ceil(self.batch_size);
-        let (epoch, pos) = (step / per_epoch, step % per_epoch);
-        let order = epoch_order(self.seed, epoch, m);
-        let chunk = &order[pos * self.batch_size..((pos + 1) * self.batch_size).min(m)];
-        let mut r = stream_for(self.seed, Purpose::TrainNoise, step as u64);
+        let (chunk, mut r) = self.examples(step);
         let n = self.n_atoms();
         let (mut x, mut y, mut v, mut t) =
             (Vec::new(), Vec::new(), Vec::new(), vec![0f32; chunk.len() * n * self.n_types]);
-        for (e, &ix) in chunk.iter().enumerate() {
-            let (k, i) = self.index[ix];
+        for (e, &(k, i)) in chunk.iter().enumerate() {
             let set = &self.sets[k];
             let theta: f64 = r.gen_range(0.0..std::f64::consts::TAU);
             let (c, s) = (theta.cos(), theta.sin());
@@ -216,8 +282,9 @@ pub fn train_flow(
     cfg: &FlowTrainConfig,
     progress: &dyn foundation::progress::Progress,
 ) -> Result<(TimewarpFlow, FlowTrainReport), TimewarpError> {
-    cfg.flow.validate()?;
-    let objective = FlowObjective::new(sets, cfg.flow.n_types, cfg.batch_size, cfg.seed)?;
+    cfg.validate()?;
+    let objective = FlowObjective::new(sets, cfg.flow.n_types, cfg.batch_size, cfg.seed)?
+        .with_hop_fraction(cfg.hop_fraction);
     let optim = OptimConfig {
         steps: cfg.steps,
         lr: cfg.lr,
@@ -289,10 +356,13 @@ impl FlowProposal {
 
 impl Proposal for FlowProposal {
     fn propose(&self, x: &[f64], count: usize, rng: &mut ChaCha8Rng) -> Vec<Move> {
-        let n = self.types.len();
-        let xs: Vec<&[f64]> = vec![x; count];
+        self.propose_each(&vec![x; count], rng)
+    }
+
+    fn propose_each(&self, xs: &[&[f64]], rng: &mut ChaCha8Rng) -> Vec<Move> {
+        let (n, count) = (self.types.len(), xs.len());
         let cond = Conditioning {
-            x: self.tensor(&xs),
+            x: self.tensor(xs),
             types: one_hot(&self.types, self.n_types, count, &self.device),
         };
         let mut normals = |_| -> Tensor<3> {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use foundation::cli::Bar;
+use timewarp::accept::AcceptanceConfig;
 use timewarp::flow::FlowConfig;
 use timewarp::md::Langevin;
 use timewarp::reference::MdConfig;
@@ -82,12 +83,49 @@ struct Common {
     /// MH-Timewarp trials.
     #[arg(long, default_value_t = 10_000)]
     mh_trials: usize,
-    /// Exploration steps at most.
-    #[arg(long, default_value_t = 2_000)]
+    /// Exploration steps per chain at most.
+    #[arg(long, default_value_t = 500)]
     explore_steps: usize,
-    /// Exploration energy cap in units of kT.
-    #[arg(long, default_value_t = 20.0)]
+    /// Exploration energy cap in units of kT (116 kT: the authors' 300 kJ/mol at their 310 K).
+    #[arg(long, default_value_t = 116.0)]
     explore_cap_kt: f64,
+    /// Parallel exploration chains (one batched flow call per step).
+    #[arg(long, default_value_t = 32)]
+    explore_chains: usize,
+    /// Hop fraction of a separate exploration flow (1: trained on the pairs that change isomer
+    /// only); a negative value: exploration uses the MH flow.
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+    explore_hop_fraction: f64,
+    /// Start the exploration chains from the first MD frames (their MD time counted) instead
+    /// of the hexagon geometry.
+    #[arg(long)]
+    explore_from_md: bool,
+    /// Fraction of every training batch drawn from the pairs that change isomer (0: the MD
+    /// pairs as they come; above their own hop fraction the flow fits a hop-enriched mixture,
+    /// which MH keeps exact).
+    #[arg(long, default_value_t = 0.0)]
+    hop_fraction: f64,
+    /// Affine coupling layers of the flow.
+    #[arg(long, default_value_t = 4)]
+    couplings: usize,
+    /// Hidden width of the flow's input MLP and feed-forward block.
+    #[arg(long, default_value_t = 64)]
+    hidden: usize,
+    /// Acceptance-loss fine-tuning steps after the likelihood training (0: none).
+    #[arg(long, default_value_t = 0)]
+    finetune_steps: usize,
+    /// Peak learning rate of the fine-tuning.
+    #[arg(long, default_value_t = 3e-4)]
+    finetune_lr: f64,
+    /// Weight λ of the acceptance term in the fine-tuning loss (1 − λ)·NLL + λ·acceptance.
+    #[arg(long, default_value_t = 0.5)]
+    acceptance_weight: f64,
+    /// β of the acceptance loss's entropy term.
+    #[arg(long, default_value_t = 0.2)]
+    acceptance_beta: f64,
+    /// Proposals raising U by more than this many kT are left out of the acceptance term.
+    #[arg(long, default_value_t = 20.0)]
+    acceptance_cap_kt: f64,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -132,17 +170,30 @@ fn md(c: &Common, composition: String) -> MdConfig {
 fn stage(c: &Common) -> FlowStage {
     FlowStage {
         train: FlowTrainConfig {
-            flow: FlowConfig::default(),
+            flow: FlowConfig { couplings: c.couplings, hidden: c.hidden, ..FlowConfig::default() },
             steps: c.train_steps,
             batch_size: c.batch_size,
             lr: c.lr,
             seed: c.seed,
+            hop_fraction: c.hop_fraction,
         },
         mh_batch: c.mh_batch,
         adapt_batch: c.adapt_batch,
         mh_trials: c.mh_trials,
         explore_steps: c.explore_steps,
         explore_cap_kt: c.explore_cap_kt,
+        explore_chains: c.explore_chains,
+        explore_from_md: c.explore_from_md,
+        explore_hop_fraction: (c.explore_hop_fraction >= 0.0).then_some(c.explore_hop_fraction),
+        finetune: (c.finetune_steps > 0).then_some(AcceptanceConfig {
+            steps: c.finetune_steps,
+            lr: c.finetune_lr,
+            batch_size: c.batch_size,
+            weight: c.acceptance_weight,
+            beta: c.acceptance_beta,
+            energy_cap_kt: c.acceptance_cap_kt,
+            kt: c.kt,
+        }),
     }
 }
 

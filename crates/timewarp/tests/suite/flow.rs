@@ -126,8 +126,15 @@ fn training_learns_a_conditional_map_and_the_proposal_is_consistent() {
         x1.extend(x.iter().map(|a| 0.5 * a + 0.05 * r.sample::<f64, _>(StandardNormal)));
         x0.extend(x);
     }
-    let sets = [PairSet { types: vec![0; 5], x0, x1 }];
-    let cfg = FlowTrainConfig { flow: FlowConfig::default(), steps: 150, batch_size: 32, lr: 3e-3, seed: 2 };
+    let sets = [PairSet { types: vec![0; 5], x0, x1, hop: Vec::new() }];
+    let cfg = FlowTrainConfig {
+        flow: FlowConfig::default(),
+        steps: 150,
+        batch_size: 32,
+        lr: 3e-3,
+        seed: 2,
+        hop_fraction: 0.0,
+    };
     let (flow, report) = train_flow(&sets, &cfg, &foundation::progress::NoProgress).unwrap();
     let (first, last) = report.nll_first_last;
     let d = 10.0;
@@ -163,7 +170,7 @@ fn md_pairs_align_rigidly() {
     };
     let frames = run_md(&md).unwrap();
     let (x0, x1) = pairs(&frames, 5);
-    let raw = PairSet { types: vec![0; 5], x0, x1 };
+    let raw = PairSet { types: vec![0; 5], x0, x1, hop: Vec::new() };
     let al = raw.aligned();
     assert!(al.rms_displacement() <= raw.rms_displacement());
     for (a, b) in raw.x1.chunks_exact(10).zip(al.x1.chunks_exact(10)) {

@@ -1,5 +1,6 @@
 //! The timewarp crate's tests, in one binary.
 
+mod accept;
 mod flow;
 mod forces;
 mod md;

@@ -94,3 +94,39 @@ fn adaptive_batch_size_keeps_the_stationary_distribution() {
     let (xs, _) = chain_xs_adapt(16, true, 15, 200_000, false);
     check_histogram(&xs, -2.4, 2.4, &reference(), 4.5);
 }
+
+#[test]
+fn exploration_takes_every_move_below_the_cap_and_none_above() {
+    let pot = DoubleWell::default();
+    let prop = GaussianDrift { pot: &pot, h: 0.05, s: 0.5, c: 0.0 };
+    let starts = vec![vec![1.0, 0.0], vec![-1.0, 0.5], vec![0.0, 0.0]];
+    let cap = 0.3;
+    let mut r = rng::stream(11, rng::EXPLORE, 0);
+    let mut last: Vec<Vec<f64>> = starts.clone();
+    let (mut calls, mut moved_count) = (vec![0usize; 3], 0usize);
+    let (accepted, finals) = timewarp::mh::explore(&pot, &prop, cap, &starts, 200, &mut r, |k, x, moved| {
+        use timewarp::potential::Potential;
+        calls[k] += 1;
+        let rise = pot.energy(x) - pot.energy(&last[k]);
+        if moved {
+            moved_count += 1;
+            assert!(rise <= cap + 1e-12, "chain {k}: accepted a rise of {rise}");
+        } else {
+            assert_eq!(x, last[k].as_slice(), "chain {k}: a rejected move changed the state");
+        }
+        last[k] = x.to_vec();
+        true
+    });
+    assert_eq!(calls, vec![200; 3]);
+    assert_eq!(accepted, moved_count);
+    assert!(accepted > 100 && accepted < 600, "accepted {accepted} of 600");
+    assert_eq!(finals, last);
+    // A record that returns false stops the run after that step.
+    let mut r = rng::stream(11, rng::EXPLORE, 1);
+    let mut n = 0;
+    timewarp::mh::explore(&pot, &prop, cap, &starts, 200, &mut r, |_, _, _| {
+        n += 1;
+        n < 5
+    });
+    assert_eq!(n, 6, "the step in which the stop came still records every chain");
+}

@@ -75,12 +75,17 @@ fn bad_input_is_an_error_not_a_panic() {
             batch_size: 8,
             lr: 1e-3,
             seed: 0,
+            hop_fraction: 0.0,
         },
         mh_batch: 0,
         adapt_batch: false,
         mh_trials: 10,
         explore_steps: 10,
         explore_cap_kt: 20.0,
+        explore_chains: 1,
+        explore_from_md: false,
+        explore_hop_fraction: None,
+        finetune: None,
     };
     let rc3 = RunConfig {
         md: cfg(),
