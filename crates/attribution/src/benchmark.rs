@@ -21,7 +21,7 @@ use crate::error::{bail, Context, Result};
 use burn::prelude::*;
 use curvature::fit::GgnKind;
 use curvature::KfacApprox;
-use diffusion::run::{is_finished, load_trained, train_run, DataSpec, RunConfig};
+use diffusion::run::{is_finished, load_trained, train_run, DataSpec, RunConfig, TrainEvent};
 use diffusion::{
     sample, Denoiser, DiffusionConfig, ModelConfig, ReverseVariance, Sampler, TrainConfig, UNetConfig,
 };
@@ -33,7 +33,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::baselines::{grad_dot, pixel_cosine, RandomProjection, TrakScorer};
 use crate::fit::{fit_curvature, CurvatureSettings};
-use crate::lds::{lds_per_query, random_subsets, removal_predictions, seed_ceiling, seed_mean, LdsResult};
+use crate::lds::{
+    lds_per_query, random_subsets, removal_predictions, seed_ceiling, seed_mean, split_half_reliability,
+    LdsResult, PairedDifference, Verdict,
+};
 use crate::measure::measure;
 use crate::npy::{read_matrix, write_matrix};
 use crate::plot::{write_bar_chart, Bar};
@@ -272,6 +275,112 @@ impl MeasureFile {
     }
 }
 
+/// The minibatch training loss of one model, step by step (`RUN_DIR/losses.json`; a resumed run
+/// records the steps of its last part only).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LossCurve {
+    /// Steps taken after each recorded minibatch (1-based).
+    pub steps: Vec<usize>,
+    /// Minibatch loss at each of `steps`.
+    pub loss: Vec<f32>,
+}
+
+impl LossCurve {
+    /// File name inside a run directory.
+    pub const FILE: &'static str = "losses.json";
+
+    /// The curve stored in `run_dir`, if any.
+    pub fn read(run_dir: &Path) -> Option<Self> {
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join(Self::FILE)).ok()?).ok()
+    }
+}
+
+/// The reference rows of an LDS report (per query, like the methods').
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Ceilings {
+    /// One seed's measurements against the mean of the other seeds' ([`seed_ceiling`]).
+    pub seed_vs_seed: LdsResult,
+    /// Split-half reliability of the K-seed mean, Spearman-Brown corrected
+    /// ([`split_half_reliability`]).
+    pub reliability: LdsResult,
+    /// The square root of each query's reliability (0 where negative): about the LDS of a
+    /// perfect attribution against the noisy K-seed mean.
+    pub attainable: LdsResult,
+}
+
+/// One of the paper's claims as a paired comparison over queries.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Claim {
+    /// The claim, in words.
+    pub claim: String,
+    /// The paired difference (first named minus second named).
+    pub difference: PairedDifference,
+    /// Which way it came out, in words.
+    pub verdict: String,
+}
+
+/// A loss curve averaged over models and binned into equal step ranges.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BinnedCurve {
+    /// Models averaged.
+    pub models: usize,
+    /// Mean loss at every step (over models).
+    pub mean: Vec<f64>,
+    /// The bins, in step order.
+    pub bins: Vec<CurveBin>,
+    /// Mean loss over the last tenth of the steps.
+    pub last_tenth: f64,
+    /// Mean loss over the tenth of the steps before the last.
+    pub tenth_before: f64,
+}
+
+/// One step range of a [`BinnedCurve`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CurveBin {
+    /// First step (1-based).
+    pub first: usize,
+    /// Last step (inclusive).
+    pub last: usize,
+    /// Mean loss over the range and the models.
+    pub mean: f64,
+    /// Standard error over models of each model's mean over the range.
+    pub se: f64,
+}
+
+impl BinnedCurve {
+    /// Averages `curves` (one per model, equal lengths, losses at steps 1, 2, ...) and bins them
+    /// into `bins` ranges; `None` without curves, with unequal lengths or fewer steps than bins.
+    pub fn new(curves: &[Vec<f32>], bins: usize) -> Option<Self> {
+        let steps = curves.first()?.len();
+        if bins == 0 || steps < bins.max(10) || curves.iter().any(|c| c.len() != steps) {
+            return None;
+        }
+        let mean: Vec<f64> = (0..steps)
+            .map(|i| curves.iter().map(|c| c[i] as f64).sum::<f64>() / curves.len() as f64)
+            .collect();
+        let range_mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let bins = (0..bins)
+            .map(|b| {
+                let (lo, hi) = (b * steps / bins, (b + 1) * steps / bins);
+                let per_model: Vec<f64> = curves
+                    .iter()
+                    .map(|c| c[lo..hi].iter().map(|&v| v as f64).sum::<f64>() / (hi - lo) as f64)
+                    .collect();
+                let (m, se) = mean_se(&per_model);
+                CurveBin { first: lo + 1, last: hi, mean: m, se }
+            })
+            .collect();
+        let tenth = steps / 10;
+        Some(Self {
+            models: curves.len(),
+            last_tenth: range_mean(&mean[steps - tenth..]),
+            tenth_before: range_mean(&mean[steps - 2 * tenth..steps - tenth]),
+            mean,
+            bins,
+        })
+    }
+}
+
 /// A benchmark directory on a device; progress messages go to `progress`.
 pub struct Benchmark<'p> {
     /// Directory.
@@ -355,7 +464,16 @@ impl<'p> Benchmark<'p> {
             return Ok(false);
         }
         let t = Instant::now();
-        train_run(run, dir, 500, &self.device, |_| Ok(())).with_context(|| format!("training {what}"))?;
+        let mut curve = LossCurve::default();
+        train_run(run, dir, 500, &self.device, |event| {
+            if let TrainEvent::Step { step, loss } = event {
+                curve.steps.push(step);
+                curve.loss.push(loss);
+            }
+            Ok(())
+        })
+        .with_context(|| format!("training {what}"))?;
+        write_bytes(&dir.join(LossCurve::FILE), serde_json::to_string(&curve)?.as_bytes())?;
         self.log(&format!(
             "trained {what} ({} steps) in {:.1} s",
             run.train.steps,
@@ -633,8 +751,8 @@ impl<'p> Benchmark<'p> {
         Ok(())
     }
 
-    /// Every method's LDS over the damping grid, plus the seed-versus-seed ceiling.
-    pub fn lds(&self) -> Result<(Vec<LdsResult>, LdsResult)> {
+    /// Every method's LDS over the damping grid, plus the ceilings.
+    pub fn lds(&self) -> Result<(Vec<LdsResult>, Ceilings)> {
         let per_seed = self.measurements()?;
         let measured = seed_mean(&per_seed);
         let subsets = self.subsets();
@@ -658,8 +776,14 @@ impl<'p> Benchmark<'p> {
                 results.push(LdsResult::new(method.name(), lambda, lds_per_query(&predicted, &measured)));
             }
         }
-        let ceiling = LdsResult::new("exact retraining", None, seed_ceiling(&per_seed));
-        Ok((results, ceiling))
+        let reliability = split_half_reliability(&per_seed);
+        let attainable = reliability.iter().map(|r| r.max(0.0).sqrt()).collect();
+        let ceilings = Ceilings {
+            seed_vs_seed: LdsResult::new("exact retraining", None, seed_ceiling(&per_seed)),
+            reliability: LdsResult::new("reliability", None, reliability),
+            attainable: LdsResult::new("attainable", None, attainable),
+        };
+        Ok((results, ceilings))
     }
 
     /// Best-lambda result of a method.
@@ -667,26 +791,135 @@ impl<'p> Benchmark<'p> {
         results.iter().filter(|r| r.method == method.name()).max_by(|a, b| a.mean.total_cmp(&b.mean))
     }
 
-    /// Write lds.json, lds.md and lds.png; returns the markdown.
-    pub fn lds_report(&self, results: &[LdsResult], ceiling: &LdsResult, timing: &str) -> Result<String> {
+    /// The paired comparisons and verdicts of the paper's claims (spec p1 §4), each method at
+    /// its best λ unless the claim is about damping.
+    pub fn claims(&self, results: &[LdsResult]) -> Vec<Claim> {
+        let n = self.n_train();
+        let best = |m: Method| Self::best(results, m);
+        let default = |m: Method| {
+            let l = m.default_lambda(n);
+            results.iter().find(|r| r.method == m.name() && r.lambda == l)
+        };
+        let seed = self.config.seed + 5;
+        let mut out = Vec::new();
+        let mut compare = |claim: &str, a: Option<&LdsResult>, b: Option<&LdsResult>, wording: [&str; 3]| {
+            if let (Some(a), Some(b)) = (a, b) {
+                let d = PairedDifference::new(&a.per_query, &b.per_query, seed);
+                let text = match d.verdict() {
+                    Verdict::AAbove => wording[0],
+                    Verdict::BAbove => wording[1],
+                    Verdict::Unresolved => wording[2],
+                };
+                out.push(Claim { claim: claim.to_string(), difference: d, verdict: text.to_string() });
+            }
+        };
+        const UNRESOLVED: &str = "not resolved: the 95 % CI includes 0";
+        compare(
+            "EK-FAC > TRAK (each at its best λ)",
+            best(Method::Ekfac),
+            best(Method::Trak),
+            ["holds: EK-FAC is higher", "reversed: TRAK is higher", UNRESOLVED],
+        );
+        compare(
+            "EK-FAC > D-TRAK (each at its best λ)",
+            best(Method::Ekfac),
+            best(Method::Dtrak),
+            ["holds: EK-FAC is higher", "reversed: D-TRAK is higher", UNRESOLVED],
+        );
+        compare(
+            "EK-FAC > TRAK, untuned damping",
+            default(Method::Ekfac),
+            default(Method::Trak),
+            ["holds: EK-FAC is higher", "reversed: TRAK is higher", UNRESOLVED],
+        );
+        compare(
+            "EK-FAC > D-TRAK, untuned damping",
+            default(Method::Ekfac),
+            default(Method::Dtrak),
+            ["holds: EK-FAC is higher", "reversed: D-TRAK is higher", UNRESOLVED],
+        );
+        // Flat in damping: the loss from the best λ to the untuned one, TRAK's minus EK-FAC's.
+        let drop = |m: Method| -> Option<LdsResult> {
+            let (b, d) = (best(m)?, default(m)?);
+            let v = b.per_query.iter().zip(&d.per_query).map(|(x, y)| x - y).collect();
+            Some(LdsResult::new(m.name(), None, v))
+        };
+        for trak in [Method::Trak, Method::Dtrak] {
+            compare(
+                &format!("K-FAC family flat in damping while {} is not (LDS lost from best to untuned λ, {trak} minus EK-FAC)", if trak == Method::Trak { "TRAK" } else { "D-TRAK" }),
+                drop(trak).as_ref(),
+                drop(Method::Ekfac).as_ref(),
+                [
+                    "holds: the TRAK-type method loses more without tuning",
+                    "reversed: EK-FAC loses more without tuning",
+                    UNRESOLVED,
+                ],
+            );
+        }
+        compare(
+            "expand > reduce (EK-FAC, best λ)",
+            best(Method::Ekfac),
+            best(Method::EkfacReduce),
+            ["holds: expand is higher", "reversed: reduce is higher", UNRESOLVED],
+        );
+        compare(
+            "GGN^model vs GGN^loss (EK-FAC, best λ; the paper recommends GGN^model)",
+            best(Method::Ekfac),
+            best(Method::EkfacGgnLoss),
+            ["GGN^model is higher", "GGN^loss is higher", UNRESOLVED],
+        );
+        compare(
+            "EK-FAC > K-FAC (eigenvalue correction, best λ)",
+            best(Method::Ekfac),
+            best(Method::Kfac),
+            ["holds: EK-FAC is higher", "reversed: K-FAC is higher", UNRESOLVED],
+        );
+        out
+    }
+
+    /// The mean training-loss curve of the subset models (those that recorded one), averaged
+    /// over models and binned into `bins` equal step ranges; `None` when no model recorded one.
+    pub fn subset_loss_curve(&self, bins: usize) -> Option<BinnedCurve> {
+        let mut curves = Vec::new();
+        for j in 0..self.config.subsets {
+            for s in 0..self.config.seeds {
+                if let Some(c) = LossCurve::read(&self.retrain_dir(j, s)) {
+                    if c.steps.first() == Some(&1) && c.loss.len() == self.config.subset_steps {
+                        curves.push(c.loss);
+                    }
+                }
+            }
+        }
+        BinnedCurve::new(&curves, bins)
+    }
+
+    /// Write lds.json, lds.md and lds.png (and loss-curve.json/.png when the subset models
+    /// recorded their losses); returns the markdown.
+    pub fn lds_report(&self, results: &[LdsResult], ceilings: &Ceilings, timing: &str) -> Result<String> {
         let n = self.n_train();
         let c = &self.config;
+        let claims = self.claims(results);
+        let curve = self.subset_loss_curve(20);
         write_bytes(
             &self.dir.join("lds.json"),
-            serde_json::to_string_pretty(&serde_json::json!({"results": results, "ceiling": ceiling}))?
-                .as_bytes(),
+            serde_json::to_string_pretty(&serde_json::json!({
+                "results": results,
+                "ceiling": ceilings.seed_vs_seed,
+                "reliability": ceilings.reliability,
+                "attainable": ceilings.attainable,
+                "claims": claims,
+            }))?
+            .as_bytes(),
         )?;
         let pct = |r: &LdsResult| format!("{:.1} ± {:.1}", 100.0 * r.mean, 100.0 * r.se);
         let mut md = String::new();
         md.push_str(&format!(
-            "# Linear datamodelling score\n\nMNIST classes {:?}, {}x{}, N = {n} training images; {} ({} params); \
+            "# Linear datamodelling score\n\n{}, N = {n} training images; {} ({} params); \
              M = {} subsets (alpha = {}) x K = {} seeds, subset models {} steps, full model {} steps; \
              Q = {} generated queries; ground truth: query loss over {} common (t, noise) draws, averaged over seeds. \
              Gradients: {} draws per training image, {} per query; curvature: {} draws per image per pass; \
              TRAK dimension {}. LDS in % (Spearman, mean ± s.e. over queries).\n\n",
-            c.data.classes,
-            c.data.size,
-            c.data.size,
+            describe_data(&c.data),
             describe_model(&c.model),
             load_trained(&self.base_dir(), &self.device).map(|t| t.model.num_params()).unwrap_or(0),
             c.subsets,
@@ -701,9 +934,55 @@ impl<'p> Benchmark<'p> {
             c.factor_draws,
             c.trak_dim,
         ));
-        md.push_str(
-            "| method | best λ | LDS at best λ | default λ | LDS at default λ |\n|---|---|---|---|---|\n",
-        );
+        // Ceiling and floor.
+        let floor = Self::best(results, Method::SameClass);
+        let best_method = Method::SCORED
+            .into_iter()
+            .filter(|m| *m != Method::SameClass)
+            .filter_map(|m| Self::best(results, m).map(|r| (m, r)))
+            .max_by(|a, b| a.1.mean.total_cmp(&b.1.mean));
+        md.push_str("## Ceiling and floor\n\n| reference | LDS (%) |\n|---|---|\n");
+        md.push_str(&format!(
+            "| reliability of the {}-seed mean (split-half, Spearman-Brown: r_SB = n r / (1 + (n - 1) r), n = K / floor(K/2)) | {} |\n",
+            c.seeds,
+            pct(&ceilings.reliability)
+        ));
+        md.push_str(&format!(
+            "| attainable: √reliability per query (a perfect attribution against the noisy {}-seed mean) | {} |\n",
+            c.seeds,
+            pct(&ceilings.attainable)
+        ));
+        md.push_str(&format!(
+            "| seed vs seed (one seed against the mean of the other {}) | {} |\n",
+            c.seeds - 1,
+            pct(&ceilings.seed_vs_seed)
+        ));
+        if let Some(f) = floor {
+            md.push_str(&format!("| floor: same-class indicator (no model) | {} |\n", pct(f)));
+        }
+        md.push('\n');
+        if let Some(f) = floor {
+            let gap = PairedDifference::new(&ceilings.reliability.per_query, &f.per_query, c.seed + 6);
+            md.push_str(&format!(
+                "Ceiling (reliability) minus floor, paired over queries: {} points (95 % CI); {}.\n",
+                gap.format_points(),
+                if gap.mean >= 0.10 { "at least 10 points" } else { "less than 10 points" }
+            ));
+        }
+        if let Some((m, b)) = best_method {
+            let gap = PairedDifference::new(&ceilings.reliability.per_query, &b.per_query, c.seed + 7);
+            let spread = Method::SCORED
+                .into_iter()
+                .filter(|m| *m != Method::SameClass)
+                .filter_map(|m| Self::best(results, m).map(|r| r.mean))
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+            md.push_str(&format!(
+                "Ceiling (reliability) minus the best method ({m}): {} points; spread of the methods at their best λ: {:.1} points.\n\n",
+                gap.format_points(),
+                100.0 * (spread.1 - spread.0)
+            ));
+        }
+        md.push_str("## Methods\n\n| method | best λ | LDS at best λ | default λ | LDS at default λ |\n|---|---|---|---|---|\n");
         let mut bars = Vec::new();
         for method in Method::SCORED {
             let Some(best) = Self::best(results, method) else { continue };
@@ -720,26 +999,50 @@ impl<'p> Benchmark<'p> {
             ));
             bars.push(Bar { label: method.to_string(), value: 100.0 * best.mean, se: 100.0 * best.se });
         }
-        md.push_str(&format!(
-            "| exact retraining (seed vs seed ceiling) | – | {} | – | – |\n\n",
-            pct(ceiling)
-        ));
-        bars.push(Bar { label: "exact retrain".into(), value: 100.0 * ceiling.mean, se: 100.0 * ceiling.se });
-        // Paired over queries (the same queries and subsets for every method), so the standard
-        // error of a difference is much smaller than either method's own.
+        md.push('\n');
+        bars.push(Bar {
+            label: "reliability".into(),
+            value: 100.0 * ceilings.reliability.mean,
+            se: 100.0 * ceilings.reliability.se,
+        });
+        bars.push(Bar {
+            label: "seed vs seed".into(),
+            value: 100.0 * ceilings.seed_vs_seed.mean,
+            se: 100.0 * ceilings.seed_vs_seed.se,
+        });
+        // Paired over queries (the same queries and subsets for every method), so the interval
+        // of a difference is much narrower than either method's own.
         if let Some(reference) = Self::best(results, Method::Ekfac) {
-            md.push_str("Paired difference to EK-FAC (per query, each method at its best λ; % points, mean ± s.e.):\n\n| method | LDS(method) - LDS(EK-FAC) |\n|---|---|\n");
+            let ref_default =
+                results.iter().find(|r| r.method == "ekfac" && r.lambda == Method::Ekfac.default_lambda(n));
+            md.push_str(
+                "Paired difference to EK-FAC, LDS(method) − LDS(EK-FAC) in % points, mean [95 % bootstrap CI] over queries:\n\n\
+                 | method | both at best λ | both at default λ |\n|---|---|---|\n",
+            );
             for method in Method::SCORED.into_iter().filter(|m| *m != Method::Ekfac) {
-                if let Some(b) = Self::best(results, method) {
-                    let d: Vec<f64> =
-                        b.per_query.iter().zip(&reference.per_query).map(|(x, y)| x - y).collect();
-                    let (m, se) = mean_se(&d);
-                    md.push_str(&format!("| {method} | {:+.1} ± {:.1} |\n", 100.0 * m, 100.0 * se));
-                }
+                let Some(b) = Self::best(results, method) else { continue };
+                let at_best = PairedDifference::new(&b.per_query, &reference.per_query, c.seed + 8);
+                let default = method.default_lambda(n);
+                let at_default = results
+                    .iter()
+                    .find(|r| r.method == method.name() && r.lambda == default)
+                    .zip(ref_default)
+                    .map(|(m, e)| {
+                        PairedDifference::new(&m.per_query, &e.per_query, c.seed + 9).format_points()
+                    });
+                md.push_str(&format!(
+                    "| {method} | {} | {} |\n",
+                    at_best.format_points(),
+                    at_default.unwrap_or_else(|| "–".into())
+                ));
             }
             md.push('\n');
         }
-        md.push_str("LDS (%) over the damping grid:\n\n| method |");
+        md.push_str("## The paper's claims\n\nPaired over queries, % points, mean [95 % bootstrap CI]; a claim holds only when the whole interval is on its side of 0.\n\n| claim | difference | verdict |\n|---|---|---|\n");
+        for cl in &claims {
+            md.push_str(&format!("| {} | {} | {} |\n", cl.claim, cl.difference.format_points(), cl.verdict));
+        }
+        md.push_str("\nLDS (%) over the damping grid:\n\n| method |");
         for l in &c.lambdas {
             md.push_str(&format!(" {l:.0e} |"));
         }
@@ -753,6 +1056,27 @@ impl<'p> Benchmark<'p> {
                 md.push_str(&format!(" {} |", r.map_or("–".into(), |r| format!("{:.1}", 100.0 * r.mean))));
             }
             md.push('\n');
+        }
+        if let Some(curve) = &curve {
+            write_bytes(&self.dir.join("loss-curve.json"), serde_json::to_string_pretty(curve)?.as_bytes())?;
+            let bars: Vec<Bar> = curve
+                .bins
+                .iter()
+                .map(|b| Bar { label: format!("steps {}-{}", b.first, b.last), value: b.mean, se: b.se })
+                .collect();
+            write_bar_chart(
+                &self.dir.join("loss-curve.png"),
+                "subset models: mean training loss per step range, +-1 s.e. over models",
+                &bars,
+                |v, s| format!("{v:.4}+-{s:.4}"),
+            )?;
+            md.push_str(&format!(
+                "\n## Training loss of the subset models\n\nMean minibatch loss of {} subset models (`loss-curve.png`, `loss-curve.json`): {:.4} over the last tenth of the steps, {:.4} over the tenth before ({:+.1} %).\n",
+                curve.models,
+                curve.last_tenth,
+                curve.tenth_before,
+                100.0 * (curve.last_tenth / curve.tenth_before - 1.0)
+            ));
         }
         md.push_str(&format!("\n{timing}\n"));
         write_bar_chart(&self.dir.join("lds.png"), "LDS (%) at best damping, +-1 s.e.", &bars, |v, s| {
@@ -874,6 +1198,57 @@ impl<'p> Benchmark<'p> {
             }
             md.push('\n');
         }
+        // Paired over queries (each query is retrained once per method and k): every method
+        // against random removal, and EK-FAC against TRAK and D-TRAK.
+        let increases = |m: Method, k: usize| -> Option<Vec<f64>> {
+            base.iter()
+                .enumerate()
+                .map(|(qi, b)| MeasureFile::read(&self.top_dir(qi, m, k)).map(|f| f.loss[0] - b))
+                .collect()
+        };
+        let mut pairs: Vec<(Method, Method)> =
+            methods.iter().filter(|m| **m != Method::Random).map(|m| (*m, Method::Random)).collect();
+        for other in [Method::Trak, Method::Dtrak] {
+            if methods.contains(&Method::Ekfac) && methods.contains(&other) {
+                pairs.push((Method::Ekfac, other));
+            }
+        }
+        let mut paired = Vec::new();
+        if !pairs.is_empty() {
+            md.push_str(&format!(
+                "\nPaired differences of the loss increase over the {n_queries} queries (x 1000, mean [95 % bootstrap CI]):\n\n| comparison |"
+            ));
+            for (f, k) in fractions.iter().zip(&ks) {
+                md.push_str(&format!(" k = {k} ({:.0} %) |", 100.0 * f));
+            }
+            md.push_str("\n|---|");
+            md.push_str(&"---|".repeat(ks.len()));
+            md.push('\n');
+            for (a, b) in pairs {
+                if !methods.contains(&b) {
+                    continue;
+                }
+                md.push_str(&format!("| {a} − {b} |"));
+                for &k in &ks {
+                    let (Some(x), Some(y)) = (increases(a, k), increases(b, k)) else { return Ok(None) };
+                    let d = PairedDifference::new(&x, &y, self.config.seed + 10);
+                    let verdict = match d.verdict() {
+                        Verdict::AAbove => format!("{a} higher"),
+                        Verdict::BAbove => format!("{b} higher"),
+                        Verdict::Unresolved => "CI includes 0".to_string(),
+                    };
+                    md.push_str(&format!(
+                        " {:+.2} [{:+.2}, {:+.2}]: {verdict} |",
+                        1e3 * d.mean,
+                        1e3 * d.ci.low,
+                        1e3 * d.ci.high
+                    ));
+                    paired.push(serde_json::json!({"a": a, "b": b, "k": k, "difference": d}));
+                }
+                md.push('\n');
+            }
+        }
+        let json = serde_json::json!({"results": json, "paired": paired});
         write_bytes(&self.dir.join("retrain-top.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
         write_bar_chart(
             &self.dir.join("retrain-top.png"),
@@ -884,6 +1259,12 @@ impl<'p> Benchmark<'p> {
         write_bytes(&self.dir.join("retrain-top.md"), md.as_bytes())?;
         Ok(Some(md))
     }
+}
+
+fn describe_data(d: &DataSpec) -> String {
+    let classes =
+        if d.classes.is_empty() { "all 10 classes".to_string() } else { format!("classes {:?}", d.classes) };
+    format!("{}, {classes}, {}x{}", d.source.describe(), d.size, d.size)
 }
 
 fn describe_model(m: &ModelConfig) -> String {
@@ -1040,8 +1421,8 @@ impl LdsJob {
             }
         })?;
         timed("attribution scores (all methods)", &mut || bench.scores(&queries))?;
-        let (results, ceiling) = bench.lds()?;
-        Ok(Some(bench.lds_report(&results, &ceiling, &timing_table(&self.out))?))
+        let (results, ceilings) = bench.lds()?;
+        Ok(Some(bench.lds_report(&results, &ceilings, &timing_table(&self.out))?))
     }
 }
 

@@ -2,6 +2,7 @@
 
 use foundation::rng::{stream_for, Purpose};
 use rand::seq::index::sample;
+use rand::seq::SliceRandom;
 
 use crate::{DataError, RawImages};
 
@@ -103,6 +104,20 @@ impl Dataset {
         let mut idx = sample(&mut rng, self.n, n).into_vec();
         idx.sort_unstable();
         self.select(&idx)
+    }
+
+    /// A seeded split into `(train, test)` for data without an official split: a permutation
+    /// of all images from `seed` (stream [`Purpose::DataSplit`]) whose first `test` images form
+    /// the test set and the rest the training set, each kept in the original order. `test` is
+    /// clamped to the number of images.
+    pub fn seeded_split(&self, test: usize, seed: u64) -> (Dataset, Dataset) {
+        let test = test.min(self.n);
+        let mut idx: Vec<usize> = (0..self.n).collect();
+        idx.shuffle(&mut stream_for(seed, Purpose::DataSplit, 0));
+        let (mut te, mut tr) = (idx[..test].to_vec(), idx[test..].to_vec());
+        te.sort_unstable();
+        tr.sort_unstable();
+        (self.select(&tr), self.select(&te))
     }
 
     /// Up to `per_class` images of every class present, drawn at random

@@ -96,3 +96,22 @@ pub fn load_fashion_mnist(dir: &Path) -> Result<Dataset, DataError> {
 }
 
 pub use foundation::paths::shared_data_dir;
+
+/// Test-set size of the seeded Fashion-MNIST split ([`load_fashion_mnist_split`]): 10 000 of
+/// the 70 000 images (1/7), the sizes of the usual 60 000 / 10 000 split.
+pub const FASHION_TEST_IMAGES: usize = 10_000;
+
+/// Seed of the Fashion-MNIST split.
+pub const FASHION_SPLIT_SEED: u64 = 0;
+
+/// One half of Fashion-MNIST under the project's seeded split: the shared files hold all 70 000
+/// images sorted by class and record no official split, so [`Dataset::seeded_split`] with
+/// [`FASHION_TEST_IMAGES`] and [`FASHION_SPLIT_SEED`] makes one (training 60 000, test
+/// 10 000, each in the stored order).
+pub fn load_fashion_mnist_split(dir: &Path, split: Split) -> Result<Dataset, DataError> {
+    let (train, test) = load_fashion_mnist(dir)?.seeded_split(FASHION_TEST_IMAGES, FASHION_SPLIT_SEED);
+    Ok(match split {
+        Split::Train => train,
+        Split::Test => test,
+    })
+}

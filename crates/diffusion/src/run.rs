@@ -22,7 +22,11 @@ use crate::train::{checkpoint_dir, TrainConfig, TrainData, TrainState, Trainer};
 /// Which images a run trains on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DataSpec {
-    /// Directory with the four MNIST IDX files; `None` = the embedded subset.
+    /// Which data set (MNIST when absent from a stored config).
+    #[serde(default, skip_serializing_if = "DataSource::is_mnist")]
+    pub source: DataSource,
+    /// Directory with the IDX files: MNIST's four (`None` = the embedded subset), or
+    /// Fashion-MNIST's two (`None` = `<shared data>/fashion-mnist`).
     pub dir: Option<PathBuf>,
     /// Classes to keep (empty = all).
     pub classes: Vec<u8>,
@@ -40,7 +44,42 @@ pub struct DataSpec {
 
 impl Default for DataSpec {
     fn default() -> Self {
-        Self { dir: None, classes: vec![], size: 28, per_class: None, subset_seed: 0, indices: None }
+        Self {
+            source: DataSource::Mnist,
+            dir: None,
+            classes: vec![],
+            size: 28,
+            per_class: None,
+            subset_seed: 0,
+            indices: None,
+        }
+    }
+}
+
+/// The image data sets a run can train on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum DataSource {
+    /// MNIST digits (the official 60k/10k split, or the embedded subset).
+    #[default]
+    Mnist,
+    /// Fashion-MNIST under the seeded split of `data::load_fashion_mnist_split`.
+    Fashion,
+}
+
+impl DataSource {
+    /// Whether this is MNIST (the default, left out of stored configs).
+    pub fn is_mnist(&self) -> bool {
+        *self == DataSource::Mnist
+    }
+
+    /// The name in reports.
+    pub fn describe(self) -> &'static str {
+        match self {
+            DataSource::Mnist => "MNIST",
+            DataSource::Fashion => "Fashion-MNIST (seeded split)",
+        }
     }
 }
 
@@ -49,7 +88,11 @@ impl Default for DataSpec {
 #[derive(Clone, Debug, Default)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct DataArgs {
-    /// Directory with the MNIST IDX files (default: the embedded subset).
+    /// Data set: mnist, or fashion (Fashion-MNIST, seeded 60k/10k split).
+    #[cfg_attr(feature = "cli", arg(long, value_enum))]
+    pub dataset: Option<DataSource>,
+    /// Directory with the IDX files (default: the embedded MNIST subset; for fashion,
+    /// `<shared data>/fashion-mnist`).
     #[cfg_attr(feature = "cli", arg(long))]
     pub data: Option<PathBuf>,
     /// Comma-separated classes to keep (default: all).
@@ -66,11 +109,18 @@ pub struct DataArgs {
 impl DataArgs {
     /// Whether any of the flags was given.
     pub fn any(&self) -> bool {
-        self.data.is_some() || self.classes.is_some() || self.size.is_some() || self.per_class.is_some()
+        self.dataset.is_some()
+            || self.data.is_some()
+            || self.classes.is_some()
+            || self.size.is_some()
+            || self.per_class.is_some()
     }
 
     /// Override the fields of `spec` whose flag was given.
     pub fn apply(&self, spec: &mut DataSpec) {
+        if let Some(source) = self.dataset {
+            spec.source = source;
+        }
         if let Some(dir) = &self.data {
             spec.dir = Some(dir.clone());
         }
@@ -89,7 +139,22 @@ impl DataArgs {
 impl DataSpec {
     /// Load the images this spec describes from the given split.
     pub fn load(&self, split: Split) -> Result<Dataset, data::DataError> {
-        let mut ds = load_mnist(self.dir.as_deref(), split)?;
+        let mut ds = match self.source {
+            DataSource::Mnist => load_mnist(self.dir.as_deref(), split)?,
+            DataSource::Fashion => {
+                let dir = self
+                    .dir
+                    .clone()
+                    .or_else(|| data::shared_data_dir().map(|d| d.join("fashion-mnist")))
+                    .ok_or_else(|| {
+                        data::DataError::InvalidArgument(
+                            "Fashion-MNIST: no --data directory given and no shared data directory found"
+                                .into(),
+                        )
+                    })?;
+                data::load_fashion_mnist_split(&dir, split)?
+            }
+        };
         if !self.classes.is_empty() {
             ds = ds.filter_classes(&self.classes);
         }

@@ -86,6 +86,9 @@ pub enum Purpose {
     DdpmBenchData,
     /// A random subset of a data set (`data::Dataset::subset`). Nonce stream 0 (see below).
     DataSubset,
+    /// The train/test split of a data set without an official one
+    /// (`data::Dataset::seeded_split`: Fashion-MNIST; index: 0).
+    DataSplit,
     /// The images drawn from one class by `data::Dataset::balanced_subset` (index: the class,
     /// used as the nonce stream).
     DataClassSubset,
@@ -152,6 +155,7 @@ impl Purpose {
             Purpose::Timewarp { stream } => (0x7137 << 40) | stream,
             Purpose::MetaOclWorld => 0x3E7A0,
             Purpose::MetaOclProtocol => 0x3E7A1,
+            Purpose::DataSplit => 0xDA7B,
             Purpose::DataSubset | Purpose::DataClassSubset => 0xDA7A,
             Purpose::GpProbes | Purpose::GpSolverBatches | Purpose::GpSubsample => 0x69,
         }

@@ -279,7 +279,32 @@ fn lds_benchmark_runs_end_to_end_and_shards_reproduce_it() {
         let got = stored["per_query"][q].as_f64().unwrap();
         assert!((got - expected).abs() < 1e-9, "query {q}: lds.json says {got}, recomputed {expected}");
     }
-    for f in ["lds.md", "lds.png", "queries.png", "timing.json"] {
+    // The ceiling with K = 2: the split-half reliability is the Spearman-Brown step-up 2r/(1+r)
+    // of the one split, seed 0 against seed 1.
+    let per_seed = |k: usize| -> Vec<Vec<f64>> {
+        (0..m)
+            .map(|j| {
+                let f = read_json(&a.join(format!("retrain/subset-{j:03}-seed-{k}/measure.json")));
+                f["loss"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+            })
+            .collect()
+    };
+    let (s0, s1) = (per_seed(0), per_seed(1));
+    for q in 0..rows {
+        let column = |s: &[Vec<f64>]| s.iter().map(|r| r[q]).collect::<Vec<f64>>();
+        let r = spearman_by_hand(&column(&s0), &column(&s1));
+        let got = lds["reliability"]["per_query"][q].as_f64().unwrap();
+        let want = if r > -1.0 { (2.0 * r / (1.0 + r)).max(-1.0) } else { -1.0 };
+        assert!((got - want).abs() < 1e-9, "query {q}: reliability {got}, 2r/(1+r) = {want}");
+        let attainable = lds["attainable"]["per_query"][q].as_f64().unwrap();
+        assert!((attainable - want.max(0.0).sqrt()).abs() < 1e-9);
+    }
+    assert!(lds["claims"].as_array().unwrap().len() >= 7, "every claim has a verdict");
+    // The subset models' loss curve (20 steps each, 8 models).
+    let curve = read_json(&a.join("loss-curve.json"));
+    assert_eq!(curve["models"], 8);
+    assert_eq!(curve["mean"].as_array().unwrap().len(), 20);
+    for f in ["lds.md", "lds.png", "queries.png", "timing.json", "loss-curve.png"] {
         assert!(a.join(f).exists(), "{f} missing");
     }
 
@@ -327,8 +352,15 @@ fn lds_benchmark_runs_end_to_end_and_shards_reproduce_it() {
     let (ok, err) = attribute(&retrain_top);
     assert!(ok && err.contains("nothing to continue"), "{err}");
     assert_eq!(read_json(&a.join("retrain-top.json")), top);
-    assert_eq!(top.as_array().unwrap().len(), 2);
-    assert!(top[0]["mean"].as_f64().unwrap().is_finite());
+    assert_eq!(top["results"].as_array().unwrap().len(), 2);
+    assert!(top["results"][0]["mean"].as_f64().unwrap().is_finite());
+    // EK-FAC minus random, paired over the 2 queries, with its interval.
+    let paired = top["paired"].as_array().unwrap();
+    assert_eq!(paired.len(), 1);
+    let d = &paired[0]["difference"];
+    let (mean, low, high) =
+        (d["mean"].as_f64().unwrap(), d["ci"]["low"].as_f64().unwrap(), d["ci"]["high"].as_f64().unwrap());
+    assert!(low <= mean && mean <= high, "{d}");
     let (ok, err) = attribute(&["retrain-top", "--out", s(&a), "--methods", "nope"]);
     assert!(!ok && err.contains("unknown method"), "{err}");
     let (ok, err) = attribute(&["retrain-top", "--out", s(&root.join("empty"))]);

@@ -1,12 +1,14 @@
 //! The evaluation machinery on cases with known answers: rank statistics, the LDS of exact
 //! influence on a model whose retraining is linear in the subset, the LDS of exact and random
 //! scores on an additive datamodel with retraining noise (closed form), the seed ceiling, TRAK's
-//! kernel solve against a Cholesky solve, and the random projection.
+//! kernel solve against a Cholesky solve, the random projection, and the split-half reliability
+//! of a K-seed mean on signal plus independent noise (closed form).
 
 use attribution::baselines::{grad_dot, pixel_cosine, RandomProjection, TrakScorer};
+use attribution::benchmark::BinnedCurve;
 use attribution::lds::{
-    lds_per_query, mean_se, random_subsets, ranks, removal_predictions, seed_ceiling, seed_mean, spearman,
-    LdsResult,
+    lds_per_query, mean_se, random_subsets, ranks, removal_predictions, seed_ceiling, seed_mean, seed_splits,
+    spearman, spearman_brown, split_half_reliability, LdsResult, PairedDifference, Verdict,
 };
 use burn::prelude::*;
 use faer::Mat;
@@ -211,4 +213,114 @@ fn pixel_cosine_is_one_on_itself_and_symmetric() {
             assert!((s[i * 3 + j] - s[j * 3 + i]).abs() < 1e-6 && s[i * 3 + j] <= 1.0 + 1e-6);
         }
     }
+}
+
+#[test]
+fn seed_splits_are_disjoint_halves_each_pair_once() {
+    for (k, count) in [(2, 1), (3, 3), (4, 3), (5, 15), (6, 10)] {
+        let splits = seed_splits(k, usize::MAX);
+        assert_eq!(splits.len(), count, "K = {k}");
+        for (a, b) in &splits {
+            assert_eq!((a.len(), b.len()), (k / 2, k / 2));
+            assert!(a.iter().all(|s| !b.contains(s) && *s < k) && b.iter().all(|s| *s < k));
+            assert!(a[0] < b[0], "each unordered pair once, lowest seed first");
+        }
+    }
+    assert_eq!(seed_splits(5, 4).len(), 4);
+    assert!(seed_splits(1, 8).is_empty());
+}
+
+/// Spearman-Brown on Pearson reliabilities is exact: for signal (variance 1) plus independent
+/// noise (variance s2) per seed, a mean of h seeds has reliability `1 / (1 + s2 / h)`, and
+/// stepping it up by `K / h` gives `1 / (1 + s2 / K)`; `n = 2` is `2r / (1 + r)`.
+#[test]
+fn spearman_brown_steps_a_mean_of_h_seeds_up_to_k_seeds() {
+    for s2 in [0.1, 1.0, 4.0] {
+        for (h, k) in [(1usize, 2usize), (2, 4), (2, 5), (3, 7)] {
+            let rel = |n: usize| 1.0 / (1.0 + s2 / n as f64);
+            let got = spearman_brown(rel(h), k as f64 / h as f64);
+            assert!((got - rel(k)).abs() < 1e-12, "s2 {s2}, {h} -> {k}: {got} vs {}", rel(k));
+        }
+    }
+    assert!((spearman_brown(0.6, 2.0) - 1.2 / 1.6).abs() < 1e-15);
+    assert_eq!(spearman_brown(-0.9, 3.0), -1.0, "no reliability: clamped, not a pole");
+}
+
+/// The known answer: outcome of (seed, subset, query) = signal (N(0, 1) per subset and query)
+/// plus independent noise (N(0, s2) per seed). The two half-means (h seeds each) are bivariate
+/// normal with correlation `rho_h = 1 / (1 + s2 / h)`, so their Spearman correlation is
+/// `(6/pi) asin(rho_h / 2)`, and the reported reliability must be that value stepped up by
+/// `K / h`. With M = 3000 subsets and 6 queries the standard error of the mean is about 0.005;
+/// the bound is 0.02. The seed-vs-seed figure (one seed against the mean of the others) is
+/// lower, as its closed form says.
+#[test]
+fn split_half_reliability_of_signal_plus_seed_noise_matches_its_closed_form() {
+    let (m, q, s2) = (3000usize, 6usize, 1.5f64);
+    let signal: Vec<Vec<f64>> = (0..m)
+        .map(|j| normals(&mut stream(31, 0, j as u64), q).into_iter().map(f64::from).collect())
+        .collect();
+    let spearman_of_normals = |rho: f64| 6.0 / std::f64::consts::PI * (rho / 2.0).asin();
+    for k in [4usize, 5] {
+        let per_seed: Vec<Vec<Vec<f64>>> = (0..k as u64)
+            .map(|seed| {
+                signal
+                    .iter()
+                    .enumerate()
+                    .map(|(j, sig)| {
+                        let z = normals(&mut stream(32, seed, j as u64), q);
+                        sig.iter().zip(z).map(|(s, z)| s + s2.sqrt() * z as f64).collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        let h = k / 2;
+        let want = spearman_brown(spearman_of_normals(1.0 / (1.0 + s2 / h as f64)), k as f64 / h as f64);
+        let (got, se) = mean_se(&split_half_reliability(&per_seed));
+        assert!((got - want).abs() < 0.02, "K = {k}: reliability {got} +- {se} vs {want}");
+        // One seed against the mean of the other K - 1: Pearson sqrt(rel(1) rel(K - 1)).
+        let rel = |n: usize| 1.0 / (1.0 + s2 / n as f64);
+        let want_seed = spearman_of_normals((rel(1) * rel(k - 1)).sqrt());
+        let (seed_vs_seed, _) = mean_se(&seed_ceiling(&per_seed));
+        assert!(
+            (seed_vs_seed - want_seed).abs() < 0.02,
+            "K = {k}: seed vs seed {seed_vs_seed} vs {want_seed}"
+        );
+        assert!(seed_vs_seed < got - 0.1, "the seed-vs-seed figure sits below the K-seed reliability");
+    }
+    // No noise: every half agrees exactly.
+    let exact = vec![signal.clone(); 4];
+    assert!(split_half_reliability(&exact).iter().all(|r| (r - 1.0).abs() < 1e-12));
+}
+
+#[test]
+fn paired_differences_give_intervals_and_verdicts_both_ways() {
+    let a: Vec<f64> = (0..40).map(|i| 0.3 + 0.01 * (i % 7) as f64).collect();
+    let b: Vec<f64> = a.iter().map(|x| x - 0.05).collect();
+    let d = PairedDifference::new(&a, &b, 0);
+    assert!((d.mean - 0.05).abs() < 1e-12 && d.se < 1e-12);
+    assert!((d.ci.low - 0.05).abs() < 1e-12 && (d.ci.high - 0.05).abs() < 1e-12, "a constant shift: {d:?}");
+    assert_eq!(d.verdict(), Verdict::AAbove);
+    assert_eq!(PairedDifference::new(&b, &a, 0).verdict(), Verdict::BAbove);
+    // Differences of +-0.1 around 0: the interval straddles 0 and contains the mean.
+    let c: Vec<f64> = a.iter().enumerate().map(|(i, x)| x + if i % 2 == 0 { 0.1 } else { -0.1 }).collect();
+    let d = PairedDifference::new(&c, &a, 0);
+    assert_eq!(d.verdict(), Verdict::Unresolved);
+    assert!(d.ci.low < 0.0 && d.ci.high > 0.0 && d.ci.low <= d.mean && d.mean <= d.ci.high);
+}
+
+#[test]
+fn binned_loss_curve_averages_models_and_ranges() {
+    // Two models, 100 steps: loss 1/step and 3/step; their mean is 2/step.
+    let curves: Vec<Vec<f32>> =
+        [1.0f32, 3.0].iter().map(|c| (1..=100).map(|t| c / t as f32).collect()).collect();
+    let b = BinnedCurve::new(&curves, 4).unwrap();
+    assert_eq!(b.models, 2);
+    assert_eq!((b.bins[0].first, b.bins[0].last, b.bins[3].first, b.bins[3].last), (1, 25, 76, 100));
+    let want: f64 = (76..=100).map(|t| 2.0 / t as f64).sum::<f64>() / 25.0;
+    assert!((b.bins[3].mean - want).abs() < 1e-6);
+    assert!((b.bins[3].se - want / 2.0).abs() < 1e-6, "s.e. of two models at 1x and 3x the mean");
+    let last: f64 = (91..=100).map(|t| 2.0 / t as f64).sum::<f64>() / 10.0;
+    assert!((b.last_tenth - last).abs() < 1e-6 && b.tenth_before > b.last_tenth);
+    assert!(BinnedCurve::new(&[vec![1.0; 5]], 4).is_none(), "too few steps");
+    assert!(BinnedCurve::new(&[vec![1.0; 50], vec![1.0; 40]], 4).is_none(), "unequal lengths");
 }

@@ -217,3 +217,20 @@ impl Wh for image::DynamicImage {
         (self.width(), self.height())
     }
 }
+
+#[test]
+fn seeded_split_partitions_every_image_once_and_is_seeded() {
+    let d = indexed(200);
+    let (train, test) = d.seeded_split(30, 4);
+    assert_eq!((train.n, test.n), (170, 30));
+    let (tr, te) = (origin(&train), origin(&test));
+    assert!(tr.windows(2).all(|w| w[0] < w[1]) && te.windows(2).all(|w| w[0] < w[1]), "original order");
+    let mut all: Vec<usize> = tr.iter().chain(&te).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..200).collect::<Vec<_>>(), "disjoint and complete");
+    assert_eq!(origin(&d.seeded_split(30, 4).1), te, "same seed, same split");
+    assert_ne!(origin(&d.seeded_split(30, 5).1), te, "another seed, another split");
+    // A class-sorted set (like the stored Fashion-MNIST) is not split by position.
+    assert!(te.iter().any(|&i| i < 100) && te.iter().any(|&i| i >= 100));
+    assert_eq!(d.seeded_split(500, 0).0.n, 0, "test share clamped to all images");
+}

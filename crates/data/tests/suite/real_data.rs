@@ -2,7 +2,7 @@
 //! (`../shared/data` or `SHARED_DATA_DIR`). Missing data fails the test, naming what is missing:
 //! a check that silently passes without its data proves nothing.
 
-use data::{load_fashion_mnist, load_mnist, shared_data_dir, Split};
+use data::{load_fashion_mnist, load_fashion_mnist_split, load_mnist, shared_data_dir, Split};
 
 fn dir(sub: &str, probe: &str) -> std::path::PathBuf {
     match shared_data_dir().map(|d| d.join(sub)) {
@@ -47,4 +47,14 @@ fn fashion_mnist() {
     let f = load_fashion_mnist(&d).unwrap();
     assert_eq!((f.n, f.height, f.width), (70000, 28, 28));
     assert_eq!(f.class_counts(), [7000; 10]);
+    // The seeded split: 60 000 / 10 000, every class in both, the same on every call.
+    let train = load_fashion_mnist_split(&d, Split::Train).unwrap();
+    let test = load_fashion_mnist_split(&d, Split::Test).unwrap();
+    assert_eq!((train.n, test.n), (60000, 10000));
+    let (tr, te) = (train.class_counts(), test.class_counts());
+    for c in 0..10 {
+        assert_eq!(tr[c] + te[c], 7000);
+        assert!((800..1200).contains(&te[c]), "class {c}: {} test images", te[c]);
+    }
+    assert_eq!(load_fashion_mnist_split(&d, Split::Test).unwrap().images, test.images);
 }
