@@ -293,33 +293,45 @@ pub fn run_experiment(
 /// list must match the earlier run's: a directory holding other settings is refused, never
 /// overwritten.
 pub fn finished_methods(config: &ExperimentConfig) -> Result<Vec<MethodResult>, HpoError> {
-    let path = config.out.join("results.json");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(foundation::atomic::IoError::new(&path, e).into()),
+    let Some((stored, results)) = read_results(&config.out, true)? else {
+        return Ok(Vec::new());
     };
-    let bad = |e: serde_json::Error| HpoError::InvalidArgument(format!("{}: {e}", path.display()));
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(bad)?;
-    // Compare the settings as JSON, without the fields that may change between resumptions.
-    let settings = |v: &serde_json::Value| {
-        let mut v = v.clone();
+    // Compare the settings as JSON, without the fields that may change between resumptions;
+    // through the settings type, so fields added since (with serde defaults) compare equal.
+    let settings = |c: &ExperimentConfig| {
+        let mut v = serde_json::to_value(c).expect("settings serialise");
         if let Some(o) = v.as_object_mut() {
             o.remove("methods");
             o.remove("out");
         }
         v
     };
-    // Through the settings type, so fields added since (with serde defaults) compare equal.
-    let stored: ExperimentConfig = serde_json::from_value(json["config"].clone()).map_err(bad)?;
-    let (then, now) = (serde_json::to_value(&stored), serde_json::to_value(config));
-    if settings(&then.expect("settings serialise")) != settings(&now.expect("settings serialise")) {
+    if settings(&stored) != settings(config) {
         return Err(HpoError::InvalidArgument(format!(
             "{} holds results of other settings; choose another --out or remove it",
             config.out.display()
         )));
     }
-    serde_json::from_value(json["results"].clone()).map_err(bad)
+    Ok(results)
+}
+
+/// The settings and results in `out/results.json`; `None` if there is no such file and
+/// `missing_ok` (otherwise a missing file is an error).
+fn read_results(
+    out: &Path,
+    missing_ok: bool,
+) -> Result<Option<(ExperimentConfig, Vec<MethodResult>)>, HpoError> {
+    let path = out.join("results.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(foundation::atomic::IoError::new(&path, e).into()),
+    };
+    let bad = |e: serde_json::Error| HpoError::InvalidArgument(format!("{}: {e}", path.display()));
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(bad)?;
+    let config = serde_json::from_value(json["config"].clone()).map_err(bad)?;
+    let results = serde_json::from_value(json["results"].clone()).map_err(bad)?;
+    Ok(Some((config, results)))
 }
 
 impl MethodResult {
@@ -570,12 +582,7 @@ pub fn write_report(
 /// Re-renders the report of a finished experiment from its `results.json` (after a change of the
 /// report's format); the data are loaded again for their sizes.
 pub fn rewrite_report(out: &Path) -> Result<(), HpoError> {
-    let path = out.join("results.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| foundation::atomic::IoError::new(&path, e))?;
-    let bad = |e: serde_json::Error| HpoError::InvalidArgument(format!("{}: {e}", path.display()));
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(bad)?;
-    let mut config: ExperimentConfig = serde_json::from_value(json["config"].clone()).map_err(bad)?;
-    let results: Vec<MethodResult> = serde_json::from_value(json["results"].clone()).map_err(bad)?;
+    let (mut config, results) = read_results(out, false)?.expect("a missing file is an error here");
     config.out = out.to_path_buf();
     let (train_rows, test) = load_task(&config)?;
     write_report(&config, &results, &train_rows, &test)
