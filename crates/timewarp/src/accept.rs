@@ -29,7 +29,7 @@ use rand_distr::StandardNormal;
 use crate::error::TimewarpError;
 use crate::flow::{Conditioning, TimewarpFlow};
 use crate::potential::Potential;
-use crate::train::{FlowBatch, FlowObjective, PairSet};
+use crate::train::{run_first_last_tenth, FlowBatch, FlowObjective, PairSet};
 
 /// Settings of an acceptance-loss fine-tuning run.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -308,26 +308,13 @@ pub fn finetune_acceptance(
     let start = std::time::Instant::now();
     let trainer = Trainer::new(optim, objective, &Device::flex());
     let mut state = trainer.init_state(|_, device| flow.clone().fork(device).train());
-    let mut losses = Vec::with_capacity(cfg.steps);
-    trainer
-        .run(&mut state, cfg.steps, None, progress, |e| {
-            if let foundation::train::Event::Step { loss, .. } = e {
-                losses.push(f64::from(loss));
-            }
-            Ok(())
-        })
-        .map_err(|e| TimewarpError::Input(e.to_string()))?;
+    let loss_first_last = run_first_last_tenth(&trainer, &mut state, cfg.steps, progress)?;
     let model = state.model.valid();
     let seconds = start.elapsed().as_secs_f64();
     let after = mean_acceptance(&trainer.objective, &model);
-    let tenth = (losses.len() / 10).max(1);
-    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
     let report = AcceptanceReport {
         config: cfg.clone(),
-        loss_first_last: (
-            mean(&losses[..tenth.min(losses.len())]),
-            mean(&losses[losses.len().saturating_sub(tenth)..]),
-        ),
+        loss_first_last,
         acceptance_before_after: (before.0, after.0),
         within_cap_before_after: (before.1, after.1),
         seconds,

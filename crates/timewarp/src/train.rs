@@ -305,23 +305,10 @@ pub fn train_flow(
         flow_cfg.position_log_scale = rms.ln();
     }
     let mut state = trainer.init_state(|rng, device| flow_cfg.init_with(rng, device, 0.0));
-    let mut losses = Vec::with_capacity(cfg.steps);
-    trainer
-        .run(&mut state, cfg.steps, None, progress, |e| {
-            if let foundation::train::Event::Step { loss, .. } = e {
-                losses.push(f64::from(loss));
-            }
-            Ok(())
-        })
-        .map_err(|e| TimewarpError::Input(e.to_string()))?;
-    let tenth = (losses.len() / 10).max(1);
-    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
+    let nll_first_last = run_first_last_tenth(&trainer, &mut state, cfg.steps, progress)?;
     let model = state.model.valid();
     let report = FlowTrainReport {
-        nll_first_last: (
-            mean(&losses[..tenth.min(losses.len())]),
-            mean(&losses[losses.len().saturating_sub(tenth)..]),
-        ),
+        nll_first_last,
         seconds: start.elapsed().as_secs_f64(),
         num_params: model.num_params(),
     };
@@ -391,4 +378,26 @@ impl Proposal for FlowProposal {
         let (logq, _, _) = self.flow.log_density(&cond, self.tensor(&to_x), self.tensor(&to_v));
         logq.into_data().try_into_vec::<f32>().unwrap_or_default().into_iter().map(f64::from).collect()
     }
+}
+
+/// Runs `trainer` from `state` to step `steps` and returns the mean training loss over the
+/// first and over the last tenth of the steps (the training reports' summary).
+pub(crate) fn run_first_last_tenth<O: Objective<TimewarpFlow>>(
+    trainer: &Trainer<O>,
+    state: &mut foundation::train::TrainState<TimewarpFlow>,
+    steps: usize,
+    progress: &dyn foundation::progress::Progress,
+) -> Result<(f64, f64), TimewarpError> {
+    let mut losses = Vec::with_capacity(steps);
+    trainer
+        .run(state, steps, None, progress, |e| {
+            if let foundation::train::Event::Step { loss, .. } = e {
+                losses.push(f64::from(loss));
+            }
+            Ok(())
+        })
+        .map_err(|e| TimewarpError::Input(e.to_string()))?;
+    let tenth = (losses.len() / 10).max(1);
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
+    Ok((mean(&losses[..tenth.min(losses.len())]), mean(&losses[losses.len().saturating_sub(tenth)..])))
 }
