@@ -4,23 +4,14 @@
 #[path = "suite/common/mod.rs"]
 mod common;
 
-use std::sync::OnceLock;
-
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
-use burn::tensor::FloatDType;
 use diffusion::{Diffusion, DiffusionConfig};
 use foundation::rng::{normals, stream, timesteps};
 use foundation::tap::{layer_names, Activation, LayerKind, Tap};
 
 fn dev() -> Device {
-    static DEV: OnceLock<Device> = OnceLock::new();
-    DEV.get_or_init(|| {
-        let mut d = Device::flex();
-        d.configure(FloatDType::F64).expect("f64 before any tensor");
-        d
-    })
-    .clone()
+    foundation::device::f64_flex()
 }
 
 fn scalar(t: Tensor<1>) -> f64 {

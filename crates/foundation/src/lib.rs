@@ -4,13 +4,14 @@
 //! f64/f32 safetensors files with a checked JSON header ([`tensor_file`]), the one data
 //! fingerprint ([`fingerprint`]), the one softmax cross-entropy ([`loss`]), PNG figures through the one PNG writer
 //! ([`plot`]), the hook point of curvature code, the [`tap::Tap`] and the tapped layers
-//! ([`layers`]), and the one training loop ([`train`]).
+//! ([`layers`]), and the one training loop ([`train`]), and the f64 CPU device of exactness tests ([`device`]).
 
 #![warn(missing_docs)]
 
 pub mod atomic;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod device;
 pub mod fingerprint;
 pub mod layers;
 pub mod loss;

@@ -1,10 +1,7 @@
 //! K-FAC / EK-FAC against exact Gauss-Newton matrices for the diffusion loss (MSE).
 
-use std::sync::OnceLock;
-
 use burn::module::Module;
 use burn::prelude::*;
-use burn::tensor::FloatDType;
 use curvature::diffusion_batch::DiffusionBatch;
 use curvature::exact::{damped_solve, dense_ggn, layer_space_gradient};
 use curvature::factors::KfacApprox;
@@ -21,14 +18,7 @@ use foundation::rng::{normals, stream};
 use foundation::tap::{layer_names, Tap};
 
 pub(crate) fn dev() -> Device {
-    static DEV: OnceLock<Device> = OnceLock::new();
-    DEV.get_or_init(|| {
-        let mut d = Device::flex();
-        d.configure(FloatDType::F64).expect("f64 before any tensor");
-        d
-    })
-    .clone()
-    .autodiff()
+    foundation::device::f64_flex().autodiff()
 }
 
 pub(crate) fn rows(seed: u64, n: usize, d: usize, scale: f64) -> Vec<f64> {

@@ -3,13 +3,10 @@
 //! ground-truth measurement and the curvature's loss, Gauss-Newton matrix and pseudo-gradients are
 //! those of `Diffusion::per_example_loss` on the same (t, noise) draws.
 
-use std::sync::OnceLock;
-
 use attribution::measure::measure;
 use attribution::{DiffusionTask, Measurement, Role};
 use burn::module::Module;
 use burn::prelude::*;
-use burn::tensor::FloatDType;
 use curvature::diffusion_batch::DiffusionBatch;
 use curvature::exact::{dense_ggn, layer_space_gradient};
 use curvature::fit::{backward_passes, mse_pseudo_gradients, CurvatureBatch, GgnKind};
@@ -23,13 +20,7 @@ use foundation::tap::Tap;
 const D: usize = 6;
 
 fn plain() -> Device {
-    static DEV: OnceLock<Device> = OnceLock::new();
-    DEV.get_or_init(|| {
-        let mut d = Device::flex();
-        d.configure(FloatDType::F64).expect("f64 before any tensor");
-        d
-    })
-    .clone()
+    foundation::device::f64_flex()
 }
 
 fn dev() -> Device {

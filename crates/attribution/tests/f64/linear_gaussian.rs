@@ -3,12 +3,9 @@
 //! layer with centred inputs, so the predicted change in a query's loss after removing k
 //! training examples, `(1/N) sum_{n in R} tau(q, n)`, must match exact retraining to first order.
 
-use std::sync::OnceLock;
-
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::FloatDType;
 use curvature::factors::KfacApprox;
 use curvature::fit::{fit_factors, CurvatureBatch, CurvatureOutput, GgnKind};
 use curvature::layer::to_f64;
@@ -18,14 +15,7 @@ use foundation::rng::{normals, stream};
 use foundation::tap::Tap;
 
 fn dev() -> Device {
-    static DEV: OnceLock<Device> = OnceLock::new();
-    DEV.get_or_init(|| {
-        let mut d = Device::flex();
-        d.configure(FloatDType::F64).expect("f64 before any tensor");
-        d
-    })
-    .clone()
-    .autodiff()
+    foundation::device::f64_flex().autodiff()
 }
 
 const D_IN: usize = 3;
