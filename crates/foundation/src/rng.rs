@@ -124,6 +124,9 @@ pub enum Purpose {
     /// The protocol of one `meta-ocl` stage-1 seed: subsets, variable names, tags, derangement and
     /// held-out questions (index: the stage-1 seed).
     MetaOclProtocol,
+    /// The MNIST analogue of `meta-ocl` (`meta_ocl::vision`): entity renderings and question
+    /// patches (index 0), glyphs and tag patches of stage-1 seed `s` (index `s + 1`).
+    MetaOclVision,
 }
 
 impl Purpose {
@@ -155,6 +158,7 @@ impl Purpose {
             Purpose::Timewarp { stream } => (0x7137 << 40) | stream,
             Purpose::MetaOclWorld => 0x3E7A0,
             Purpose::MetaOclProtocol => 0x3E7A1,
+            Purpose::MetaOclVision => 0x3E7A2,
             Purpose::DataSplit => 0xDA7B,
             Purpose::DataSubset | Purpose::DataClassSubset => 0xDA7A,
             Purpose::GpProbes | Purpose::GpSolverBatches | Purpose::GpSubsample => 0x69,

@@ -18,6 +18,7 @@
 pub mod harness;
 pub mod model;
 pub mod train;
+pub mod vision;
 pub mod world;
 
 /// Errors of this crate.

@@ -10,6 +10,8 @@ use burn::prelude::Device;
 use clap::{Args, Parser, Subcommand};
 use foundation::cli::{exit_code, Bar};
 use meta_ocl::harness::{prepare, report, stage0, sweep, Shard, SweepConfig};
+use meta_ocl::train::StageConfig;
+use meta_ocl::vision::{vision_report, vision_sweep, VisionConfig};
 use meta_ocl::world::World;
 
 const EXAMPLES: &str = "\
@@ -18,7 +20,8 @@ Examples:
   meta-ocl run --stage1-seeds 20 --stage2-seeds 5 --jobs 2
   meta-ocl run --out runs/big --stage0-only      # then, on n machines:
   meta-ocl run --out runs/big --shard 3/8        # seeds s with s % 8 == 3
-  meta-ocl report --out runs/big                 # report of whatever has finished";
+  meta-ocl report --out runs/big                 # report of whatever has finished
+  meta-ocl vision                                # MNIST analogue, 20 x 3 seeds, runs/meta-ocl-vision/report.md";
 
 #[derive(Parser)]
 #[command(name = "meta-ocl", version, about = "Implicit meta-learning in a small transformer LM trained from scratch", after_help = EXAMPLES)]
@@ -37,6 +40,111 @@ enum Command {
     Run(RunArgs),
     /// Write report.md and the plots from the finished results in --out.
     Report(OutArgs),
+    /// The MNIST analogue: two-digit numbers, glyph variables, corner-patch tags, a small CNN.
+    Vision(VisionArgs),
+}
+
+#[derive(Args)]
+struct VisionArgs {
+    /// Run directory.
+    #[arg(long, default_value = "runs/meta-ocl-vision")]
+    out: PathBuf,
+    /// Run only the stage-1 seeds s with s % n == i (`i/n`; stage 0 comes from shard 0).
+    #[arg(long, default_value = "0/1")]
+    shard: String,
+    /// Only write report.md and the plots from the finished seeds in --out.
+    #[arg(long)]
+    report_only: bool,
+    /// MNIST: `embedded` (the subset built into the data crate), `shared` (the shared data
+    /// directory's mnist/) or a directory with the four IDX files.
+    #[arg(long, default_value = "embedded")]
+    mnist: String,
+    /// Number of stage-1 seeds.
+    #[arg(long, default_value_t = 20)]
+    stage1_seeds: usize,
+    /// Number of stage-2 seeds per stage-1 seed.
+    #[arg(long, default_value_t = 3)]
+    stage2_seeds: usize,
+    /// Renderings of each number in stage 0.
+    #[arg(long, default_value_t = 4)]
+    renderings: usize,
+    /// Stage-0 epochs.
+    #[arg(long, default_value_t = 20)]
+    stage0_epochs: usize,
+    /// Stage-1 epochs.
+    #[arg(long, default_value_t = 40)]
+    stage1_epochs: usize,
+    /// Stage-2 epochs.
+    #[arg(long, default_value_t = 20)]
+    stage2_epochs: usize,
+    /// Batch size of stage 1.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Batch size of stage 2.
+    #[arg(long, default_value_t = 4)]
+    stage2_batch_size: usize,
+    /// World seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl VisionArgs {
+    fn config(&self) -> Result<VisionConfig> {
+        let mnist = match self.mnist.as_str() {
+            "shared" => {
+                data::shared_data_dir().map(|d| d.join("mnist").display().to_string()).ok_or_else(|| {
+                    anyhow::anyhow!("--mnist shared: no shared data directory found (set SHARED_DATA_DIR)")
+                })?
+            }
+            other => other.to_string(),
+        };
+        let d = VisionConfig::default();
+        Ok(VisionConfig {
+            mnist,
+            seed: self.seed,
+            renderings: self.renderings,
+            stage0: StageConfig { epochs: self.stage0_epochs, ..d.stage0.clone() },
+            stage1: StageConfig {
+                epochs: self.stage1_epochs,
+                batch_size: self.batch_size,
+                ..d.stage1.clone()
+            },
+            stage2: StageConfig {
+                epochs: self.stage2_epochs,
+                batch_size: self.stage2_batch_size,
+                ..d.stage2.clone()
+            },
+            stage1_seeds: self.stage1_seeds,
+            stage2_seeds: self.stage2_seeds,
+            ..d
+        })
+    }
+}
+
+fn vision(args: &VisionArgs, device: &Device) -> Result<()> {
+    let out = &args.out;
+    let cfg = if args.report_only {
+        let path = out.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+    } else {
+        args.config()?
+    };
+    let mut note = String::new();
+    if !args.report_only {
+        let clock = Instant::now();
+        let outcome = vision_sweep(out, &cfg, Shard::parse(&args.shard)?, device, &Bar::new())?;
+        note = format!(
+            "Last `meta-ocl vision` call: trained {} stage-1 seeds, skipped {} finished ones, {:.0} s wall.",
+            outcome.trained.len(),
+            outcome.skipped.len(),
+            clock.elapsed().as_secs_f64()
+        );
+    }
+    let md = vision_report(out, &cfg, &note)?;
+    println!("{md}");
+    println!("wrote {}", out.join("report.md").display());
+    Ok(())
 }
 
 #[derive(Args)]
@@ -167,6 +275,7 @@ fn main() -> ExitCode {
     let result = foundation::cli::device(&cli.device).and_then(|device| match &cli.command {
         Command::Run(a) => run(a, &device),
         Command::Report(a) => report_only(a),
+        Command::Vision(a) => vision(a, &device),
     });
     exit_code(result)
 }

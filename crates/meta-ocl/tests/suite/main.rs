@@ -2,4 +2,5 @@
 
 mod harness;
 mod model;
+mod vision;
 mod world;
