@@ -9,6 +9,7 @@ use anyhow::Result;
 use burn::prelude::Device;
 use clap::{Args, Parser, Subcommand};
 use foundation::cli::{exit_code, Bar};
+use meta_ocl::controls::{controls, run_controls, ControlSettings};
 use meta_ocl::harness::{prepare, report, stage0, sweep, Shard, SweepConfig};
 use meta_ocl::world::World;
 
@@ -18,7 +19,9 @@ Examples:
   meta-ocl run --stage1-seeds 20 --stage2-seeds 5 --jobs 2
   meta-ocl run --out runs/big --stage0-only      # then, on n machines:
   meta-ocl run --out runs/big --shard 3/8        # seeds s with s % 8 == 3
-  meta-ocl report --out runs/big                 # report of whatever has finished";
+  meta-ocl report --out runs/big                 # report of whatever has finished
+  meta-ocl run --swap-tags --tag-consistency 0.5 # a control as its own run
+  meta-ocl controls                              # base + 3 controls, 8 x 1 seeds each, runs/meta-ocl-controls/controls.md";
 
 #[derive(Parser)]
 #[command(name = "meta-ocl", version, about = "Implicit meta-learning in a small transformer LM trained from scratch", after_help = EXAMPLES)]
@@ -37,6 +40,37 @@ enum Command {
     Run(RunArgs),
     /// Write report.md and the plots from the finished results in --out.
     Report(OutArgs),
+    /// Run (or resume) the base settings and the controls (swapped tag roles, 50 % tag–consistency
+    /// correlation, another batch size) as sibling run directories under --out, then write
+    /// controls.md and controls.png.
+    Controls(ControlsArgs),
+}
+
+#[derive(Args)]
+struct ControlsArgs {
+    /// Directory of the controls' run directories.
+    #[arg(long, default_value = "runs/meta-ocl-controls")]
+    out: PathBuf,
+    /// Concurrent workers per run.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Number of stage-1 seeds of each run.
+    #[arg(long, default_value_t = 8)]
+    stage1_seeds: usize,
+    /// Number of stage-2 seeds per stage-1 seed of each run.
+    #[arg(long, default_value_t = 1)]
+    stage2_seeds: usize,
+    /// Stage-1 tag–consistency correlation of the correlation control.
+    #[arg(long, default_value_t = 0.5)]
+    control_tag_consistency: f64,
+    /// Stage-1 batch size of the batch-size control.
+    #[arg(long, default_value_t = 256)]
+    control_batch_size: usize,
+    /// Stage-2 batch size of the batch-size control.
+    #[arg(long, default_value_t = 64)]
+    control_stage2_batch_size: usize,
+    #[command(flatten)]
+    settings: Settings,
 }
 
 #[derive(Args)]
@@ -65,6 +99,13 @@ struct RunArgs {
     /// Number of stage-2 seeds per stage-1 seed.
     #[arg(long, default_value_t = 2)]
     stage2_seeds: usize,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// The settings `run` and `controls` share (everything in config.json but the seed counts).
+#[derive(Args)]
+struct Settings {
     /// Number of entities.
     #[arg(long, default_value_t = 400)]
     entities: usize,
@@ -102,10 +143,20 @@ struct RunArgs {
     /// World seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Control: exchange the tag tokens of the reliable (tag 1) and unreliable (tag 2) roles.
+    #[arg(long)]
+    swap_tags: bool,
+    /// Control: stage-1 P(consistent | tag 1) = P(inconsistent | tag 2), in [0, 1] (0.5: the
+    /// tags carry no information).
+    #[arg(long, default_value_t = 1.0)]
+    tag_consistency: f64,
+    /// Epochs between EM evaluations during stages 1 and 2 (0: only at the end).
+    #[arg(long, default_value_t = 5)]
+    eval_every: usize,
 }
 
-impl RunArgs {
-    fn config(&self) -> SweepConfig {
+impl Settings {
+    fn config(&self, stage1_seeds: usize, stage2_seeds: usize) -> SweepConfig {
         let mut c = SweepConfig::default();
         c.world.entities = self.entities;
         c.world.seed = self.seed;
@@ -120,14 +171,17 @@ impl RunArgs {
         c.stage2.epochs = self.stage2_epochs;
         c.stage1.batch_size = self.batch_size;
         c.stage2.batch_size = self.stage2_batch_size;
-        c.stage1_seeds = self.stage1_seeds;
-        c.stage2_seeds = self.stage2_seeds;
+        c.stage1_seeds = stage1_seeds;
+        c.stage2_seeds = stage2_seeds;
+        c.protocol.swap_tags = self.swap_tags;
+        c.protocol.tag_consistency = self.tag_consistency;
+        c.eval_every = self.eval_every;
         c
     }
 }
 
 fn run(args: &RunArgs, device: &Device) -> Result<()> {
-    let cfg = args.config();
+    let cfg = args.settings.config(args.stage1_seeds, args.stage2_seeds);
     let out = &args.out.out;
     let clock = Instant::now();
     if args.stage0_only {
@@ -151,6 +205,34 @@ fn run(args: &RunArgs, device: &Device) -> Result<()> {
     Ok(())
 }
 
+fn run_all_controls(args: &ControlsArgs, device: &Device) -> Result<()> {
+    let base = args.settings.config(args.stage1_seeds, args.stage2_seeds);
+    let settings = ControlSettings {
+        tag_consistency: args.control_tag_consistency,
+        stage1_batch_size: args.control_batch_size,
+        stage2_batch_size: args.control_stage2_batch_size,
+    };
+    let list = controls(&base, &settings);
+    let clock = Instant::now();
+    let bar = Bar::new();
+    let seconds = run_controls(&args.out, &list, args.jobs, device, &bar)?;
+    let per_run: Vec<String> =
+        list.iter().zip(&seconds).map(|(c, s)| format!("{} {s:.0} s", c.name)).collect();
+    let note = format!(
+        "Last `meta-ocl controls` call: {:.0} s wall ({}; {} runs of {} x {} seeds, --jobs {}).",
+        clock.elapsed().as_secs_f64(),
+        per_run.join(", "),
+        list.len(),
+        args.stage1_seeds,
+        args.stage2_seeds,
+        args.jobs
+    );
+    let md = meta_ocl::controls::controls_report(&args.out, &list, &note)?;
+    println!("{md}");
+    println!("wrote {}", args.out.join("controls.md").display());
+    Ok(())
+}
+
 fn report_only(args: &OutArgs) -> Result<()> {
     let path = args.out.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -167,6 +249,7 @@ fn main() -> ExitCode {
     let result = foundation::cli::device(&cli.device).and_then(|device| match &cli.command {
         Command::Run(a) => run(a, &device),
         Command::Report(a) => report_only(a),
+        Command::Controls(a) => run_all_controls(a, &device),
     });
     exit_code(result)
 }
