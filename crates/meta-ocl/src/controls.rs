@@ -7,8 +7,8 @@
 //! - `tag_consistency_{c}`: stage-1 tag–consistency correlation `c`
 //!   ([`ProtocolConfig::tag_consistency`]); at 0.5 the tags carry no information about
 //!   consistency and the gap should vanish.
-//! - `batch_{b1}_{b2}`: stage-1 and stage-2 batch sizes `b1`, `b2` (the paper: a smaller batch
-//!   gives a larger gap).
+//! - `batch_{b1}_{b2}` (one per pair given): stage-1 and stage-2 batch sizes `b1`, `b2` (the
+//!   paper: a smaller batch gives a larger gap).
 //!
 //! Each variant is an ordinary run directory (`config.json`, resumable, its own `report.md`).
 //! Variants that share the base's world, model and stage-0 settings get a copy of the base's
@@ -45,29 +45,24 @@ pub struct Control {
 pub struct ControlSettings {
     /// Stage-1 tag–consistency correlation of the correlation control (the authors' 0.5).
     pub tag_consistency: f64,
-    /// Stage-1 batch size of the batch control.
-    pub stage1_batch_size: usize,
-    /// Stage-2 batch size of the batch control.
-    pub stage2_batch_size: usize,
+    /// `(stage 1, stage 2)` batch sizes of the batch controls, one control each.
+    pub batch_sizes: Vec<(usize, usize)>,
 }
 
 impl Default for ControlSettings {
     fn default() -> Self {
-        Self { tag_consistency: 0.5, stage1_batch_size: 256, stage2_batch_size: 64 }
+        Self { tag_consistency: 0.5, batch_sizes: vec![(32, 8)] }
     }
 }
 
-/// The base and its variants: `base`, `swap_tags`, `tag_consistency_{c}` and
-/// `batch_{b1}_{b2}`, in that order.
+/// The base and its variants: `base`, `swap_tags`, `tag_consistency_{c}` and one
+/// `batch_{b1}_{b2}` per pair of batch sizes, in that order.
 pub fn controls(base: &SweepConfig, settings: &ControlSettings) -> Vec<Control> {
     let mut swap = base.clone();
     swap.protocol.swap_tags = !base.protocol.swap_tags;
     let mut corr = base.clone();
     corr.protocol.tag_consistency = settings.tag_consistency;
-    let mut batch = base.clone();
-    batch.stage1.batch_size = settings.stage1_batch_size;
-    batch.stage2.batch_size = settings.stage2_batch_size;
-    vec![
+    let mut list = vec![
         Control { name: "base".into(), change: "the settings as given".into(), config: base.clone() },
         Control { name: "swap_tags".into(), change: "tag 1 and tag 2 tokens exchanged".into(), config: swap },
         Control {
@@ -78,18 +73,21 @@ pub fn controls(base: &SweepConfig, settings: &ControlSettings) -> Vec<Control> 
             ),
             config: corr,
         },
-        Control {
-            name: format!("batch_{}_{}", settings.stage1_batch_size, settings.stage2_batch_size),
+    ];
+    for &(b1, b2) in &settings.batch_sizes {
+        let mut batch = base.clone();
+        batch.stage1.batch_size = b1;
+        batch.stage2.batch_size = b2;
+        list.push(Control {
+            name: format!("batch_{b1}_{b2}"),
             change: format!(
-                "batch {} / {} (base {} / {})",
-                settings.stage1_batch_size,
-                settings.stage2_batch_size,
-                base.stage1.batch_size,
-                base.stage2.batch_size
+                "batch {b1} / {b2} (base {} / {})",
+                base.stage1.batch_size, base.stage2.batch_size
             ),
             config: batch,
-        },
-    ]
+        });
+    }
+    list
 }
 
 /// Copies the finished stage 0 of `from` into `to` when both runs share the world, model and

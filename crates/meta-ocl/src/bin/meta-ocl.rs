@@ -21,7 +21,8 @@ Examples:
   meta-ocl run --out runs/big --shard 3/8        # seeds s with s % 8 == 3
   meta-ocl report --out runs/big                 # report of whatever has finished
   meta-ocl run --swap-tags --tag-consistency 0.5 # a control as its own run
-  meta-ocl controls                              # base + 3 controls, 8 x 1 seeds each, runs/meta-ocl-controls/controls.md";
+  meta-ocl controls                              # base + 3 controls, 8 x 1 seeds each, runs/meta-ocl-controls/controls.md
+  meta-ocl controls --control-batch 32/8 --control-batch 256/64   # two batch-size controls";
 
 #[derive(Parser)]
 #[command(name = "meta-ocl", version, about = "Implicit meta-learning in a small transformer LM trained from scratch", after_help = EXAMPLES)]
@@ -63,12 +64,9 @@ struct ControlsArgs {
     /// Stage-1 tag–consistency correlation of the correlation control.
     #[arg(long, default_value_t = 0.5)]
     control_tag_consistency: f64,
-    /// Stage-1 batch size of the batch-size control.
-    #[arg(long, default_value_t = 256)]
-    control_batch_size: usize,
-    /// Stage-2 batch size of the batch-size control.
-    #[arg(long, default_value_t = 64)]
-    control_stage2_batch_size: usize,
+    /// Batch sizes `b1/b2` (stage 1 / stage 2) of a batch-size control; repeat for more than one.
+    #[arg(long = "control-batch", default_value = "32/8")]
+    control_batches: Vec<String>,
     #[command(flatten)]
     settings: Settings,
 }
@@ -205,13 +203,21 @@ fn run(args: &RunArgs, device: &Device) -> Result<()> {
     Ok(())
 }
 
+/// `b1/b2` as two positive batch sizes.
+fn parse_batches(text: &str) -> Result<(usize, usize)> {
+    let bad = || anyhow::anyhow!("--control-batch takes b1/b2, two positive batch sizes (got {text:?})");
+    let (a, b) = text.split_once('/').ok_or_else(bad)?;
+    let (a, b): (usize, usize) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+    if a == 0 || b == 0 {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
 fn run_all_controls(args: &ControlsArgs, device: &Device) -> Result<()> {
     let base = args.settings.config(args.stage1_seeds, args.stage2_seeds);
-    let settings = ControlSettings {
-        tag_consistency: args.control_tag_consistency,
-        stage1_batch_size: args.control_batch_size,
-        stage2_batch_size: args.control_stage2_batch_size,
-    };
+    let batch_sizes = args.control_batches.iter().map(|b| parse_batches(b)).collect::<Result<_>>()?;
+    let settings = ControlSettings { tag_consistency: args.control_tag_consistency, batch_sizes };
     let list = controls(&base, &settings);
     let clock = Instant::now();
     let bar = Bar::new();

@@ -194,12 +194,15 @@ fn the_controls_run_as_sibling_directories_sharing_stage_0_and_report_each_gap()
     let dir = std::env::temp_dir().join(format!("meta-ocl-controls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let base = SweepConfig { eval_every: 0, ..tiny_sweep(2) };
-    let settings = ControlSettings { tag_consistency: 0.5, stage1_batch_size: 32, stage2_batch_size: 8 };
+    let settings = ControlSettings { tag_consistency: 0.5, batch_sizes: vec![(32, 8)] };
     let list = controls(&base, &settings);
     let names: Vec<&str> = list.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["base", "swap_tags", "tag_consistency_0.5", "batch_32_8"]);
     assert!(list[1].config.protocol.swap_tags && list[2].config.protocol.tag_consistency == 0.5);
     assert_eq!((list[3].config.stage1.batch_size, list[3].config.stage2.batch_size), (32, 8));
+    let two = controls(&base, &ControlSettings { batch_sizes: vec![(32, 8), (128, 32)], ..settings.clone() });
+    assert_eq!(two.len(), 5);
+    assert_eq!(two[4].name, "batch_128_32");
     for c in &list[1..] {
         // Each differs from the base in its one setting only.
         let mut back = c.config.clone();
