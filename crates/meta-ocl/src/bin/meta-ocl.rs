@@ -67,6 +67,10 @@ struct ControlsArgs {
     /// Batch sizes `b1/b2` (stage 1 / stage 2) of a batch-size control; repeat for more than one.
     #[arg(long = "control-batch", default_value = "32/8")]
     control_batches: Vec<String>,
+    /// Train nothing: write controls.md, controls.json and controls.png from the finished results
+    /// (a run's own report.md: `meta-ocl report --out OUT/NAME`).
+    #[arg(long)]
+    report_only: bool,
     #[command(flatten)]
     settings: Settings,
 }
@@ -219,6 +223,11 @@ fn run_all_controls(args: &ControlsArgs, device: &Device) -> Result<()> {
     let batch_sizes = args.control_batches.iter().map(|b| parse_batches(b)).collect::<Result<_>>()?;
     let settings = ControlSettings { tag_consistency: args.control_tag_consistency, batch_sizes };
     let list = controls(&base, &settings);
+    if args.report_only {
+        let note = "Report of the finished results (`meta-ocl controls --report-only`).";
+        println!("{}", meta_ocl::controls::controls_report(&args.out, &list, note)?);
+        return Ok(());
+    }
     let clock = Instant::now();
     let bar = Bar::new();
     let seconds = run_controls(&args.out, &list, args.jobs, device, &bar)?;
