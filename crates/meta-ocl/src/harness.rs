@@ -6,6 +6,11 @@
 //! `model.safetensors`, `stage0.json`); `seeds/s{s}/stage1.safetensors`, `stage1.json` and
 //! `t{t}.json` (one per stage-2 seed). A result file present means that unit of work is done:
 //! a rerun skips it, so an interrupted sweep resumes where it stopped.
+//!
+//! With [`SweepConfig::eval_every`] `k > 0`, stages 1 and 2 are also evaluated at epoch 0 and
+//! every `k` epochs ([`crate::train::EvalSchedule`]); the points are in each result's
+//! `train.em_over_training`, and the report adds their mean over seeds as a table and
+//! `em_over_training.png`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,9 +26,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::ModelConfig;
 use crate::train::{
-    em_by_subset, em_by_subset_prefixed, save_model, train_stage, StageConfig, StageReport, Start,
+    em_by_subset, em_by_subset_prefixed, save_model, train_stage, EvalSchedule, StageConfig, StageReport,
+    Start,
 };
-use crate::world::{Protocol, World, WorldConfig, SUBSETS};
+use crate::world::{Protocol, ProtocolConfig, TestItem, World, WorldConfig, SUBSETS};
 use crate::MetaOclError;
 
 /// Everything a sweep depends on.
@@ -47,6 +53,17 @@ pub struct SweepConfig {
     pub recall_items: usize,
     /// Bootstrap resamples of each CI.
     pub resamples: usize,
+    /// The protocol's controls (swapped tag roles, tag–consistency correlation); absent in a
+    /// `config.json` written before they existed, which means the authors' protocol.
+    #[serde(default)]
+    pub protocol: ProtocolConfig,
+    /// Epochs between evaluations during stages 1 and 2 (EM over training; 0: only at the end).
+    #[serde(default = "default_eval_every")]
+    pub eval_every: usize,
+}
+
+fn default_eval_every() -> usize {
+    5
 }
 
 impl Default for SweepConfig {
@@ -68,6 +85,8 @@ impl Default for SweepConfig {
             stage2_seeds: 2,
             recall_items: 600,
             resamples: 10_000,
+            protocol: ProtocolConfig::default(),
+            eval_every: default_eval_every(),
         }
     }
 }
@@ -80,6 +99,7 @@ impl SweepConfig {
         self.stage0.validate("stage 0")?;
         self.stage1.validate("stage 1")?;
         self.stage2.validate("stage 2")?;
+        self.protocol.validate()?;
         if self.stage1_seeds == 0 || self.stage2_seeds == 0 || self.resamples == 0 {
             return Err(MetaOclError::Invalid("seed counts and resamples must be positive".into()));
         }
@@ -129,14 +149,16 @@ pub struct SweepOutcome {
     pub skipped: Vec<(usize, Option<usize>)>,
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, MetaOclError> {
+/// Reads a JSON result file; a missing or unparsable file is a [`MetaOclError::Read`] naming it.
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, MetaOclError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| MetaOclError::Read { path: path.to_path_buf(), message: e.to_string() })?;
     serde_json::from_str(&text)
         .map_err(|e| MetaOclError::Read { path: path.to_path_buf(), message: e.to_string() })
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), MetaOclError> {
+/// Writes a JSON result file atomically (the one writer of every result of this crate).
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), MetaOclError> {
     let text = serde_json::to_string_pretty(value).expect("results serialise");
     Ok(foundation::atomic::write_bytes(path, text.as_bytes())?)
 }
@@ -196,6 +218,7 @@ pub fn stage0(
         Start::Fresh,
         order_seed(world.config.seed, 0, 0, 0),
         Some((&checkpoints, every)),
+        None,
         device,
         progress,
     )?;
@@ -204,6 +227,18 @@ pub fn stage0(
     let params = burn::module::Module::num_params(&model);
     write_json(&report, &serde_json::json!({ "em": em, "train": train, "parameters": params }))?;
     Ok(weights)
+}
+
+/// EM per subset of the held-out questions `tests` and, prefixed `def_`, of the definition recall
+/// items `definitions`.
+fn evaluate(
+    model: &crate::model::Transformer,
+    tests: &[TestItem],
+    definitions: &[TestItem],
+) -> BTreeMap<String, f64> {
+    let mut em = em_by_subset(model, tests);
+    em.extend(em_by_subset_prefixed(model, definitions, "def_"));
+    em
 }
 
 /// Runs stage 1 and stage 2 of stage-1 seed `s` (what is not finished yet).
@@ -230,8 +265,18 @@ fn run_seed(
     if pending.is_empty() {
         return Ok(());
     }
-    let protocol = Protocol::new(world, s as u64);
+    let protocol = Protocol::with(world, s as u64, &cfg.protocol);
     let vocab = world.vocab.len();
+    let definition_tests = protocol.definition_tests(world);
+    let evaluate = |model: &crate::model::Transformer| evaluate(model, &protocol.tests, &definition_tests);
+    let schedule = EvalSchedule { every_epochs: cfg.eval_every, evaluate: &evaluate };
+    let eval = (cfg.eval_every > 0).then_some(&schedule);
+    // The EM after a stage: its last evaluation during training, or one now.
+    let final_em =
+        |model: &crate::model::Transformer, train: &StageReport| match train.em_over_training.last() {
+            Some(p) => p.em.clone(),
+            None => evaluate(model),
+        };
     if !(w1.exists() && r1.exists()) {
         let (model, train) = train_stage(
             &cfg.model,
@@ -241,11 +286,11 @@ fn run_seed(
             Start::Weights(stage0_weights),
             order_seed(world.config.seed, 1, s, 0),
             None,
+            eval,
             device,
             &NoProgress,
         )?;
-        let mut em = em_by_subset(&model, &protocol.tests);
-        em.extend(em_by_subset_prefixed(&model, &protocol.definition_tests(world), "def_"));
+        let em = final_em(&model, &train);
         save_model(&model, &w1)?;
         write_json(&r1, &Stage1Result { seed: s, em, train })?;
         outcome.lock().expect("no poisoned lock").trained.push((s, None));
@@ -259,11 +304,11 @@ fn run_seed(
             Start::Weights(&w1),
             order_seed(world.config.seed, 2, s, t),
             None,
+            eval,
             device,
             &NoProgress,
         )?;
-        let mut em = em_by_subset(&model, &protocol.tests);
-        em.extend(em_by_subset_prefixed(&model, &protocol.definition_tests(world), "def_"));
+        let em = final_em(&model, &train);
         write_json(&dir.join(format!("t{t}.json")), &Stage2Result { seed: s, stage2_seed: t, em, train })?;
         outcome.lock().expect("no poisoned lock").trained.push((s, Some(t)));
     }
@@ -376,11 +421,35 @@ pub struct Collected {
     pub stage2: BTreeMap<String, Vec<f64>>,
     /// Stage-0 recall EM, if stage 0 finished.
     pub stage0_recall: Option<f64>,
+    /// EM over training: every evaluation point of every finished stage result, by stage and
+    /// epoch, in that order.
+    pub over_training: Vec<OverTraining>,
+}
+
+/// The evaluations at one epoch of one stage, over every finished result that has one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OverTraining {
+    /// The stage (1 or 2).
+    pub stage: usize,
+    /// Epochs of that stage trained.
+    pub epoch: usize,
+    /// `em[subset]`: one value per result (per stage-1 seed in stage 1, per (stage-1, stage-2)
+    /// seed pair in stage 2).
+    pub em: BTreeMap<String, Vec<f64>>,
 }
 
 /// Reads every finished result of the sweep in `out`.
 pub fn collect(out: &Path, cfg: &SweepConfig) -> Result<Collected, MetaOclError> {
     let mut c = Collected::default();
+    let mut points: BTreeMap<(usize, usize), BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    let mut add_points = |stage: usize, train: &StageReport| {
+        for p in &train.em_over_training {
+            let at = points.entry((stage, p.epoch)).or_default();
+            for (k, v) in &p.em {
+                at.entry(k.clone()).or_default().push(*v);
+            }
+        }
+    };
     let s0 = out.join("stage0").join("stage0.json");
     if s0.exists() {
         let v: serde_json::Value = read_json(&s0)?;
@@ -391,6 +460,7 @@ pub fn collect(out: &Path, cfg: &SweepConfig) -> Result<Collected, MetaOclError>
         let r1 = dir.join("stage1.json");
         if r1.exists() {
             let r: Stage1Result = read_json(&r1)?;
+            add_points(1, &r.train);
             c.stage1_seeds.push(s);
             for (k, v) in r.em {
                 c.stage1.entry(k).or_default().push(v);
@@ -401,6 +471,7 @@ pub fn collect(out: &Path, cfg: &SweepConfig) -> Result<Collected, MetaOclError>
             let mut sums: BTreeMap<String, f64> = BTreeMap::new();
             for f in &files {
                 let r: Stage2Result = read_json(f)?;
+                add_points(2, &r.train);
                 for (k, v) in r.em {
                     *sums.entry(k).or_default() += v / files.len() as f64;
                 }
@@ -411,6 +482,8 @@ pub fn collect(out: &Path, cfg: &SweepConfig) -> Result<Collected, MetaOclError>
             }
         }
     }
+    c.over_training =
+        points.into_iter().map(|((stage, epoch), em)| OverTraining { stage, epoch, em }).collect();
     Ok(c)
 }
 
@@ -479,6 +552,13 @@ pub fn report(out: &Path, cfg: &SweepConfig, note: &str) -> Result<String, MetaO
         cfg.stage1_seeds,
         cfg.stage2_seeds,
     ));
+    if cfg.protocol != ProtocolConfig::default() {
+        md.push_str(&format!(
+            "Protocol controls: swapped tag roles {}; stage-1 tag–consistency correlation {} (the authors': no swap, 1.0).\n\n",
+            if cfg.protocol.swap_tags { "yes" } else { "no" },
+            cfg.protocol.tag_consistency
+        ));
+    }
     let chance = World::new(&cfg.world)?.chance_em();
     md.push_str(&format!(
         "Chance EM (uniform guess among an attribute's values, averaged over the 6 attributes): {chance:.4}.\n\n"
@@ -543,12 +623,141 @@ pub fn report(out: &Path, cfg: &SweepConfig, note: &str) -> Result<String, MetaO
             format!("{v:.3} +-{h:.3}")
         })?;
     }
+    if !c.over_training.is_empty() {
+        md.push_str(&over_training_section(&c.over_training, cfg.stage1.epochs));
+        write_em_over_training(
+            &out.join("em_over_training.png"),
+            &c.over_training,
+            cfg.stage1.epochs,
+            chance,
+        )?;
+    }
     md.push_str(
         "Gaps are paired per stage-1 seed (stage-2 EMs averaged over that seed's stage-2 seeds); CIs are \
          percentile bootstraps of the mean over seeds (10 000 resamples by default). Plots: `em.png`, \
-         `gaps_stage1.png`, `gaps_stage2.png` (bars: mean; whiskers: half the CI width).\n",
+         `gaps_stage1.png`, `gaps_stage2.png` (bars: mean; whiskers: half the CI width), \
+         `em_over_training.png` (when evaluated during training).\n",
     );
     write_json(&out.join("summary.json"), &serde_json::Value::Object(summary))?;
     foundation::atomic::write_bytes(&out.join("report.md"), md.as_bytes())?;
     Ok(md)
+}
+
+/// The report's table of EM over training: one row per (stage, epoch), the mean over results of
+/// each subset's EM.
+fn over_training_section(points: &[OverTraining], stage1_epochs: usize) -> String {
+    let mut md = String::from(
+        "## EM over training (mean over seeds)\n\nStage 2 epochs continue from the last stage-1 epoch \
+         (stage-2 epoch 0 is the stage-1 model).\n\n| stage | epoch | results |",
+    );
+    for (subset, _) in SUBSETS.iter() {
+        md.push_str(&format!(" {} |", subset.name()));
+    }
+    md.push_str(&format!("\n|---|---|---|{}\n", "---|".repeat(SUBSETS.len())));
+    for p in points {
+        let n = p.em.values().map(Vec::len).max().unwrap_or(0);
+        let shown = if p.stage == 2 { stage1_epochs + p.epoch } else { p.epoch };
+        md.push_str(&format!("| {} | {} | {} |", p.stage, shown, n));
+        for (subset, _) in SUBSETS.iter() {
+            match p.em.get(subset.name()) {
+                Some(v) if !v.is_empty() => md.push_str(&format!(" {:.3} |", mean_se(v).0)),
+                _ => md.push_str(" - |"),
+            }
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+    md
+}
+
+/// Line colours of the subsets in [`SUBSETS`] order (named in the plot's legend).
+const LINE_COLOURS: [[u8; 3]; 8] = [
+    [40, 90, 200],
+    [210, 50, 40],
+    [40, 160, 60],
+    [110, 110, 110],
+    [20, 170, 200],
+    [240, 150, 20],
+    [140, 60, 170],
+    [0, 0, 0],
+];
+
+/// Draws `em_over_training.png`: the mean EM of each subset against the epoch (stage 2
+/// continuing after the `stage1_epochs` of stage 1, a vertical line between the stages), a dashed
+/// line at `chance`, y from 0 to 1, and a legend.
+fn write_em_over_training(
+    path: &Path,
+    points: &[OverTraining],
+    stage1_epochs: usize,
+    chance: f64,
+) -> Result<(), MetaOclError> {
+    use foundation::plot::font::{draw_text, text_height};
+    use image::{Rgb, RgbImage};
+    let (w, h) = (760u32, 420u32);
+    let (left, right, top, bottom) = (50u32, 200u32, 30u32, 40u32);
+    let (plot_w, plot_h) = ((w - left - right) as f64, (h - top - bottom) as f64);
+    let mut img = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
+    let x_of = |p: &OverTraining| (if p.stage == 2 { stage1_epochs + p.epoch } else { p.epoch }) as f64;
+    let x_max = points.iter().map(x_of).fold(1.0, f64::max);
+    let px = |x: f64| left as f64 + x / x_max * plot_w;
+    let py = |y: f64| top as f64 + (1.0 - y.clamp(0.0, 1.0)) * plot_h;
+    let (grey, black) = (Rgb([215, 215, 215]), Rgb([0, 0, 0]));
+    let put = |img: &mut RgbImage, x: f64, y: f64, c: Rgb<u8>| {
+        if x >= 0.0 && y >= 0.0 && (x as u32) < w && (y as u32) < h {
+            img.put_pixel(x as u32, y as u32, c);
+        }
+    };
+    for k in 0..=4 {
+        let y = py(k as f64 / 4.0);
+        for x in left..w - right {
+            put(&mut img, x as f64, y, grey);
+        }
+        draw_text(&mut img, 8, (y as u32).saturating_sub(7), &format!("{:.2}", k as f64 / 4.0), 1, black);
+    }
+    for x in left..w - right {
+        if (x / 4) % 2 == 0 {
+            put(&mut img, x as f64, py(chance), Rgb([150, 150, 150]));
+        }
+    }
+    for y in top..=h - bottom {
+        put(&mut img, left as f64, y as f64, black);
+        put(&mut img, px(stage1_epochs as f64), y as f64, Rgb([120, 120, 120]));
+    }
+    for x in left..w - right {
+        put(&mut img, x as f64, (h - bottom) as f64, black);
+    }
+    let mut ticks: Vec<f64> = points.iter().map(x_of).collect();
+    ticks.dedup();
+    for t in ticks {
+        draw_text(&mut img, px(t) as u32, h - bottom + 6, &format!("{t}"), 1, black);
+    }
+    draw_text(&mut img, left, h - 16, "epoch (stage 1, then stage 2)", 1, black);
+    draw_text(&mut img, left, 8, "EM per subset over training (mean over seeds, dashed: chance)", 1, black);
+    for (i, (subset, _)) in SUBSETS.iter().enumerate() {
+        let colour = Rgb(LINE_COLOURS[i]);
+        let line: Vec<(f64, f64)> = points
+            .iter()
+            .filter_map(|p| {
+                p.em.get(subset.name()).filter(|v| !v.is_empty()).map(|v| (x_of(p), mean_se(v).0))
+            })
+            .collect();
+        for pair in line.windows(2) {
+            let ((x0, y0), (x1, y1)) = ((px(pair[0].0), py(pair[0].1)), (px(pair[1].0), py(pair[1].1)));
+            let n = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
+            for t in 0..=n {
+                let f = t as f64 / n as f64;
+                for (dx, dy) in [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)] {
+                    put(&mut img, x0 + f * (x1 - x0) + dx, y0 + f * (y1 - y0) + dy, colour);
+                }
+            }
+        }
+        let ly = top + i as u32 * (text_height(1) + 8);
+        for dx in 0..16 {
+            for dy in 0..3 {
+                put(&mut img, (w - right + 12 + dx) as f64, (ly + 3 + dy) as f64, colour);
+            }
+        }
+        draw_text(&mut img, w - right + 34, ly, subset.name(), 1, black);
+    }
+    Ok(foundation::plot::write_png(path, &img)?)
 }

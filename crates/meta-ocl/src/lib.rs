@@ -11,10 +11,13 @@
 //!   greedy decoding and exact match.
 //! - [`harness`]: stage 0 once, then stage 1 and stage 2 per seed (sharded, parallel,
 //!   resumable), the paired gap EM(d1consis) - EM(d2consis) with a bootstrap CI, `report.md` and
-//!   plots.
+//!   plots; EM per subset over training.
+//! - [`controls`]: the base sweep and its controls (swapped tag roles, tag–consistency
+//!   correlation, another batch size) as sibling runs, and their combined report.
 
 #![warn(missing_docs)]
 
+pub mod controls;
 pub mod harness;
 pub mod model;
 pub mod train;

@@ -162,6 +162,34 @@ pub enum Start<'a> {
     Weights(&'a Path),
 }
 
+/// Exact match per subset at one point of a training stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalPoint {
+    /// Epochs of the stage trained so far (0: its starting weights).
+    pub epoch: usize,
+    /// Steps of the stage taken so far.
+    pub step: usize,
+    /// What the evaluation returned (EM per subset).
+    pub em: BTreeMap<String, f64>,
+}
+
+/// Evaluation of a stage while it trains: `evaluate` runs on the weights before the first step
+/// and after every `every_epochs` epochs, and always after the last epoch.
+pub struct EvalSchedule<'a> {
+    /// Epochs between evaluations (at least 1).
+    pub every_epochs: usize,
+    /// The evaluation (e.g. EM per subset of the held-out questions).
+    pub evaluate: &'a dyn Fn(&Transformer) -> BTreeMap<String, f64>,
+}
+
+/// The epochs at which a stage of `epochs` epochs is evaluated every `every` epochs: 0, `every`,
+/// `2 every`, ... and `epochs` (each once, increasing).
+pub fn eval_epochs(epochs: usize, every: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..epochs).step_by(every.max(1)).collect();
+    v.push(epochs);
+    v
+}
+
 /// What [`train_stage`] reports.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StageReport {
@@ -169,14 +197,20 @@ pub struct StageReport {
     pub steps: usize,
     /// Mean loss of the last up to 20 steps run in this call.
     pub final_loss: f64,
-    /// Seconds spent in this call.
+    /// Seconds spent in this call (evaluations included).
     pub seconds: f64,
+    /// The evaluations of an [`EvalSchedule`], in epoch order (empty without one; a stage
+    /// resumed from a checkpoint has none before the step it resumed at).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub em_over_training: Vec<EvalPoint>,
 }
 
 /// Trains `model_cfg` on `data` for `cfg.epochs` epochs from `start` on `device` and returns the
 /// trained model (on `device` without autodiff). With `checkpoints`, saves every `every` steps and
 /// resumes from the newest complete generation if there is one (the device is not part of the
-/// checked settings).
+/// checked settings). With `eval`, the one training run is taken in chunks of epochs
+/// ([`Trainer::run`] up to each evaluation's step, on the same state, so the weights are
+/// bit-identical to an unchunked run) and evaluated at [`eval_epochs`].
 #[allow(clippy::too_many_arguments)]
 pub fn train_stage(
     model_cfg: &ModelConfig,
@@ -186,6 +220,7 @@ pub fn train_stage(
     start: Start<'_>,
     order_seed: u64,
     checkpoints: Option<(&Checkpoints, usize)>,
+    eval: Option<&EvalSchedule<'_>>,
     device: &Device,
     progress: &dyn Progress,
 ) -> Result<(Transformer, StageReport), MetaOclError> {
@@ -241,7 +276,7 @@ pub fn train_stage(
         },
     };
     let mut recent: Vec<f32> = Vec::new();
-    trainer.run(&mut state, steps, checkpoints.map(|(c, every)| (c, every, &meta)), progress, |e| {
+    let mut on_event = |e: foundation::train::Event| -> Result<(), foundation::train::CheckpointError> {
         if let foundation::train::Event::Step { loss, .. } = e {
             recent.push(loss);
             if recent.len() > 20 {
@@ -249,9 +284,29 @@ pub fn train_stage(
             }
         }
         Ok(())
-    })?;
+    };
+    let save = checkpoints.map(|(c, every)| (c, every, &meta));
+    let per_epoch = data.len().div_ceil(cfg.batch_size);
+    let mut em_over_training = Vec::new();
+    if let Some(schedule) = eval {
+        for epoch in eval_epochs(cfg.epochs, schedule.every_epochs) {
+            let until = epoch * per_epoch;
+            if until < state.step {
+                continue;
+            }
+            trainer.run(&mut state, until, save, progress, &mut on_event)?;
+            let em = (schedule.evaluate)(&state.model.valid());
+            em_over_training.push(EvalPoint { epoch, step: until, em });
+        }
+    }
+    trainer.run(&mut state, steps, save, progress, &mut on_event)?;
     let final_loss = recent.iter().map(|&l| l as f64).sum::<f64>() / recent.len().max(1) as f64;
-    let report = StageReport { steps: state.step, final_loss, seconds: clock.elapsed().as_secs_f64() };
+    let report = StageReport {
+        steps: state.step,
+        final_loss,
+        seconds: clock.elapsed().as_secs_f64(),
+        em_over_training,
+    };
     Ok((state.model.valid(), report))
 }
 

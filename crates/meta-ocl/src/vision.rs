@@ -54,6 +54,8 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::harness::{read_json, write_json};
+
 use crate::harness::{order_seed, paired_gap, PairedGap, STAGE1_GAPS, STAGE2_GAPS};
 use crate::train::{argmax, StageConfig, StageReport};
 use crate::world::{Protocol, Subset, World, WorldConfig, ATTRIBUTES, SUBSETS};
@@ -676,7 +678,13 @@ pub fn train_vision_stage(
         Ok(())
     })?;
     let final_loss = recent.iter().map(|&l| l as f64).sum::<f64>() / recent.len().max(1) as f64;
-    let report = StageReport { steps: state.step, final_loss, seconds: clock.elapsed().as_secs_f64() };
+    // The vision sweep evaluates once, after each stage (no EM-over-training points).
+    let report = StageReport {
+        steps: state.step,
+        final_loss,
+        seconds: clock.elapsed().as_secs_f64(),
+        em_over_training: Vec::new(),
+    };
     Ok((state.model.valid(), report))
 }
 
@@ -744,18 +752,6 @@ pub struct VisionOutcome {
     pub trained: Vec<usize>,
     /// Stage-1 seeds found finished and skipped.
     pub skipped: Vec<usize>,
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, MetaOclError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| MetaOclError::Read { path: path.to_path_buf(), message: e.to_string() })?;
-    serde_json::from_str(&text)
-        .map_err(|e| MetaOclError::Read { path: path.to_path_buf(), message: e.to_string() })
-}
-
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), MetaOclError> {
-    let text = serde_json::to_string_pretty(value).expect("results serialise");
-    Ok(foundation::atomic::write_bytes(path, text.as_bytes())?)
 }
 
 /// The file of stage-1 seed `s`'s result.

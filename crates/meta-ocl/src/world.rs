@@ -19,6 +19,9 @@
 //!   - Held-out QA: for the subsets with QA in training, one of each entity's 6 questions,
 //!     stratified over attributes (entity `i` of the shuffled subset holds out attribute `i % 6`);
 //!     for the stage-2 subsets and the baseline, all 6 questions.
+//! - **Controls** ([`ProtocolConfig`], [`Protocol::with`]): swapped tag roles (the tokens of
+//!   tags 1 and 2 exchanged) and a stage-1 tag–consistency correlation below 1 (some qd1consis
+//!   and as many qd2incons definitions trade tags); every other draw is unchanged.
 
 use std::collections::HashMap;
 
@@ -341,6 +344,52 @@ pub fn subset_sizes(n: usize) -> [usize; 8] {
     sizes
 }
 
+/// Settings of the protocol that the controls change (the defaults are the authors' protocol).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProtocolConfig {
+    /// Swapped tag roles: the second of the three drawn tag tokens plays tag 1 (the reliable
+    /// role) and the first plays tag 2, so an effect that follows the role, not the token,
+    /// survives the swap. Nothing else of the protocol changes.
+    #[serde(default)]
+    pub swap_tags: bool,
+    /// Stage-1 tag–consistency correlation `c` = P(consistent | tag 1) = P(inconsistent | tag 2),
+    /// in [0, 1]: a fraction `1 - c` of the qd1consis definitions (rounded to the nearest count)
+    /// carries tag 2 and the same number of qd2incons definitions carries tag 1 (the idea of the
+    /// authors' `def_tag_and_consistency_correlation_exps`). 1.0 is the authors' protocol; at 0.5
+    /// a tag says nothing about consistency. Stage 2 is unchanged.
+    #[serde(default = "one")]
+    pub tag_consistency: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Default for ProtocolConfig {
+    fn default() -> Self {
+        Self { swap_tags: false, tag_consistency: 1.0 }
+    }
+}
+
+impl ProtocolConfig {
+    /// Checks the settings: the correlation is in [0, 1].
+    pub fn validate(&self) -> Result<(), MetaOclError> {
+        if !(0.0..=1.0).contains(&self.tag_consistency) {
+            return Err(MetaOclError::Invalid(format!(
+                "tag_consistency must be in [0, 1] (got {})",
+                self.tag_consistency
+            )));
+        }
+        Ok(())
+    }
+
+    /// Number of definitions of a stage-1 subset of `n` entities that carry the other tag:
+    /// `round((1 - tag_consistency) * n)`.
+    pub fn switched(&self, n: usize) -> usize {
+        (((1.0 - self.tag_consistency) * n as f64).round() as usize).min(n)
+    }
+}
+
 /// A held-out question: its subset (`None` for stage-0 recall), prompt and answer tokens.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TestItem {
@@ -368,6 +417,10 @@ pub struct Protocol {
     pub held_out: Vec<Option<usize>>,
     /// Tag tokens of tags 1, 2 and 3.
     pub tags: [u32; 3],
+    /// The tag (1, 2 or 3) each entity's definition carries (`None` without a definition): the
+    /// subset's [`Subset::tag`], except the stage-1 definitions switched by
+    /// [`ProtocolConfig::tag_consistency`].
+    pub tag_of: Vec<Option<usize>>,
     /// Stage-1 training sequences.
     pub stage1: Vec<Vec<u32>>,
     /// Stage-2 training sequences.
@@ -389,8 +442,15 @@ pub fn derangement(n: usize, rng: &mut impl Rng) -> Vec<usize> {
 }
 
 impl Protocol {
-    /// Draws the protocol of stage-1 seed `seed` in `world`.
+    /// Draws the authors' protocol of stage-1 seed `seed` in `world`.
     pub fn new(world: &World, seed: u64) -> Self {
+        Self::with(world, seed, &ProtocolConfig::default())
+    }
+
+    /// Draws the protocol of stage-1 seed `seed` in `world` with the controls of `controls`.
+    /// Subsets, variables, definitions' entities and held-out questions are the same draws for
+    /// every `controls` (the tag switches are drawn last, from the same stream).
+    pub fn with(world: &World, seed: u64, controls: &ProtocolConfig) -> Self {
         let n = world.config.entities;
         let v = &world.vocab;
         let mut rng = stream_for(world.config.seed, Purpose::MetaOclProtocol, seed);
@@ -421,7 +481,8 @@ impl Protocol {
         // Tags: three distinct tokens of the pool.
         let mut pool: Vec<usize> = (0..world.config.tag_pool).collect();
         pool.shuffle(&mut rng);
-        let tags = [v.tag(pool[0]), v.tag(pool[1]), v.tag(pool[2])];
+        let (first, second) = if controls.swap_tags { (pool[1], pool[0]) } else { (pool[0], pool[1]) };
+        let tags = [v.tag(first), v.tag(second), v.tag(pool[2])];
         // Definitions: consistent, except qd2incons, deranged within the subset.
         let mut defined_as = vec![None; n];
         for (i, (subset, _)) in SUBSETS.iter().enumerate() {
@@ -451,6 +512,20 @@ impl Protocol {
                 }
             }
         }
+        // Tags of the definitions; with a tag–consistency correlation below 1, the same number
+        // of (random) qd1consis and qd2incons definitions trade tags.
+        let mut tag_of: Vec<Option<usize>> = subset_of.iter().map(|s| s.tag()).collect();
+        for (subset, other) in [(Subset::Qd1Consis, 2), (Subset::Qd2Incons, 1)] {
+            let i = SUBSETS.iter().position(|(s, _)| *s == subset).expect("a subset of SUBSETS");
+            let k = controls.switched(members[i].len());
+            if k > 0 {
+                let mut m = members[i].clone();
+                m.shuffle(&mut rng);
+                for &e in &m[..k] {
+                    tag_of[e] = Some(other);
+                }
+            }
+        }
         let qa = |e: usize, k: usize| -> (Vec<u32>, u32) {
             let mut p = vec![BOS, Q, v.attr(k)];
             if subset_of[e] == Subset::QNoReplacementBaseline {
@@ -462,7 +537,7 @@ impl Protocol {
             (p, world.answer(e, k))
         };
         let definition = |e: usize| -> Option<Vec<u32>> {
-            let tag = tags[subset_of[e].tag()? - 1];
+            let tag = tags[tag_of[e]? - 1];
             let target = defined_as[e]?;
             let mut d = vec![BOS, tag];
             d.extend_from_slice(&variable[e]);
@@ -488,7 +563,7 @@ impl Protocol {
                 }
             }
         }
-        Self { seed, subset_of, variable, defined_as, held_out, tags, stage1, stage2, tests }
+        Self { seed, subset_of, variable, defined_as, held_out, tags, tag_of, stage1, stage2, tests }
     }
 
     /// Definition recall items (the spec's "entity association" check): for every entity with a
@@ -497,7 +572,7 @@ impl Protocol {
         (0..self.subset_of.len())
             .filter_map(|e| {
                 let subset = self.subset_of[e];
-                let tag = self.tags[subset.tag()? - 1];
+                let tag = self.tags[self.tag_of[e]? - 1];
                 let target = self.defined_as[e]?;
                 Some(TestItem {
                     subset: Some(subset),

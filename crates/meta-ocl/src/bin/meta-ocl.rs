@@ -9,6 +9,7 @@ use anyhow::Result;
 use burn::prelude::Device;
 use clap::{Args, Parser, Subcommand};
 use foundation::cli::{exit_code, Bar};
+use meta_ocl::controls::{controls, run_controls, ControlSettings};
 use meta_ocl::harness::{prepare, report, stage0, sweep, Shard, SweepConfig};
 use meta_ocl::train::StageConfig;
 use meta_ocl::vision::{vision_report, vision_sweep, VisionConfig};
@@ -21,7 +22,10 @@ Examples:
   meta-ocl run --out runs/big --stage0-only      # then, on n machines:
   meta-ocl run --out runs/big --shard 3/8        # seeds s with s % 8 == 3
   meta-ocl report --out runs/big                 # report of whatever has finished
-  meta-ocl vision                                # MNIST analogue, 20 x 3 seeds, runs/meta-ocl-vision/report.md";
+  meta-ocl vision                                # MNIST analogue, 20 x 3 seeds, runs/meta-ocl-vision/report.md
+  meta-ocl run --swap-tags --tag-consistency 0.5 # a control as its own run
+  meta-ocl controls                              # base + 3 controls, 8 x 1 seeds each, runs/meta-ocl-controls/controls.md
+  meta-ocl controls --control-batch 32/8 --control-batch 256/64   # two batch-size controls";
 
 #[derive(Parser)]
 #[command(name = "meta-ocl", version, about = "Implicit meta-learning in a small transformer LM trained from scratch", after_help = EXAMPLES)]
@@ -42,6 +46,10 @@ enum Command {
     Report(OutArgs),
     /// The MNIST analogue: two-digit numbers, glyph variables, corner-patch tags, a small CNN.
     Vision(VisionArgs),
+    /// Run (or resume) the base settings and the controls (swapped tag roles, 50 % tag–consistency
+    /// correlation, another batch size) as sibling run directories under --out, then write
+    /// controls.md and controls.png.
+    Controls(ControlsArgs),
 }
 
 #[derive(Args)]
@@ -148,6 +156,34 @@ fn vision(args: &VisionArgs, device: &Device) -> Result<()> {
 }
 
 #[derive(Args)]
+struct ControlsArgs {
+    /// Directory of the controls' run directories.
+    #[arg(long, default_value = "runs/meta-ocl-controls")]
+    out: PathBuf,
+    /// Concurrent workers per run.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Number of stage-1 seeds of each run.
+    #[arg(long, default_value_t = 8)]
+    stage1_seeds: usize,
+    /// Number of stage-2 seeds per stage-1 seed of each run.
+    #[arg(long, default_value_t = 1)]
+    stage2_seeds: usize,
+    /// Stage-1 tag–consistency correlation of the correlation control.
+    #[arg(long, default_value_t = 0.5)]
+    control_tag_consistency: f64,
+    /// Batch sizes `b1/b2` (stage 1 / stage 2) of a batch-size control; repeat for more than one.
+    #[arg(long = "control-batch", default_value = "32/8")]
+    control_batches: Vec<String>,
+    /// Train nothing: write controls.md, controls.json and controls.png from the finished results
+    /// (a run's own report.md: `meta-ocl report --out OUT/NAME`).
+    #[arg(long)]
+    report_only: bool,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[derive(Args)]
 struct OutArgs {
     /// Run directory.
     #[arg(long, default_value = "runs/meta-ocl")]
@@ -173,6 +209,13 @@ struct RunArgs {
     /// Number of stage-2 seeds per stage-1 seed.
     #[arg(long, default_value_t = 2)]
     stage2_seeds: usize,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// The settings `run` and `controls` share (everything in config.json but the seed counts).
+#[derive(Args)]
+struct Settings {
     /// Number of entities.
     #[arg(long, default_value_t = 400)]
     entities: usize,
@@ -210,10 +253,20 @@ struct RunArgs {
     /// World seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Control: exchange the tag tokens of the reliable (tag 1) and unreliable (tag 2) roles.
+    #[arg(long)]
+    swap_tags: bool,
+    /// Control: stage-1 P(consistent | tag 1) = P(inconsistent | tag 2), in [0, 1] (0.5: the
+    /// tags carry no information).
+    #[arg(long, default_value_t = 1.0)]
+    tag_consistency: f64,
+    /// Epochs between EM evaluations during stages 1 and 2 (0: only at the end).
+    #[arg(long, default_value_t = 5)]
+    eval_every: usize,
 }
 
-impl RunArgs {
-    fn config(&self) -> SweepConfig {
+impl Settings {
+    fn config(&self, stage1_seeds: usize, stage2_seeds: usize) -> SweepConfig {
         let mut c = SweepConfig::default();
         c.world.entities = self.entities;
         c.world.seed = self.seed;
@@ -228,14 +281,17 @@ impl RunArgs {
         c.stage2.epochs = self.stage2_epochs;
         c.stage1.batch_size = self.batch_size;
         c.stage2.batch_size = self.stage2_batch_size;
-        c.stage1_seeds = self.stage1_seeds;
-        c.stage2_seeds = self.stage2_seeds;
+        c.stage1_seeds = stage1_seeds;
+        c.stage2_seeds = stage2_seeds;
+        c.protocol.swap_tags = self.swap_tags;
+        c.protocol.tag_consistency = self.tag_consistency;
+        c.eval_every = self.eval_every;
         c
     }
 }
 
 fn run(args: &RunArgs, device: &Device) -> Result<()> {
-    let cfg = args.config();
+    let cfg = args.settings.config(args.stage1_seeds, args.stage2_seeds);
     let out = &args.out.out;
     let clock = Instant::now();
     if args.stage0_only {
@@ -259,6 +315,47 @@ fn run(args: &RunArgs, device: &Device) -> Result<()> {
     Ok(())
 }
 
+/// `b1/b2` as two positive batch sizes.
+fn parse_batches(text: &str) -> Result<(usize, usize)> {
+    let bad = || anyhow::anyhow!("--control-batch takes b1/b2, two positive batch sizes (got {text:?})");
+    let (a, b) = text.split_once('/').ok_or_else(bad)?;
+    let (a, b): (usize, usize) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+    if a == 0 || b == 0 {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+fn run_all_controls(args: &ControlsArgs, device: &Device) -> Result<()> {
+    let base = args.settings.config(args.stage1_seeds, args.stage2_seeds);
+    let batch_sizes = args.control_batches.iter().map(|b| parse_batches(b)).collect::<Result<_>>()?;
+    let settings = ControlSettings { tag_consistency: args.control_tag_consistency, batch_sizes };
+    let list = controls(&base, &settings);
+    if args.report_only {
+        let note = "Report of the finished results (`meta-ocl controls --report-only`).";
+        println!("{}", meta_ocl::controls::controls_report(&args.out, &list, note)?);
+        return Ok(());
+    }
+    let clock = Instant::now();
+    let bar = Bar::new();
+    let seconds = run_controls(&args.out, &list, args.jobs, device, &bar)?;
+    let per_run: Vec<String> =
+        list.iter().zip(&seconds).map(|(c, s)| format!("{} {s:.0} s", c.name)).collect();
+    let note = format!(
+        "Last `meta-ocl controls` call: {:.0} s wall ({}; {} runs of {} x {} seeds, --jobs {}).",
+        clock.elapsed().as_secs_f64(),
+        per_run.join(", "),
+        list.len(),
+        args.stage1_seeds,
+        args.stage2_seeds,
+        args.jobs
+    );
+    let md = meta_ocl::controls::controls_report(&args.out, &list, &note)?;
+    println!("{md}");
+    println!("wrote {}", args.out.join("controls.md").display());
+    Ok(())
+}
+
 fn report_only(args: &OutArgs) -> Result<()> {
     let path = args.out.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -276,6 +373,7 @@ fn main() -> ExitCode {
         Command::Run(a) => run(a, &device),
         Command::Report(a) => report_only(a),
         Command::Vision(a) => vision(a, &device),
+        Command::Controls(a) => run_all_controls(a, &device),
     });
     exit_code(result)
 }

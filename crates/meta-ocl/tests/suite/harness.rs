@@ -59,6 +59,7 @@ fn tiny_sweep(stage1_seeds: usize) -> SweepConfig {
         stage2_seeds: 2,
         recall_items: 50,
         resamples: 200,
+        ..SweepConfig::default()
     }
 }
 

@@ -62,6 +62,7 @@ fn overfits_one_batch_and_greedy_decoding_reproduces_it() {
         Start::Fresh,
         3,
         None,
+        None,
         &Device::flex(),
         &foundation::progress::NoProgress,
     )
