@@ -124,6 +124,10 @@ pub enum Purpose {
     /// The protocol of one `meta-ocl` stage-1 seed: subsets, variable names, tags, derangement and
     /// held-out questions (index: the stage-1 seed).
     MetaOclProtocol,
+    /// The numeric set-inclusion task of `meta-ocl` (`meta_ocl::numeric`): index 0 the world
+    /// (hidden numbers, questions, variable names, the q subset); index `1 + s` the split of
+    /// stage-1 seed `s`.
+    MetaOclNumeric,
 }
 
 impl Purpose {
@@ -155,6 +159,7 @@ impl Purpose {
             Purpose::Timewarp { stream } => (0x7137 << 40) | stream,
             Purpose::MetaOclWorld => 0x3E7A0,
             Purpose::MetaOclProtocol => 0x3E7A1,
+            Purpose::MetaOclNumeric => 0x3E7B0,
             Purpose::DataSplit => 0xDA7B,
             Purpose::DataSubset | Purpose::DataClassSubset => 0xDA7A,
             Purpose::GpProbes | Purpose::GpSolverBatches | Purpose::GpSubsample => 0x69,

@@ -17,6 +17,7 @@
 
 pub mod harness;
 pub mod model;
+pub mod numeric;
 pub mod train;
 pub mod world;
 

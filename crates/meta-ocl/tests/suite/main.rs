@@ -2,4 +2,5 @@
 
 mod harness;
 mod model;
+mod numeric;
 mod world;
