@@ -891,6 +891,19 @@ pub fn numeric_report(out: &Path, cfg: &NumericSweepConfig, note: &str) -> Resul
                 se: ci.map_or(0.0, |i| (i.high - i.low) / 2.0),
             });
         }
+        let mean_of = |k: &str| em.get(k).map(|v| mean_se(v).0);
+        let order = if stage == "Stage 1" {
+            ["qd1consis", "q", "qd2incons"]
+        } else {
+            ["d1consis", "d3consis", "d2consis"]
+        };
+        if let [Some(a), Some(b), Some(c)] = order.map(mean_of) {
+            let holds = if a > b && b > c { "holds" } else { "does not hold" };
+            md.push_str(&format!(
+                "\nOrder of the means: {} {a:.4}, {} {b:.4}, {} {c:.4}: the expected {} > {} > {} {holds}.\n",
+                order[0], order[1], order[2], order[0], order[1], order[2]
+            ));
+        }
         md.push_str("\n| paired gap (per stage-1 seed) | mean ± s.e. | 95 % bootstrap CI | n | CI |\n|---|---|---|---|---|\n");
         for (a, b) in gaps {
             let (Some(va), Some(vb)) = (em.get(*a), em.get(*b)) else { continue };
