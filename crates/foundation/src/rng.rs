@@ -127,6 +127,10 @@ pub enum Purpose {
     /// The MNIST analogue of `meta-ocl` (`meta_ocl::vision`): entity renderings and question
     /// patches (index 0), glyphs and tag patches of stage-1 seed `s` (index `s + 1`).
     MetaOclVision,
+    /// The numeric set-inclusion task of `meta-ocl` (`meta_ocl::numeric`): index 0 the world
+    /// (hidden numbers, questions, variable names, the q subset); index `1 + s` the split of
+    /// stage-1 seed `s`.
+    MetaOclNumeric,
 }
 
 impl Purpose {
@@ -159,6 +163,7 @@ impl Purpose {
             Purpose::MetaOclWorld => 0x3E7A0,
             Purpose::MetaOclProtocol => 0x3E7A1,
             Purpose::MetaOclVision => 0x3E7A2,
+            Purpose::MetaOclNumeric => 0x3E7B0,
             Purpose::DataSplit => 0xDA7B,
             Purpose::DataSubset | Purpose::DataClassSubset => 0xDA7A,
             Purpose::GpProbes | Purpose::GpSolverBatches | Purpose::GpSubsample => 0x69,

@@ -20,6 +20,7 @@
 pub mod controls;
 pub mod harness;
 pub mod model;
+pub mod numeric;
 pub mod train;
 pub mod vision;
 pub mod world;

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use foundation::cli::{exit_code, Bar};
 use meta_ocl::controls::{controls, run_controls, ControlSettings};
 use meta_ocl::harness::{prepare, report, stage0, sweep, Shard, SweepConfig};
+use meta_ocl::numeric::{numeric_report, numeric_sweep, NumericSweepConfig};
 use meta_ocl::train::StageConfig;
 use meta_ocl::vision::{vision_report, vision_sweep, VisionConfig};
 use meta_ocl::world::World;
@@ -25,7 +26,8 @@ Examples:
   meta-ocl vision                                # MNIST analogue, 20 x 3 seeds, runs/meta-ocl-vision/report.md
   meta-ocl run --swap-tags --tag-consistency 0.5 # a control as its own run
   meta-ocl controls                              # base + 3 controls, 8 x 1 seeds each, runs/meta-ocl-controls/controls.md
-  meta-ocl controls --control-batch 32/8 --control-batch 256/64   # two batch-size controls";
+  meta-ocl controls --control-batch 32/8 --control-batch 256/64   # two batch-size controls
+  meta-ocl numeric                               # numeric set-inclusion task, 4 x 2 seeds";
 
 #[derive(Parser)]
 #[command(name = "meta-ocl", version, about = "Implicit meta-learning in a small transformer LM trained from scratch", after_help = EXAMPLES)]
@@ -50,6 +52,9 @@ enum Command {
     /// correlation, another batch size) as sibling run directories under --out, then write
     /// controls.md and controls.png.
     Controls(ControlsArgs),
+    /// The numeric set-inclusion task from scratch (q-only stage, stage 1, stage 2 per seed;
+    /// resumable), then its report.md and em.png.
+    Numeric(NumericArgs),
 }
 
 #[derive(Args)]
@@ -91,6 +96,49 @@ struct VisionArgs {
     /// Batch size of stage 2.
     #[arg(long, default_value_t = 4)]
     stage2_batch_size: usize,
+    /// World seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct NumericArgs {
+    /// Run directory.
+    #[arg(long, default_value = "runs/meta-ocl-numeric")]
+    out: PathBuf,
+    /// Run only the stage-1 seeds s with s % n == i (`i/n`; shard 0 trains the q-only stage).
+    #[arg(long, default_value = "0/1")]
+    shard: String,
+    /// Only write report.md and em.png from the finished results in --out (its config.json).
+    #[arg(long)]
+    report_only: bool,
+    /// Number of stage-1 seeds.
+    #[arg(long, default_value_t = 4)]
+    stage1_seeds: usize,
+    /// Number of stage-2 seeds per stage-1 seed.
+    #[arg(long, default_value_t = 2)]
+    stage2_seeds: usize,
+    /// Number of variables.
+    #[arg(long, default_value_t = 2000)]
+    num_x: usize,
+    /// Epochs of the q-only stage.
+    #[arg(long, default_value_t = 30)]
+    stage0_epochs: usize,
+    /// Stage-1 epochs.
+    #[arg(long, default_value_t = 20)]
+    stage1_epochs: usize,
+    /// Stage-2 epochs.
+    #[arg(long, default_value_t = 4)]
+    stage2_epochs: usize,
+    /// Tokens per variable name (2, or 1 with --syllables >= --num-x).
+    #[arg(long, default_value_t = 2)]
+    variable_tokens: usize,
+    /// Syllable tokens variable names are made of.
+    #[arg(long, default_value_t = 64)]
+    syllables: usize,
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
     /// World seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -181,6 +229,48 @@ struct ControlsArgs {
     report_only: bool,
     #[command(flatten)]
     settings: Settings,
+}
+
+impl NumericArgs {
+    fn config(&self) -> NumericSweepConfig {
+        let mut c = NumericSweepConfig::default();
+        c.world.num_x = self.num_x;
+        c.world.variable_tokens = self.variable_tokens;
+        c.world.syllables = self.syllables;
+        c.world.seed = self.seed;
+        c.model.block = c.world.block();
+        c.model.layers = self.layers;
+        c.stage0.epochs = self.stage0_epochs;
+        c.stage1.epochs = self.stage1_epochs;
+        c.stage2.epochs = self.stage2_epochs;
+        c.stage1_seeds = self.stage1_seeds;
+        c.stage2_seeds = self.stage2_seeds;
+        c
+    }
+}
+
+fn numeric(args: &NumericArgs, device: &Device) -> Result<()> {
+    let out = &args.out;
+    if args.report_only {
+        let path = out.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let cfg: NumericSweepConfig =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        println!("{}", numeric_report(out, &cfg, "")?);
+        return Ok(());
+    }
+    let cfg = args.config();
+    let clock = Instant::now();
+    let outcome = numeric_sweep(out, &cfg, Shard::parse(&args.shard)?, device, &Bar::new())?;
+    let note = format!(
+        "Last `meta-ocl numeric` call: trained {} units, skipped {} finished ones, {:.0} s wall.",
+        outcome.trained.len(),
+        outcome.skipped.len(),
+        clock.elapsed().as_secs_f64()
+    );
+    println!("{}", numeric_report(out, &cfg, &note)?);
+    println!("wrote {}", out.join("report.md").display());
+    Ok(())
 }
 
 #[derive(Args)]
@@ -374,6 +464,7 @@ fn main() -> ExitCode {
         Command::Report(a) => report_only(a),
         Command::Vision(a) => vision(a, &device),
         Command::Controls(a) => run_all_controls(a, &device),
+        Command::Numeric(a) => numeric(a, &device),
     });
     exit_code(result)
 }

@@ -3,5 +3,6 @@
 mod controls;
 mod harness;
 mod model;
+mod numeric;
 mod vision;
 mod world;
