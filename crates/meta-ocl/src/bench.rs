@@ -9,6 +9,7 @@ use burn::prelude::*;
 use foundation::train::{Objective, TrainState, Trainer};
 use serde::{Deserialize, Serialize};
 
+use crate::harness::SweepConfig;
 use crate::model::{ModelConfig, Transformer};
 use crate::train::{LmObjective, StageConfig};
 use crate::world::{Protocol, World, WorldConfig};
@@ -135,8 +136,7 @@ pub fn bench(cfg: &BenchConfig, device: &Device) -> Result<BenchResult, MetaOclE
             rows.len()
         )));
     }
-    let stage =
-        StageConfig { epochs: 1, batch_size: cfg.batch, lr: 1e-3, warmup_steps: 20, weight_decay: 0.01 };
+    let stage = StageConfig { epochs: 1, batch_size: cfg.batch, ..SweepConfig::default().stage1 };
     let mut optim = stage.optim(rows.len(), 0);
     optim.steps = cfg.warmup + cfg.steps;
     let objective =

@@ -205,9 +205,10 @@ pub fn one_hot(tokens: &[u32], vocab: usize, device: &Device) -> Tensor<2> {
 /// an autodiff graph, the value `y` and the derivative `s = Phi(x) + x phi(x)` are computed once,
 /// on the rayon pool, as constants, and the result is `y + (x s - detach(x s))`: forward exactly
 /// `y` (the bracket is exactly 0), gradient `g s` (what flex's `gelu_backward` returns). Without
-/// autodiff it is burn's `gelu`.
+/// autodiff, or on another device than the CPU (where the host round trip would cost more), it is
+/// burn's `gelu`.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if !x.is_tracked() {
+    if !x.is_tracked() || x.device() != Device::flex() {
         return burn::tensor::activation::gelu(x);
     }
     let (shape, device) = (x.shape(), x.device());
