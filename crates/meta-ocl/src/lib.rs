@@ -9,6 +9,8 @@
 //! - [`model`]: a decoder-only transformer (learned positions, causal attention).
 //! - [`train`]: the causal-LM [`foundation::train::Objective`], stage training with checkpoints,
 //!   greedy decoding and exact match.
+//! - [`bench`]: tokens per second of a training step (the Rust side of
+//!   `bench/meta_ocl_jax.py`).
 //! - [`harness`]: stage 0 once, then stage 1 and stage 2 per seed (sharded, parallel,
 //!   resumable), the paired gap EM(d1consis) - EM(d2consis) with a bootstrap CI, `report.md` and
 //!   plots; EM per subset over training.
@@ -17,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod controls;
 pub mod harness;
 pub mod model;

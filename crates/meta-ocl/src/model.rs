@@ -1,16 +1,18 @@
 //! A small decoder-only transformer LM: token and learned position embeddings, pre-LayerNorm
 //! blocks (causal multi-head self-attention, GELU MLP), a final LayerNorm and an untied output
-//! layer. Tokens enter as one-hot rows multiplied by the embedding matrix (the same numbers as a
-//! lookup, with no integer tensors in the graph).
+//! layer. Tokens enter as one-hot rows (the batches' format) or ids; either way the embedding is a
+//! row lookup (`select`), which gives exactly the numbers of the one-hot product without its
+//! `[N, V] x [V, d]` matmul forward and backward.
 
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, softmax};
-use burn::tensor::{Bool, TensorData};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, Int, TensorData};
 use foundation::layers::kaiming_uniform;
 use foundation::rng::normals;
 use rand::Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::MetaOclError;
@@ -156,14 +158,22 @@ impl Transformer {
     /// `T <= block`). Position `i` sees tokens `0..=i` only.
     pub fn forward_tokens(&self, tokens: &[u32], t: usize, device: &Device) -> Tensor<3> {
         let b = tokens.len() / t.max(1);
-        self.forward(one_hot(tokens, self.vocab(), device), b, t)
+        let ids: Vec<i64> = tokens.iter().map(|&x| i64::from(x)).collect();
+        self.forward_ids(Tensor::from_data(TensorData::new(ids, [tokens.len()]), device), b, t)
     }
 
-    /// Next-token logits `[B, T, V]` of one-hot tokens `[B * T, V]`.
+    /// Next-token logits `[B, T, V]` of one-hot tokens `[B * T, V]` (each row's largest entry
+    /// names its token).
     pub fn forward(&self, one_hot: Tensor<2>, b: usize, t: usize) -> Tensor<3> {
+        let n = one_hot.dims()[0];
+        self.forward_ids(one_hot.argmax(1).reshape([n]), b, t)
+    }
+
+    /// Next-token logits `[B, T, V]` of token ids `[B * T]`.
+    fn forward_ids(&self, ids: Tensor<1, Int>, b: usize, t: usize) -> Tensor<3> {
         let d = self.tok.dims()[1];
-        let device = one_hot.device();
-        let x = one_hot.matmul(self.tok.val()).reshape([b, t, d]);
+        let device = ids.device();
+        let x = self.tok.val().select(0, ids).reshape([b, t, d]);
         let x = x + self.pos.val().narrow(0, 0, t).unsqueeze::<3>();
         let h = self.blocks.first().map_or(1, |blk| blk.heads);
         // True above the diagonal: key j > query i is in the future and masked out.
@@ -187,4 +197,37 @@ pub fn one_hot(tokens: &[u32], vocab: usize, device: &Device) -> Tensor<2> {
         v[i * vocab + tok as usize] = 1.0;
     }
     Tensor::from_data(TensorData::new(v, [tokens.len(), vocab]), device)
+}
+
+/// The exact (erf) GELU, `0.5 x (1 + erf(x / sqrt 2))`, with burn-flex's numbers bit for bit
+/// (forward and gradient), computed faster in training: flex evaluates the scalar `erff` on one
+/// thread in the forward pass and again, with an `exp`, in the backward pass. Here, when `x` is in
+/// an autodiff graph, the value `y` and the derivative `s = Phi(x) + x phi(x)` are computed once,
+/// on the rayon pool, as constants, and the result is `y + (x s - detach(x s))`: forward exactly
+/// `y` (the bracket is exactly 0), gradient `g s` (what flex's `gelu_backward` returns). Without
+/// autodiff, or on another device than the CPU (where the host round trip would cost more), it is
+/// burn's `gelu`.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if !x.is_tracked() || x.device() != Device::flex() {
+        return burn::tensor::activation::gelu(x);
+    }
+    let (shape, device) = (x.shape(), x.device());
+    let v: Vec<f32> = x.to_data().try_into_vec::<f32>().expect("f32 activations");
+    let mut y = vec![0.0f32; v.len()];
+    let mut s = vec![0.0f32; v.len()];
+    let inv_sqrt_2pi: f32 = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
+    const CHUNK: usize = 1 << 14;
+    v.par_chunks(CHUNK).zip(y.par_chunks_mut(CHUNK)).zip(s.par_chunks_mut(CHUNK)).for_each(|((v, y), s)| {
+        for ((&x, y), s) in v.iter().zip(y).zip(s) {
+            // The expressions of burn-flex 0.22.1's `gelu` and `gelu_backward`, in their order.
+            let e = libm::erff(x / std::f32::consts::SQRT_2);
+            *y = 0.5 * x * (1.0 + e);
+            let cdf = 0.5 * (1.0 + e);
+            let pdf = inv_sqrt_2pi * (-0.5 * x * x).exp();
+            *s = cdf + x * pdf;
+        }
+    });
+    let constant = |v: Vec<f32>| Tensor::<D>::from_data(TensorData::new(v, shape.clone()), &device);
+    let xs = x * constant(s);
+    constant(y) + (xs.clone() - xs.detach())
 }

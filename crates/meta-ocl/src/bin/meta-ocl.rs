@@ -9,6 +9,7 @@ use anyhow::Result;
 use burn::prelude::Device;
 use clap::{Args, Parser, Subcommand};
 use foundation::cli::{exit_code, Bar};
+use meta_ocl::bench::BenchConfig;
 use meta_ocl::controls::{controls, run_controls, ControlSettings};
 use meta_ocl::harness::{prepare, report, stage0, sweep, Shard, SweepConfig};
 use meta_ocl::numeric::{numeric_report, numeric_sweep, NumericSweepConfig};
@@ -27,7 +28,9 @@ Examples:
   meta-ocl run --swap-tags --tag-consistency 0.5 # a control as its own run
   meta-ocl controls                              # base + 3 controls, 8 x 1 seeds each, runs/meta-ocl-controls/controls.md
   meta-ocl controls --control-batch 32/8 --control-batch 256/64   # two batch-size controls
-  meta-ocl numeric                               # numeric set-inclusion task, 4 x 2 seeds";
+  meta-ocl numeric                               # numeric set-inclusion task, 4 x 2 seeds
+  meta-ocl bench                                 # tokens/s of a training step (compare bench/meta_ocl_jax.py)
+  meta-ocl bench --block 48 --json bench.json    # packed rows of 48 tokens";
 
 #[derive(Parser)]
 #[command(name = "meta-ocl", version, about = "Implicit meta-learning in a small transformer LM trained from scratch", after_help = EXAMPLES)]
@@ -55,6 +58,9 @@ enum Command {
     /// The numeric set-inclusion task from scratch (q-only stage, stage 1, stage 2 per seed;
     /// resumable), then its report.md and em.png.
     Numeric(NumericArgs),
+    /// Time training steps of the transformer (tokens per second; the JAX reference is
+    /// bench/meta_ocl_jax.py with the same flags).
+    Bench(BenchArgs),
 }
 
 #[derive(Args)]
@@ -274,6 +280,31 @@ fn numeric(args: &NumericArgs, device: &Device) -> Result<()> {
 }
 
 #[derive(Args)]
+struct BenchArgs {
+    /// Sequences per batch (the stage-1 default).
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    /// Residual width (4 heads, MLP 4 d).
+    #[arg(long, default_value_t = 128)]
+    d_model: usize,
+    /// Tokens per row (rows are packed token streams from twice the longest sequence on).
+    #[arg(long, default_value_t = 8)]
+    block: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Also write the result as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct OutArgs {
     /// Run directory.
     #[arg(long, default_value = "runs/meta-ocl")]
@@ -456,6 +487,40 @@ fn report_only(args: &OutArgs) -> Result<()> {
     Ok(())
 }
 
+fn bench(args: &BenchArgs, device: &Device) -> Result<()> {
+    let cfg = BenchConfig {
+        batch: args.batch,
+        layers: args.layers,
+        d_model: args.d_model,
+        block: args.block,
+        steps: args.steps,
+        warmup: args.warmup,
+    };
+    let r = meta_ocl::bench::bench(&cfg, device)?;
+    println!(
+        "burn: {} layers, d {}, block {}, batch {} ({}{} tokens/step, {} params): {:.2} ms/step (median of {}), batch {:.2} ms, forward {:.2} ms, backward {:.2} ms apart, {:.0} tokens/s, {} threads",
+        cfg.layers,
+        cfg.d_model,
+        cfg.block,
+        cfg.batch,
+        r.tokens_per_step,
+        if r.packed { " packed" } else { "" },
+        r.params,
+        r.sec_per_step_median * 1e3,
+        cfg.steps,
+        r.batch_sec_median * 1e3,
+        r.forward_sec_median * 1e3,
+        r.backward_sec_median * 1e3,
+        r.tokens_per_sec,
+        r.threads
+    );
+    if let Some(path) = &args.json {
+        foundation::atomic::write_bytes(path, serde_json::to_string_pretty(&r)?.as_bytes())?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     foundation::cli::keep_freed_memory();
     let cli = Cli::parse();
@@ -465,6 +530,7 @@ fn main() -> ExitCode {
         Command::Vision(a) => vision(a, &device),
         Command::Controls(a) => run_all_controls(a, &device),
         Command::Numeric(a) => numeric(a, &device),
+        Command::Bench(a) => bench(a, &device),
     });
     exit_code(result)
 }

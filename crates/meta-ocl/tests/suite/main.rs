@@ -1,5 +1,6 @@
 //! Integration tests of meta-ocl (one test binary: see the workspace's testing notes).
 
+mod bench;
 mod controls;
 mod harness;
 mod model;

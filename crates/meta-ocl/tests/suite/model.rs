@@ -95,3 +95,47 @@ fn greedy_decoding_stops_at_the_block() {
     let gens = greedy_decode(&model, &[vec![1, 3, 4, 5, 6, 7]], 10);
     assert!(gens[0].len() <= 3, "6 prompt tokens + at most 3 new ones up to block 8 positions + 1");
 }
+
+#[test]
+fn fast_gelu_matches_burns_gelu_bit_for_bit_in_value_and_gradient() {
+    use burn::tensor::activation;
+    let device = Device::flex().autodiff();
+    let mut rng = foundation::rng::stream(11, 0, 0);
+    // Wide enough to span several parallel chunks, with tails where erf saturates.
+    let v: Vec<f32> = (0..40_000).map(|_| rng.gen_range(-7.0f32..7.0)).collect();
+    let up: Vec<f32> = (0..v.len()).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let run = |f: &dyn Fn(Tensor<2>) -> Tensor<2>| {
+        let x = Tensor::<2>::from_data(TensorData::new(v.clone(), [200, 200]), &device).require_grad();
+        let w = Tensor::<2>::from_data(TensorData::new(up.clone(), [200, 200]), &device);
+        let y = f(x.clone());
+        let grads = (y.clone() * w).sum().backward();
+        let g: Vec<f32> = x.grad(&grads).unwrap().into_data().try_to_vec().unwrap();
+        (y.into_data().try_to_vec::<f32>().unwrap(), g)
+    };
+    let (y_fast, g_fast) = run(&|x| meta_ocl::model::gelu(x));
+    let (y_ref, g_ref) = run(&|x| activation::gelu(x));
+    for i in 0..v.len() {
+        // `==` (not bits): the fast path may turn a -0 into +0, nothing else.
+        assert!(y_fast[i] == y_ref[i], "value at x = {}: {} vs {}", v[i], y_fast[i], y_ref[i]);
+        assert!(g_fast[i] == g_ref[i], "gradient at x = {}: {} vs {}", v[i], g_fast[i], g_ref[i]);
+    }
+    // Without autodiff it is burn's gelu itself.
+    let x = Tensor::<2>::from_data(TensorData::new(v.clone(), [200, 200]), &Device::flex());
+    let a: Vec<f32> = meta_ocl::model::gelu(x.clone()).into_data().try_to_vec().unwrap();
+    let b: Vec<f32> = activation::gelu(x).into_data().try_to_vec().unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn one_hot_rows_and_token_ids_give_the_same_logits() {
+    let vocab = 20;
+    let model = tiny().init_with(vocab, &mut foundation::rng::stream(5, 0, 0), &Device::flex());
+    let mut rng = foundation::rng::stream(5, 1, 0);
+    let (b, t) = (3, 7);
+    let tokens: Vec<u32> = (0..b * t).map(|_| rng.gen_range(0..vocab as u32)).collect();
+    let by_ids: Vec<f32> =
+        model.forward_tokens(&tokens, t, &Device::flex()).into_data().try_to_vec().unwrap();
+    let one_hot = meta_ocl::model::one_hot(&tokens, vocab, &Device::flex());
+    let by_rows: Vec<f32> = model.forward(one_hot, b, t).into_data().try_to_vec().unwrap();
+    assert_eq!(by_ids, by_rows);
+}
