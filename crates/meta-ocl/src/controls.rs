@@ -231,14 +231,9 @@ pub fn controls_report(out: &Path, controls: &[Control], note: &str) -> Result<S
         });
     }
     let cell = |g: &Option<PairedGap>| match g {
-        Some(g) if g.n >= 2 => format!(
-            "{:+.4} ± {:.4} [{:+.4}, {:+.4}] ({})",
-            g.mean,
-            g.se,
-            g.ci.low,
-            g.ci.high,
-            if g.ci.low > 0.0 || g.ci.high < 0.0 { "excludes 0" } else { "includes 0" }
-        ),
+        Some(g) if g.n >= 2 => {
+            format!("{:+.4} ± {:.4} [{:+.4}, {:+.4}] ({})", g.mean, g.se, g.ci.low, g.ci.high, g.verdict())
+        }
         Some(g) => format!("{:+.4} (n = {})", g.mean, g.n),
         None => "-".into(),
     };

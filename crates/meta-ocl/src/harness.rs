@@ -381,6 +381,33 @@ pub struct PairedGap {
     pub ci: Interval,
 }
 
+impl PairedGap {
+    /// Whether the interval excludes 0 (`"excludes 0"`, `"includes 0"`, or no interval for
+    /// fewer than two pairs): the one verdict of every report of this crate.
+    pub fn verdict(&self) -> &'static str {
+        if self.n < 2 {
+            "n < 2: no interval"
+        } else if self.ci.low > 0.0 || self.ci.high < 0.0 {
+            "excludes 0"
+        } else {
+            "includes 0"
+        }
+    }
+
+    /// The report-table cells `mean ± s.e. | [low, high] | n | verdict`.
+    pub fn table_cells(&self) -> String {
+        format!(
+            "{:+.4} ± {:.4} | [{:+.4}, {:+.4}] | {} | {}",
+            self.mean,
+            self.se,
+            self.ci.low,
+            self.ci.high,
+            self.n,
+            self.verdict()
+        )
+    }
+}
+
 /// The paired gap `a[i] - b[i]` (one pair per seed): mean, s.e. and a `level` percentile
 /// bootstrap CI of the mean over `resamples` resamples of the pairs
 /// ([`foundation::stats::bootstrap_ci`], seeded by `seed`).
@@ -497,20 +524,6 @@ pub const STAGE2_GAPS: [(&str, &str); 4] = [
     ("d2consis", "no_qd_baseline"),
 ];
 
-fn fmt_gap(g: &PairedGap) -> String {
-    format!("{:+.4} ± {:.4} | [{:+.4}, {:+.4}] | {}", g.mean, g.se, g.ci.low, g.ci.high, g.n)
-}
-
-fn excludes_zero(g: &PairedGap) -> &'static str {
-    if g.n < 2 {
-        "n < 2: no interval"
-    } else if g.ci.low > 0.0 || g.ci.high < 0.0 {
-        "excludes 0"
-    } else {
-        "includes 0"
-    }
-}
-
 /// Writes `report.md`, `summary.json`, `em.png` (per-subset EM with 95 % CIs) and `gaps.png`
 /// (the paired gaps with their CIs) from the finished results in `out`. `note` is added under
 /// the title (e.g. the machine and wall time).
@@ -607,7 +620,7 @@ pub fn report(out: &Path, cfg: &SweepConfig, note: &str) -> Result<String, MetaO
         for (a, b) in gaps {
             let (Some(va), Some(vb)) = (em.get(*a), em.get(*b)) else { continue };
             let g = paired_gap(va, vb, cfg.resamples, level, 0)?;
-            md.push_str(&format!("| EM({a}) - EM({b}) | {} | {} |\n", fmt_gap(&g), excludes_zero(&g)));
+            md.push_str(&format!("| EM({a}) - EM({b}) | {} |\n", g.table_cells()));
             stage_json.insert(format!("{a}-{b}"), serde_json::to_value(g).expect("serialises"));
             gap_bars.push(Bar { label: format!("{a}-{b}"), value: g.mean, se: (g.ci.high - g.ci.low) / 2.0 });
         }
