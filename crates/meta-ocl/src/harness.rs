@@ -176,13 +176,26 @@ fn seed_dir(out: &Path, s: usize) -> PathBuf {
 /// the settings it started with).
 pub fn prepare(out: &Path, cfg: &SweepConfig) -> Result<(), MetaOclError> {
     cfg.validate()?;
+    // Seed counts may grow: more seeds extend a finished sweep.
+    write_or_check_config(out, cfg, |old| SweepConfig {
+        stage1_seeds: cfg.stage1_seeds,
+        stage2_seeds: cfg.stage2_seeds,
+        ..old
+    })
+}
+
+/// Writes `cfg` as `out/config.json`, or, when one is there, checks that it equals `cfg` after
+/// `with_allowed_changes` has copied into it what may differ between calls (the seed counts):
+/// the one resume check of the text, numeric and vision sweeps.
+pub(crate) fn write_or_check_config<C: Serialize + for<'de> Deserialize<'de> + PartialEq>(
+    out: &Path,
+    cfg: &C,
+    with_allowed_changes: impl FnOnce(C) -> C,
+) -> Result<(), MetaOclError> {
     let path = out.join("config.json");
     if path.exists() {
-        let old: SweepConfig = read_json(&path)?;
-        // Seed counts may grow: more seeds extend a finished sweep.
-        let same =
-            SweepConfig { stage1_seeds: cfg.stage1_seeds, stage2_seeds: cfg.stage2_seeds, ..old.clone() };
-        if &same != cfg {
+        let old: C = read_json(&path)?;
+        if &with_allowed_changes(old) != cfg {
             return Err(MetaOclError::Invalid(format!(
                 "{} holds other settings; use another --out or the same settings",
                 path.display()

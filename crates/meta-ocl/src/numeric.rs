@@ -47,7 +47,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::harness::{
-    order_seed, paired_gap, read_json, write_json, PairedGap, Shard, Stage1Result, Stage2Result, SweepOutcome,
+    order_seed, paired_gap, read_json, write_json, write_or_check_config, PairedGap, Shard, Stage1Result,
+    Stage2Result, SweepOutcome,
 };
 use crate::model::ModelConfig;
 use crate::train::{em_by_subset, em_by_subset_prefixed, save_model, train_stage, StageConfig, Start};
@@ -564,19 +565,11 @@ fn seed_dir(out: &Path, s: usize) -> PathBuf {
 /// (more seeds extend a finished sweep).
 pub fn numeric_prepare(out: &Path, cfg: &NumericSweepConfig) -> Result<(), MetaOclError> {
     cfg.validate()?;
-    let path = out.join("config.json");
-    if path.exists() {
-        let old: NumericSweepConfig = read_json(&path)?;
-        let same =
-            NumericSweepConfig { stage1_seeds: cfg.stage1_seeds, stage2_seeds: cfg.stage2_seeds, ..old };
-        if &same != cfg {
-            return Err(MetaOclError::Invalid(format!(
-                "{} holds other settings; use another --out or the same settings",
-                path.display()
-            )));
-        }
-    }
-    write_json(&path, cfg)
+    write_or_check_config(out, cfg, |old| NumericSweepConfig {
+        stage1_seeds: cfg.stage1_seeds,
+        stage2_seeds: cfg.stage2_seeds,
+        ..old
+    })
 }
 
 /// The q-only stage: trains (or resumes from its checkpoint generations, or finds) the model

@@ -54,7 +54,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::harness::{read_json, write_json};
+use crate::harness::{read_json, write_json, write_or_check_config};
 
 use crate::harness::{order_seed, paired_gap, PairedGap, STAGE1_GAPS, STAGE2_GAPS};
 use crate::train::{argmax, StageConfig, StageReport};
@@ -763,18 +763,11 @@ pub fn seed_file(out: &Path, s: usize) -> PathBuf {
 /// (which may grow to extend a finished sweep).
 pub fn prepare_vision(out: &Path, cfg: &VisionConfig) -> Result<(), MetaOclError> {
     cfg.validate()?;
-    let path = out.join("config.json");
-    if path.exists() {
-        let old: VisionConfig = read_json(&path)?;
-        let same = VisionConfig { stage1_seeds: cfg.stage1_seeds, stage2_seeds: cfg.stage2_seeds, ..old };
-        if &same != cfg {
-            return Err(MetaOclError::Invalid(format!(
-                "{} holds other settings; use another --out or the same settings",
-                path.display()
-            )));
-        }
-    }
-    write_json(&path, cfg)
+    write_or_check_config(out, cfg, |old| VisionConfig {
+        stage1_seeds: cfg.stage1_seeds,
+        stage2_seeds: cfg.stage2_seeds,
+        ..old
+    })
 }
 
 /// Runs (or resumes) this shard's stage-1 seeds of the vision sweep in `out` on `device`: stage
