@@ -205,6 +205,30 @@ pub struct StageReport {
     pub em_over_training: Vec<EvalPoint>,
 }
 
+/// The mean loss of the last up to 20 training steps seen: [`StageReport::final_loss`] of every
+/// stage trainer of this crate.
+#[derive(Debug, Default)]
+pub struct RecentLoss {
+    losses: std::collections::VecDeque<f32>,
+}
+
+impl RecentLoss {
+    /// Records the loss of a [`foundation::train::Event::Step`]; other events are ignored.
+    pub fn observe(&mut self, event: &foundation::train::Event) {
+        if let foundation::train::Event::Step { loss, .. } = event {
+            self.losses.push_back(*loss);
+            if self.losses.len() > 20 {
+                self.losses.pop_front();
+            }
+        }
+    }
+
+    /// Mean of the recorded losses, oldest first (0 before any step).
+    pub fn mean(&self) -> f64 {
+        self.losses.iter().map(|&l| l as f64).sum::<f64>() / self.losses.len().max(1) as f64
+    }
+}
+
 /// Trains `model_cfg` on `data` for `cfg.epochs` epochs from `start` on `device` and returns the
 /// trained model (on `device` without autodiff). With `checkpoints`, saves every `every` steps and
 /// resumes from the newest complete generation if there is one (the device is not part of the
@@ -275,14 +299,9 @@ pub fn train_stage(
             }
         },
     };
-    let mut recent: Vec<f32> = Vec::new();
+    let mut recent = RecentLoss::default();
     let mut on_event = |e: foundation::train::Event| -> Result<(), foundation::train::CheckpointError> {
-        if let foundation::train::Event::Step { loss, .. } = e {
-            recent.push(loss);
-            if recent.len() > 20 {
-                recent.remove(0);
-            }
-        }
+        recent.observe(&e);
         Ok(())
     };
     let save = checkpoints.map(|(c, every)| (c, every, &meta));
@@ -300,7 +319,7 @@ pub fn train_stage(
         }
     }
     trainer.run(&mut state, steps, save, progress, &mut on_event)?;
-    let final_loss = recent.iter().map(|&l| l as f64).sum::<f64>() / recent.len().max(1) as f64;
+    let final_loss = recent.mean();
     let report = StageReport {
         steps: state.step,
         final_loss,

@@ -57,7 +57,7 @@ use serde::{Deserialize, Serialize};
 use crate::harness::{read_json, write_json, write_or_check_config};
 
 use crate::harness::{order_seed, paired_gap, PairedGap, STAGE1_GAPS, STAGE2_GAPS};
-use crate::train::{argmax, StageConfig, StageReport};
+use crate::train::{argmax, RecentLoss, StageConfig, StageReport};
 use crate::world::{Protocol, Subset, World, WorldConfig, ATTRIBUTES, SUBSETS};
 use crate::MetaOclError;
 
@@ -667,17 +667,12 @@ pub fn train_vision_stage(
             trainer.init_state(|_, _| model)
         }
     };
-    let mut recent: Vec<f32> = Vec::new();
+    let mut recent = RecentLoss::default();
     trainer.run(&mut state, steps, None, &foundation::progress::NoProgress, |e| {
-        if let foundation::train::Event::Step { loss, .. } = e {
-            recent.push(loss);
-            if recent.len() > 20 {
-                recent.remove(0);
-            }
-        }
+        recent.observe(&e);
         Ok(())
     })?;
-    let final_loss = recent.iter().map(|&l| l as f64).sum::<f64>() / recent.len().max(1) as f64;
+    let final_loss = recent.mean();
     // The vision sweep evaluates once, after each stage (no EM-over-training points).
     let report = StageReport {
         steps: state.step,
