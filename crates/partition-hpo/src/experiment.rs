@@ -588,6 +588,14 @@ pub fn rewrite_report(out: &Path) -> Result<(), HpoError> {
     write_report(&config, &results, &train_rows, &test)
 }
 
+/// Initial keep probability of every input feature. Just above the 0.5 at which a feature
+/// counts as dropped: every feature starts undecided. From keep 0.9 the gate's noise term,
+/// whose variance `p (1 - p)` falls towards either end, pulls a feature the network leans on up
+/// to 1 as readily as its out-of-sample harm pulls it down, and noise features split both ways
+/// (docs/partition-hpo.md). Features that never vary (the always-blank border pixels) get no
+/// gradient and keep this value.
+pub const DEFAULT_MASK_KEEP: f64 = 0.55;
+
 /// The defaults of an experiment on `task` writing to `out` (sized for the embedded subset).
 pub fn default_config(task: Task, out: &Path) -> ExperimentConfig {
     ExperimentConfig {
@@ -626,7 +634,7 @@ pub fn default_config(task: Task, out: &Path) -> ExperimentConfig {
             psi_optimizer: PsiOptimizer::Adam,
             psi_batch: 64,
             samples: 4,
-            init: PsiInit::Uniform { theta_deg: 10.0, mask_keep: 0.9, sigma: 0.1 },
+            init: PsiInit::Uniform { theta_deg: 10.0, mask_keep: DEFAULT_MASK_KEEP, sigma: 0.1 },
             zero_defaults: false,
         },
         grid_deg: vec![0.0, 45.0, 90.0, 135.0, 180.0],

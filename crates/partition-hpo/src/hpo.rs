@@ -142,6 +142,18 @@ impl RunConfig {
                 self.steps, self.psi_every, self.samples, self.batch, self.partitions
             )));
         }
+        if let PsiInit::Uniform { theta_deg, mask_keep, sigma } = self.init {
+            if !(mask_keep > 0.0 && mask_keep < 1.0) {
+                return Err(HpoError::InvalidArgument(format!(
+                    "the initial mask keep probability must lie strictly between 0 and 1 (got {mask_keep})"
+                )));
+            }
+            if !((0.0..=180.0).contains(&theta_deg) && sigma >= 0.0 && sigma.is_finite()) {
+                return Err(HpoError::InvalidArgument(format!(
+                    "the initial rotation range must lie in [0, 180] degrees and the dropout sigma be finite and non-negative (got {theta_deg} and {sigma})"
+                )));
+            }
+        }
         if self.signal == Some(PsiSignal::Oots) && self.partitions < 2 {
             return Err(HpoError::InvalidArgument(
                 "the out-of-training-sample loss needs at least C = 2 partitions".into(),

@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::Parser;
 use foundation::cli::{exit_code, keep_freed_memory, Bar};
 use partition_hpo::experiment::{default_config, run_experiment, Method, Task};
-use partition_hpo::hpo::PsiOptimizer;
+use partition_hpo::hpo::{PsiInit, PsiOptimizer};
 use partition_hpo::model::PsiUse;
 
 const EXAMPLES: &str = "\
@@ -94,6 +94,9 @@ struct Cli {
     /// Noise features of the noise task.
     #[arg(long)]
     noise_features: Option<usize>,
+    /// Initial keep probability of every input feature of the mask, in (0, 1) (default 0.55).
+    #[arg(long)]
+    mask_keep: Option<f64>,
     /// Untrained partitions hold zeros instead of their initial values.
     #[arg(long)]
     zero_defaults: bool,
@@ -181,6 +184,11 @@ fn run(cli: Cli) -> Result<()> {
         r.psi_optimizer = v;
     }
     r.zero_defaults = cli.zero_defaults;
+    if let Some(v) = cli.mask_keep {
+        if let PsiInit::Uniform { mask_keep, .. } = &mut r.init {
+            *mask_keep = v;
+        }
+    }
     if let Some(v) = cli.psi_batch {
         r.psi_batch = v;
     }

@@ -47,3 +47,17 @@ fn oots_needs_two_partitions() {
     let err = train(&config, &data, None, &device(), &NoProgress).err().expect("C = 1 with OOTS must fail");
     assert!(err.to_string().contains("at least C = 2"), "{err}");
 }
+
+#[test]
+fn initial_keep_outside_the_open_unit_interval_is_one_error() {
+    let data = toy_inputs(30, 0, 1);
+    for bad in [0.0, 1.0, -0.2, f64::NAN] {
+        let mut config = small_config();
+        config.init = partition_hpo::hpo::PsiInit::Uniform { theta_deg: 10.0, mask_keep: bad, sigma: 0.1 };
+        let err = train(&config, &data, None, &device(), &NoProgress)
+            .err()
+            .expect("a keep of 0, 1 or NaN must fail");
+        let text = err.to_string();
+        assert!(!text.contains('\n') && text.contains("initial mask keep probability"), "{text}");
+    }
+}
