@@ -86,6 +86,8 @@ fn bad_input_is_an_error_not_a_panic() {
         explore_from_md: false,
         explore_hop_fraction: None,
         finetune: None,
+        mix: None,
+        align_permutations: false,
     };
     let rc3 = RunConfig {
         md: cfg(),
@@ -95,6 +97,14 @@ fn bad_input_is_an_error_not_a_panic() {
     };
     let e = run(&rc3, &foundation::progress::NoProgress, &mut |_| panic!("work started")).unwrap_err();
     assert!(e.to_string().contains("MH batch"), "{e}");
+    // A mixture weight outside [0, 1] is refused before any work.
+    let mut rc4 = rc3.clone();
+    if let Some(s) = rc4.flow.as_mut() {
+        s.mh_batch = 4;
+        s.mix = Some(timewarp::run::MixStage { weight: 1.5, hop_fraction: 1.0 });
+    }
+    let e = run(&rc4, &foundation::progress::NoProgress, &mut |_| panic!("work started")).unwrap_err();
+    assert!(e.to_string().contains("mixture weight"), "{e}");
     assert!(run(&rc, &foundation::progress::NoProgress, &mut |_| {})
         .unwrap_err()
         .to_string()
