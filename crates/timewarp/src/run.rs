@@ -578,6 +578,23 @@ pub fn speedup(chain: &ChainResult, md: &ChainResult) -> f64 {
     }
 }
 
+/// The largest distance, over the isomers, between `chain`'s population and `md`'s in units of
+/// their combined block-bootstrap σ, √(σ² + σ_MD²) (the line "within 2σ" is this below 2), and
+/// the same in units of the MD reference's σ alone (infinite where that σ is 0 and the two
+/// differ).
+pub fn population_z(chain: &ChainResult, md: &ChainResult) -> (f64, f64) {
+    let (c, m) = (&chain.populations, &md.populations);
+    let mut z = (0.0f64, 0.0f64);
+    for k in 0..m.fractions.len() {
+        let (p, sp) = (c.fractions.get(k).copied().unwrap_or(0.0), c.sigma.get(k).copied().unwrap_or(0.0));
+        let d = (p - m.fractions[k]).abs();
+        let ratio = |s: f64| if d == 0.0 { 0.0 } else { d / s };
+        z.0 = z.0.max(ratio((sp * sp + m.sigma[k] * m.sigma[k]).sqrt()));
+        z.1 = z.1.max(ratio(m.sigma[k]));
+    }
+    z
+}
+
 /// Runs everything of `cfg`, reporting progress lines to `log`; returns a one-paragraph summary.
 pub fn run(
     cfg: &RunConfig,
@@ -890,9 +907,9 @@ pub fn markdown(r: &RunReport) -> String {
     );
     let _ = writeln!(
         s,
-        "| method | length | wall s | populations (± block-bootstrap sigma) | ESS slowest CV | ESS/s | speed-up (missed state = 0) | JS vs MD | acceptance | s to all isomers |"
+        "| method | length | wall s | populations (± block-bootstrap sigma) | max z vs MD (combined sigma; MD sigma) | ESS slowest CV | ESS/s | speed-up (missed state = 0) | JS vs MD | acceptance | s to all isomers |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
     for ch in &r.chains {
         let pops: Vec<String> = ch
             .populations
@@ -903,11 +920,13 @@ pub fn markdown(r: &RunReport) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "| {} | {} | {:.2} | {} | {:.0} ({}) | {:.1} | {:.2} | {:.4} | {:.4} | {} |",
+            "| {} | {} | {:.2} | {} | {:.2}; {:.2} | {:.0} ({}) | {:.1} | {:.3} | {:.4} | {:.4} | {} |",
             ch.method,
             ch.length,
             ch.seconds,
             pops.join(", "),
+            population_z(ch, &r.chains[0]).0,
+            population_z(ch, &r.chains[0]).1,
             ch.ess_slowest.0,
             ["mu2", "mu3"][ch.ess_slowest.1],
             ch.ess_per_second,
@@ -1183,13 +1202,13 @@ pub fn transfer(
         report.train.seconds,
         cfg.test.join(", ")
     );
-    let _ = writeln!(s, "| composition | trained on | isomers | MD ESS/s | MH-Timewarp ESS/s | acceptance | isomers visited by MH | speed-up (missed = 0) | JS vs MD |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "| composition | trained on | isomers | MD ESS/s | MH-Timewarp ESS/s | acceptance | isomers visited by MH | max z of populations vs MD (combined sigma) | speed-up (missed = 0) | JS vs MD |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     for r in &report.rows {
         let visited = r.mh.populations.fractions.iter().filter(|&&f| f > 0.0).count();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.1} | {:.1} | {:.4} | {} | {:.2} | {:.4} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.4} | {} | {:.2} | {:.3} | {:.4} |",
             r.composition,
             if r.trained_on { "yes" } else { "no" },
             r.isomers,
@@ -1197,6 +1216,7 @@ pub fn transfer(
             r.mh.ess_per_second,
             r.mh.acceptance,
             visited,
+            population_z(&r.mh, &r.md).0,
             r.speedup,
             r.mh.js_vs_md
         );
