@@ -23,6 +23,7 @@ use timewarp::train::FlowTrainConfig;
              Metropolis-Hastings with batched proposals, exploration",
     after_help = "Examples:\n  timewarp                      # = timewarp run: LJ-7 at kT 0.15, everything, into timewarp-out/\n  \
         timewarp run --composition A4B3 --train-steps 0 --out-dir out/a4b3   # MD, pairs, MH checks only\n  \
+        timewarp run --composition A6 --lag 5 --permute-align --mh-trials 1000000 --out-dir out/a6   # MH-Timewarp over all 3 isomers of LJ-6\n  \
         timewarp transfer --train A7,A6B1,A5B2,A3B4,A2B5 --test A4B3,A1B6 --out-dir out/transfer"
 )]
 struct Cli {
