@@ -255,3 +255,81 @@ impl Proposal for GaussianDrift<'_> {
             .collect()
     }
 }
+
+/// log(e^a + e^b) without overflow (−∞ if both are −∞).
+pub fn log_add_exp(a: f64, b: f64) -> f64 {
+    let m = a.max(b);
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + ((a - m).exp() + (b - m).exp()).ln()
+}
+
+/// An exact two-component mixture proposal q = w·q_a + (1 − w)·q_b: every move comes from `a`
+/// with probability `weight`, otherwise from `b`, and its density is the mixture's, evaluated
+/// both ways as log-sum-exp of the two components' densities. MH with it stays exact whatever
+/// the components are. Each move of a batch draws its component independently, in trial order,
+/// so the trials of a batch stay independent draws of the mixture (sorting them by component
+/// would make a trial's component depend on the earlier ones' and break the batch's exactness).
+/// Costs both components' densities both ways per trial.
+#[derive(Clone, Copy)]
+pub struct Mixture<'a> {
+    /// The component drawn with probability `weight`.
+    pub a: &'a dyn Proposal,
+    /// The other component.
+    pub b: &'a dyn Proposal,
+    /// w ∈ [0, 1].
+    pub weight: f64,
+}
+
+impl Mixture<'_> {
+    fn mix(&self, log_a: f64, log_b: f64) -> f64 {
+        let w = self.weight;
+        let la = if w > 0.0 { w.ln() + log_a } else { f64::NEG_INFINITY };
+        let lb = if w < 1.0 { (1.0 - w).ln() + log_b } else { f64::NEG_INFINITY };
+        log_add_exp(la, lb)
+    }
+}
+
+impl Proposal for Mixture<'_> {
+    fn propose(&self, x: &[f64], count: usize, rng: &mut ChaCha8Rng) -> Vec<Move> {
+        self.propose_each(&vec![x; count], rng)
+    }
+
+    fn propose_each(&self, xs: &[&[f64]], rng: &mut ChaCha8Rng) -> Vec<Move> {
+        let from_a: Vec<bool> = xs.iter().map(|_| rng.gen::<f64>() < self.weight).collect();
+        let pick = |want: bool| -> Vec<&[f64]> {
+            xs.iter().zip(&from_a).filter(|(_, &f)| f == want).map(|(x, _)| *x).collect()
+        };
+        let (xa, xb) = (pick(true), pick(false));
+        let ma = if xa.is_empty() { Vec::new() } else { self.a.propose_each(&xa, rng) };
+        let mb = if xb.is_empty() { Vec::new() } else { self.b.propose_each(&xb, rng) };
+        // Each component's moves under the other component's density.
+        let other = |p: &dyn Proposal, from: &[&[f64]], moves: &[Move]| -> Vec<f64> {
+            if moves.is_empty() {
+                return Vec::new();
+            }
+            let cases: Vec<(&[f64], &[f64], &[f64])> =
+                from.iter().zip(moves).map(|(x, m)| (*x, m.x.as_slice(), m.v.as_slice())).collect();
+            p.log_density(&cases)
+        };
+        let (la_under_b, lb_under_a) = (other(self.b, &xa, &ma), other(self.a, &xb, &mb));
+        let mut ia = ma.into_iter().zip(la_under_b);
+        let mut ib = mb.into_iter().zip(lb_under_a);
+        from_a
+            .iter()
+            .filter_map(|&f| {
+                if f {
+                    ia.next().map(|(m, lb)| Move { log_q_forward: self.mix(m.log_q_forward, lb), ..m })
+                } else {
+                    ib.next().map(|(m, la)| Move { log_q_forward: self.mix(la, m.log_q_forward), ..m })
+                }
+            })
+            .collect()
+    }
+
+    fn log_density(&self, cases: &[(&[f64], &[f64], &[f64])]) -> Vec<f64> {
+        let (la, lb) = (self.a.log_density(cases), self.b.log_density(cases));
+        la.into_iter().zip(lb).map(|(a, b)| self.mix(a, b)).collect()
+    }
+}

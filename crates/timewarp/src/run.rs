@@ -17,7 +17,7 @@ use crate::accept::{finetune_acceptance, AcceptanceConfig, AcceptanceReport};
 use crate::error::TimewarpError;
 use crate::isomers::IsomerTable;
 use crate::lj::LjCluster;
-use crate::mh::{explore, run_chain, GaussianDrift, MhConfig, Proposal};
+use crate::mh::{explore, run_chain, GaussianDrift, MhConfig, Mixture, Proposal};
 use crate::potential::{quadrature_marginal, DoubleWell, Potential};
 use crate::reference::{
     describe, pairs, populations, run_md, slowest_cv_ess, write_pairs, MdConfig, MdFrames, Populations,
@@ -72,6 +72,24 @@ pub struct FlowStage {
     /// run's.
     #[serde(default)]
     pub finetune: Option<AcceptanceConfig>,
+    /// MH-Timewarp with the exact mixture proposal of [`Mixture`]: each move comes with
+    /// probability `weight` from a second flow trained with hop fraction `hop_fraction`, otherwise
+    /// from the likelihood flow (None: the likelihood flow alone).
+    #[serde(default)]
+    pub mix: Option<MixStage>,
+    /// Align the training pairs by permutation too ([`PairSet::aligned_permuted`]: atoms of
+    /// x(t + τ) relabelled within types to the labelling closest to x(t)), not only rigidly.
+    #[serde(default)]
+    pub align_permutations: bool,
+}
+
+/// The hop component of an exact mixture proposal for MH-Timewarp.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MixStage {
+    /// Probability w of drawing a move from the hop flow.
+    pub weight: f64,
+    /// Hop fraction of the hop flow's training ([`FlowTrainConfig::hop_fraction`]).
+    pub hop_fraction: f64,
 }
 
 fn one() -> usize {
@@ -87,6 +105,15 @@ impl FlowStage {
         }
         if let Some(f) = self.explore_hop_fraction {
             FlowTrainConfig { hop_fraction: f, ..self.train.clone() }.validate()?;
+        }
+        if let Some(m) = self.mix {
+            FlowTrainConfig { hop_fraction: m.hop_fraction, ..self.train.clone() }.validate()?;
+            if !(0.0..=1.0).contains(&m.weight) {
+                return Err(TimewarpError::Input(format!(
+                    "mixture weight must be in [0, 1], got {}",
+                    m.weight
+                )));
+            }
         }
         if self.train.steps == 0
             || self.train.batch_size == 0
@@ -140,6 +167,12 @@ pub struct FlowResult {
     /// fine-tuned flow).
     #[serde(default)]
     pub finetune: Option<AcceptanceReport>,
+    /// Training of the mixture's hop flow, if one was trained (not shared with exploration).
+    #[serde(default)]
+    pub mix_train: Option<FlowTrainReport>,
+    /// The hop diagnostics of the mixture proposal MH-Timewarp used, if it used one.
+    #[serde(default)]
+    pub mix_hops: Option<HopDiagnostics>,
 }
 
 /// How often the training pairs change isomer, how likely the flow finds those pairs, and how
@@ -191,7 +224,7 @@ fn hop_diagnostics(
     table: &IsomerTable,
     quenched: &[Vec<f64>],
     set: &PairSet,
-    prop: &FlowProposal,
+    prop: &dyn Proposal,
     lag: usize,
     seed: u64,
 ) -> HopDiagnostics {
@@ -545,6 +578,23 @@ pub fn speedup(chain: &ChainResult, md: &ChainResult) -> f64 {
     }
 }
 
+/// The largest distance, over the isomers, between `chain`'s population and `md`'s in units of
+/// their combined block-bootstrap σ, √(σ² + σ_MD²) (the line "within 2σ" is this below 2), and
+/// the same in units of the MD reference's σ alone (infinite where that σ is 0 and the two
+/// differ).
+pub fn population_z(chain: &ChainResult, md: &ChainResult) -> (f64, f64) {
+    let (c, m) = (&chain.populations, &md.populations);
+    let mut z = (0.0f64, 0.0f64);
+    for k in 0..m.fractions.len() {
+        let (p, sp) = (c.fractions.get(k).copied().unwrap_or(0.0), c.sigma.get(k).copied().unwrap_or(0.0));
+        let d = (p - m.fractions[k]).abs();
+        let ratio = |s: f64| if d == 0.0 { 0.0 } else { d / s };
+        z.0 = z.0.max(ratio((sp * sp + m.sigma[k] * m.sigma[k]).sqrt()));
+        z.1 = z.1.max(ratio(m.sigma[k]));
+    }
+    z
+}
+
 /// Runs everything of `cfg`, reporting progress lines to `log`; returns a one-paragraph summary.
 pub fn run(
     cfg: &RunConfig,
@@ -600,7 +650,8 @@ pub fn run(
     if let Some(stage) = &cfg.flow {
         let (x0s, x1s) = pairs(&frames, cfg.lag);
         let hop = pair_isomers(&table, &quenched, cfg.lag).into_iter().map(|(a, b)| a != b).collect();
-        let set = [PairSet { types: cluster.types.clone(), x0: x0s, x1: x1s, hop }.aligned()];
+        let raw = PairSet { types: cluster.types.clone(), x0: x0s, x1: x1s, hop };
+        let set = [if stage.align_permutations { raw.aligned_permuted() } else { raw.aligned() }];
         log(&format!(
             "training the flow ({} steps, batch {}) ...",
             stage.train.steps, stage.train.batch_size
@@ -649,22 +700,6 @@ pub fn run(
         };
         log("hop diagnostics ...");
         let hops = hop_diagnostics(&cluster, &table, &quenched, &set[0], &prop, cfg.lag, cfg.md.seed);
-        log(&format!("MH-Timewarp chain ({} trials, B = {}) ...", stage.mh_trials, stage.mh_batch));
-        chains.push(mh_chain(
-            &ctx,
-            &prop,
-            format!(
-                "MH-Timewarp (tau {} steps, B {} {})",
-                cfg.lag * cfg.md.stride,
-                if stage.adapt_batch { "<=" } else { "=" },
-                stage.mh_batch
-            ),
-            &x0,
-            stage.mh_trials,
-            stage.mh_batch,
-            stage.adapt_batch,
-            1,
-        ));
         let explore_own = match stage.explore_hop_fraction {
             Some(f) => {
                 log(&format!("training the exploration flow (hop fraction {f}) ..."));
@@ -680,6 +715,54 @@ pub fn run(
             }
             None => None,
         };
+        // The mixture's hop flow: the exploration flow when both use the same hop fraction.
+        let mix_own = match stage.mix {
+            Some(m) if stage.explore_hop_fraction != Some(m.hop_fraction) => {
+                log(&format!("training the mixture's hop flow (hop fraction {}) ...", m.hop_fraction));
+                let train = FlowTrainConfig { hop_fraction: m.hop_fraction, ..stage.train.clone() };
+                let (flow, rep) = train_flow(&set, &train, progress)?;
+                let p = FlowProposal {
+                    flow,
+                    types: cluster.types.clone(),
+                    n_types: stage.train.flow.n_types,
+                    device: Device::flex(),
+                };
+                Some((p, rep))
+            }
+            _ => None,
+        };
+        let mixture = stage.mix.and_then(|m| {
+            let hop = mix_own.as_ref().or(explore_own.as_ref())?;
+            Some(Mixture { a: &hop.0, b: &prop, weight: m.weight })
+        });
+        let mix_hops = mixture.as_ref().map(|m| {
+            log("hop diagnostics of the mixture ...");
+            hop_diagnostics(&cluster, &table, &quenched, &set[0], m, cfg.lag, cfg.md.seed)
+        });
+        let mh_prop: &dyn Proposal = match &mixture {
+            Some(m) => m,
+            None => &prop,
+        };
+        log(&format!("MH-Timewarp chain ({} trials, B = {}) ...", stage.mh_trials, stage.mh_batch));
+        chains.push(mh_chain(
+            &ctx,
+            mh_prop,
+            format!(
+                "MH-Timewarp{} (tau {} steps, B {} {})",
+                stage.mix.map_or(String::new(), |m| format!(
+                    ", mixture w {} of a hop flow ({})",
+                    m.weight, m.hop_fraction
+                )),
+                cfg.lag * cfg.md.stride,
+                if stage.adapt_batch { "<=" } else { "=" },
+                stage.mh_batch
+            ),
+            &x0,
+            stage.mh_trials,
+            stage.mh_batch,
+            stage.adapt_batch,
+            1,
+        ));
         let explore_prop = explore_own.as_ref().map_or(&prop, |(p, _)| p);
         log("exploration ...");
         let mut r = rng::stream(cfg.md.seed, rng::EXPLORE, 0);
@@ -749,6 +832,8 @@ pub fn run(
             explore_final_energy,
             hops,
             finetune,
+            mix_train: mix_own.map(|(_, rep)| rep),
+            mix_hops,
         });
     }
 
@@ -822,9 +907,9 @@ pub fn markdown(r: &RunReport) -> String {
     );
     let _ = writeln!(
         s,
-        "| method | length | wall s | populations (± block-bootstrap sigma) | ESS slowest CV | ESS/s | speed-up (missed state = 0) | JS vs MD | acceptance | s to all isomers |"
+        "| method | length | wall s | populations (± block-bootstrap sigma) | max z vs MD (combined sigma; MD sigma) | ESS slowest CV | ESS/s | speed-up (missed state = 0) | JS vs MD | acceptance | s to all isomers |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
     for ch in &r.chains {
         let pops: Vec<String> = ch
             .populations
@@ -835,11 +920,13 @@ pub fn markdown(r: &RunReport) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "| {} | {} | {:.2} | {} | {:.0} ({}) | {:.1} | {:.2} | {:.4} | {:.4} | {} |",
+            "| {} | {} | {:.2} | {} | {:.2}; {:.2} | {:.0} ({}) | {:.1} | {:.3} | {:.4} | {:.4} | {} |",
             ch.method,
             ch.length,
             ch.seconds,
             pops.join(", "),
+            population_z(ch, &r.chains[0]).0,
+            population_z(ch, &r.chains[0]).1,
             ch.ess_slowest.0,
             ["mu2", "mu3"][ch.ess_slowest.1],
             ch.ess_per_second,
@@ -899,6 +986,22 @@ pub fn markdown(r: &RunReport) -> String {
             "- escapes from the global minimum: {:.3} of the pairs starting there end in another isomer, {:.3} of the flow's proposals from those starts do",
             f.hops.md_escape_fraction, f.hops.flow_escape_fraction
         );
+        if let (Some(m), Some(h)) = (r.config.flow.as_ref().and_then(|s| s.mix), &f.mix_hops) {
+            let _ = writeln!(
+                s,
+                "- MH-Timewarp proposal: the exact mixture w q_hop + (1 - w) q_likelihood, w = {}, q_hop a flow trained with hop fraction {}{}; its mean -log q per pair {:.2} on the pairs that change isomer, {:.2} on those that stay; {:.3} of its proposals change isomer, escapes from the global minimum {:.3}",
+                m.weight,
+                m.hop_fraction,
+                f.mix_train.as_ref().map_or(" (the exploration flow)".into(), |t| format!(
+                    " (NLL per pair {:.2} -> {:.2}, {:.1} s)",
+                    t.nll_first_last.0, t.nll_first_last.1, t.seconds
+                )),
+                h.nll_hop,
+                h.nll_stay,
+                h.flow_hop_fraction,
+                h.flow_escape_fraction
+            );
+        }
         if let Some(a) = &f.finetune {
             let _ = writeln!(
                 s,
@@ -1011,7 +1114,12 @@ pub fn transfer(
         .map(|((frames, table, _, quenched), _)| {
             let (x0, x1) = pairs(frames, cfg.lag);
             let hop = pair_isomers(table, quenched, cfg.lag).into_iter().map(|(a, b)| a != b).collect();
-            PairSet { types: frames.cluster.types.clone(), x0, x1, hop }.aligned()
+            let raw = PairSet { types: frames.cluster.types.clone(), x0, x1, hop };
+            if cfg.flow.align_permutations {
+                raw.aligned_permuted()
+            } else {
+                raw.aligned()
+            }
         })
         .collect();
     log(&format!("training one flow on {} compositions ({} steps) ...", sets.len(), cfg.flow.train.steps));
@@ -1094,13 +1202,13 @@ pub fn transfer(
         report.train.seconds,
         cfg.test.join(", ")
     );
-    let _ = writeln!(s, "| composition | trained on | isomers | MD ESS/s | MH-Timewarp ESS/s | acceptance | isomers visited by MH | speed-up (missed = 0) | JS vs MD |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "| composition | trained on | isomers | MD ESS/s | MH-Timewarp ESS/s | acceptance | isomers visited by MH | max z of populations vs MD (combined sigma) | speed-up (missed = 0) | JS vs MD |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     for r in &report.rows {
         let visited = r.mh.populations.fractions.iter().filter(|&&f| f > 0.0).count();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.1} | {:.1} | {:.4} | {} | {:.2} | {:.4} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.4} | {} | {:.2} | {:.3} | {:.4} |",
             r.composition,
             if r.trained_on { "yes" } else { "no" },
             r.isomers,
@@ -1108,6 +1216,7 @@ pub fn transfer(
             r.mh.ess_per_second,
             r.mh.acceptance,
             visited,
+            population_z(&r.mh, &r.md).0,
             r.speedup,
             r.mh.js_vs_md
         );

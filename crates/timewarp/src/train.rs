@@ -58,6 +58,21 @@ impl PairSet {
         PairSet { types: self.types.clone(), x0: self.x0.clone(), x1, hop: self.hop.clone() }
     }
 
+    /// [`PairSet::aligned`] with the atoms of every x(t + τ) also relabelled, within each atom
+    /// type, to the labelling closest to x(t) ([`align_permuted_onto`]). The Boltzmann target is invariant
+    /// under exchanging atoms of one type as under rigid motions, so MH with a flow trained on
+    /// these pairs stays exact; the flow learns the smallest motion that carries x(t) into the
+    /// shape of x(t + τ) instead of the MD's labelling, which after an excursion and return can
+    /// have atoms exchanged (a large, concerted displacement of a pair that stays in its isomer).
+    pub fn aligned_permuted(&self) -> PairSet {
+        let n = self.types.len();
+        let mut x1 = self.x1.clone();
+        for (a, b) in self.x0.chunks_exact(2 * n).zip(x1.chunks_exact_mut(2 * n)) {
+            align_permuted_onto(a, b, &self.types);
+        }
+        PairSet { types: self.types.clone(), x0: self.x0.clone(), x1, hop: self.hop.clone() }
+    }
+
     /// Root-mean-square displacement per coordinate between x(t) and x(t + τ).
     pub fn rms_displacement(&self) -> f64 {
         let s: f64 = self.x0.iter().zip(&self.x1).map(|(a, b)| (a - b).powi(2)).sum();
@@ -81,6 +96,127 @@ pub fn align_onto(a: &[f64], b: &mut [f64]) {
         q[0] = ca.0 + c * qx - s * qy;
         q[1] = ca.1 + s * qx + c * qy;
     }
+}
+
+/// Relabels (within each type of `types`) and moves `b` rigidly onto `a`, to the least squared
+/// distance found by alternating the optimal assignment of `b`'s atoms to `a`'s ([`assignment`])
+/// and [`align_onto`] until the assignment keeps every label (each round lowers or keeps the
+/// distance; at most 20 rounds). Started from `b` rigidly aligned with its own labels, turned by
+/// each multiple of 30° (0° included: a symmetric cluster has local minima one symmetry turn
+/// apart); the best of the 12 results is kept.
+pub fn align_permuted_onto(a: &[f64], b: &mut [f64], types: &[usize]) {
+    let sq = |b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>();
+    align_onto(a, b);
+    let mut best = b.to_vec();
+    let mut best_d = sq(b);
+    let c = crate::lj::centroid(a);
+    for k in 0..12 {
+        let mut t = b.to_vec();
+        if k > 0 {
+            let (cs, sn) = (
+                (k as f64 * std::f64::consts::PI / 6.0).cos(),
+                (k as f64 * std::f64::consts::PI / 6.0).sin(),
+            );
+            for q in t.chunks_exact_mut(2) {
+                let (x, y) = (q[0] - c.0, q[1] - c.1);
+                q[0] = c.0 + cs * x - sn * y;
+                q[1] = c.1 + sn * x + cs * y;
+            }
+        }
+        relabel_and_align(a, &mut t, types);
+        let d = sq(&t);
+        if d < best_d - 1e-12 {
+            best_d = d;
+            best = t;
+        }
+    }
+    b.copy_from_slice(&best);
+}
+
+/// Alternates the optimal assignment and [`align_onto`] from `b` as it is until the assignment
+/// keeps every label (at most 20 rounds).
+fn relabel_and_align(a: &[f64], b: &mut [f64], types: &[usize]) {
+    let n = types.len();
+    for _ in 0..20 {
+        let mut cost = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                let d = (a[2 * i] - b[2 * j]).powi(2) + (a[2 * i + 1] - b[2 * j + 1]).powi(2);
+                // Atoms of different types are never exchanged.
+                cost[i * n + j] = if types[i] == types[j] { d } else { d + 1e9 };
+            }
+        }
+        let perm = assignment(&cost, n);
+        if perm.iter().enumerate().all(|(i, &j)| i == j) {
+            return;
+        }
+        let old = b.to_vec();
+        for (i, &j) in perm.iter().enumerate() {
+            b[2 * i] = old[2 * j];
+            b[2 * i + 1] = old[2 * j + 1];
+        }
+        align_onto(a, b);
+    }
+}
+
+/// The assignment of rows to columns of the `n × n` row-major `cost` with the least total cost
+/// (Hungarian method, O(n³)): entry i is the column of row i.
+pub fn assignment(cost: &[f64], n: usize) -> Vec<usize> {
+    // Potentials u (rows), v (columns); p[j]: the row (1-based) matched to column j; column 0
+    // is a sentinel.
+    let (mut u, mut v) = (vec![0.0; n + 1], vec![0.0; n + 1]);
+    let (mut p, mut way) = (vec![0usize; n + 1], vec![0usize; n + 1]);
+    for i in 1..=n {
+        p[0] = i;
+        let mut j0 = 0;
+        let mut minv = vec![f64::INFINITY; n + 1];
+        let mut used = vec![false; n + 1];
+        loop {
+            used[j0] = true;
+            let i0 = p[j0];
+            let (mut delta, mut j1) = (f64::INFINITY, 0);
+            for j in 1..=n {
+                if !used[j] {
+                    let cur = cost[(i0 - 1) * n + j - 1] - u[i0] - v[j];
+                    if cur < minv[j] {
+                        minv[j] = cur;
+                        way[j] = j0;
+                    }
+                    if minv[j] < delta {
+                        delta = minv[j];
+                        j1 = j;
+                    }
+                }
+            }
+            for j in 0..=n {
+                if used[j] {
+                    u[p[j]] += delta;
+                    v[j] -= delta;
+                } else {
+                    minv[j] -= delta;
+                }
+            }
+            j0 = j1;
+            if p[j0] == 0 {
+                break;
+            }
+        }
+        loop {
+            let j1 = way[j0];
+            p[j0] = p[j1];
+            j0 = j1;
+            if j0 == 0 {
+                break;
+            }
+        }
+    }
+    let mut out = vec![0; n];
+    for j in 1..=n {
+        if p[j] > 0 {
+            out[p[j] - 1] = j - 1;
+        }
+    }
+    out
 }
 
 /// Settings of a training run.

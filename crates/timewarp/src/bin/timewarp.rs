@@ -11,7 +11,7 @@ use timewarp::accept::AcceptanceConfig;
 use timewarp::flow::FlowConfig;
 use timewarp::md::Langevin;
 use timewarp::reference::MdConfig;
-use timewarp::run::{self, FlowStage, RunConfig, TransferConfig};
+use timewarp::run::{self, FlowStage, MixStage, RunConfig, TransferConfig};
 use timewarp::train::FlowTrainConfig;
 
 #[derive(Parser, Debug)]
@@ -23,6 +23,7 @@ use timewarp::train::FlowTrainConfig;
              Metropolis-Hastings with batched proposals, exploration",
     after_help = "Examples:\n  timewarp                      # = timewarp run: LJ-7 at kT 0.15, everything, into timewarp-out/\n  \
         timewarp run --composition A4B3 --train-steps 0 --out-dir out/a4b3   # MD, pairs, MH checks only\n  \
+        timewarp run --composition A6 --lag 5 --permute-align --mh-trials 1000000 --out-dir out/a6   # MH-Timewarp over all 3 isomers of LJ-6\n  \
         timewarp transfer --train A7,A6B1,A5B2,A3B4,A2B5 --test A4B3,A1B6 --out-dir out/transfer"
 )]
 struct Cli {
@@ -126,6 +127,19 @@ struct Common {
     /// Proposals raising U by more than this many kT are left out of the acceptance term.
     #[arg(long, default_value_t = 20.0)]
     acceptance_cap_kt: f64,
+    /// MH-Timewarp with an exact mixture proposal: this probability w of a move from a second
+    /// flow trained with --mix-hop-fraction, otherwise from the likelihood flow; the mixture's
+    /// density is evaluated both ways (0: the likelihood flow alone).
+    #[arg(long, default_value_t = 0.0)]
+    mix_weight: f64,
+    /// Hop fraction of the mixture's hop flow (the exploration flow is reused when
+    /// --explore-hop-fraction is the same).
+    #[arg(long, default_value_t = 1.0)]
+    mix_hop_fraction: f64,
+    /// Align the training pairs by permutation too (atoms of x(t + tau) relabelled within types
+    /// to the labelling closest to x(t), then rigidly), not only rigidly.
+    #[arg(long)]
+    permute_align: bool,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -194,6 +208,9 @@ fn stage(c: &Common) -> FlowStage {
             energy_cap_kt: c.acceptance_cap_kt,
             kt: c.kt,
         }),
+        align_permutations: c.permute_align,
+        mix: (c.mix_weight > 0.0)
+            .then_some(MixStage { weight: c.mix_weight, hop_fraction: c.mix_hop_fraction }),
     }
 }
 

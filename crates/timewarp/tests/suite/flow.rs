@@ -188,3 +188,82 @@ fn md_pairs_align_rigidly() {
     let again = al.aligned();
     assert!(again.x1.iter().zip(&al.x1).all(|(a, b)| (a - b).abs() < 1e-12));
 }
+
+#[test]
+fn assignment_is_the_cheapest_permutation() {
+    use timewarp::train::assignment;
+    // Every 5 × 5 cost matrix of a seeded draw against brute force over all 120 permutations.
+    let mut r = timewarp::rng::stream(3, timewarp::rng::CHAIN, 0);
+    let n = 5;
+    fn perms(k: usize, cur: &mut Vec<usize>, out: &mut Vec<Vec<usize>>, n: usize) {
+        if k == n {
+            out.push(cur.clone());
+            return;
+        }
+        for j in 0..n {
+            if !cur[..k].contains(&j) {
+                cur[k] = j;
+                perms(k + 1, cur, out, n);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    perms(0, &mut vec![0; n], &mut all, n);
+    assert_eq!(all.len(), 120);
+    for _ in 0..50 {
+        let cost: Vec<f64> = (0..n * n).map(|_| rand::Rng::gen::<f64>(&mut r)).collect();
+        let total = |p: &[usize]| p.iter().enumerate().map(|(i, &j)| cost[i * n + j]).sum::<f64>();
+        let best = all.iter().map(|p| total(p)).fold(f64::INFINITY, f64::min);
+        let got = assignment(&cost, n);
+        let mut seen = got.clone();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..n).collect::<Vec<_>>(), "not a permutation: {got:?}");
+        assert!((total(&got) - best).abs() < 1e-12, "{} vs {best}", total(&got));
+    }
+}
+
+#[test]
+fn permutation_alignment_undoes_relabelling_and_rigid_motion_within_types() {
+    use timewarp::train::align_permuted_onto;
+    // A7 hexagon plus a perturbation, types A4B3; b = the same cluster with the atoms of each
+    // type exchanged, rotated by 1.1 rad and translated.
+    let types = [0, 1, 0, 1, 0, 1, 0];
+    let cluster = timewarp::lj::LjCluster::new(types.to_vec()).unwrap();
+    let mut a = cluster.initial_positions();
+    a.iter_mut().enumerate().for_each(|(k, x)| *x += 0.05 * ((k * 7 % 5) as f64 - 2.0));
+    let relabel = [4, 5, 6, 3, 0, 1, 2]; // 0 -> 4 etc.: A to A, B to B
+    let (c, s) = (1.1f64.cos(), 1.1f64.sin());
+    let mut b = vec![0.0; a.len()];
+    for (i, &j) in relabel.iter().enumerate() {
+        assert_eq!(types[i], types[j]);
+        b[2 * j] = c * a[2 * i] - s * a[2 * i + 1] + 3.0;
+        b[2 * j + 1] = s * a[2 * i] + c * a[2 * i + 1] - 1.0;
+    }
+    align_permuted_onto(&a, &mut b, &types);
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-9, "{a:?} vs {b:?}");
+    }
+    // On MD pairs: never farther than the rigid alignment, and each aligned x(t + tau) is a
+    // relabelling within types of a rigid motion of the original (same sorted distances per
+    // type pair, same energy).
+    let md = MdConfig {
+        composition: "A4B3".into(),
+        langevin: timewarp::md::Langevin { dt: 0.005, gamma: 1.0, kt: 0.25 },
+        stride: 50,
+        frames: 60,
+        runs: 1,
+        burn_in: 100,
+        seed: 2,
+    };
+    let frames = run_md(&md).unwrap();
+    let (x0, x1) = pairs(&frames, 20);
+    let raw = PairSet { types: frames.cluster.types.clone(), x0, x1, hop: Vec::new() };
+    let (rigid, perm) = (raw.aligned(), raw.aligned_permuted());
+    assert!(perm.rms_displacement() <= rigid.rms_displacement() + 1e-12);
+    use timewarp::potential::Potential;
+    let dim = 2 * raw.types.len();
+    for (orig, al) in raw.x1.chunks_exact(dim).zip(perm.x1.chunks_exact(dim)) {
+        let (u0, u1) = (frames.cluster.energy(orig), frames.cluster.energy(al));
+        assert!((u0 - u1).abs() < 1e-9 * u0.abs().max(1.0), "{u0} vs {u1}");
+    }
+}

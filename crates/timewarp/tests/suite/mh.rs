@@ -130,3 +130,87 @@ fn exploration_takes_every_move_below_the_cap_and_none_above() {
     });
     assert_eq!(n, 6, "the step in which the stop came still records every chain");
 }
+
+#[test]
+fn mixture_density_is_the_log_sum_exp_of_its_components() {
+    use timewarp::mh::Mixture;
+    let pot = DoubleWell::default();
+    let local = GaussianDrift { pot: &pot, h: 0.1, s: 0.6, c: 0.5 };
+    let wide = GaussianDrift { pot: &pot, h: 0.0, s: 1.8, c: -0.3 };
+    let w = 0.3;
+    let mix = Mixture { a: &wide, b: &local, weight: w };
+    let mut r = rng::stream(2, rng::CHAIN, 9);
+    let x = [0.7, -0.2];
+    let moves = mix.propose(&x, 40, &mut r);
+    assert_eq!(moves.len(), 40);
+    for m in &moves {
+        let case = [(&x[..], m.x.as_slice(), m.v.as_slice())];
+        let (la, lb) = (wide.log_density(&case)[0], local.log_density(&case)[0]);
+        let direct = (w * la.exp() + (1.0 - w) * lb.exp()).ln();
+        assert!((m.log_q_forward - direct).abs() < 1e-10, "forward {} vs {direct}", m.log_q_forward);
+        assert!((mix.log_density(&case)[0] - direct).abs() < 1e-10);
+    }
+    // Weights 0 and 1 are the components themselves, and no overflow far in a tail.
+    let far = [(&x[..], &[30.0, -40.0][..], &[5.0, 5.0][..])];
+    for (weight, comp) in [(1.0, &wide), (0.0, &local)] {
+        let m = Mixture { a: &wide, b: &local, weight };
+        let (a, b) = (m.log_density(&far)[0], comp.log_density(&far)[0]);
+        assert!((a - b).abs() < 1e-9 && a.is_finite(), "weight {weight}: {a} vs {b}");
+    }
+}
+
+#[test]
+fn mh_with_a_mixture_proposal_matches_quadrature() {
+    use timewarp::mh::Mixture;
+    let pot = DoubleWell::default();
+    let local = GaussianDrift { pot: &pot, h: 0.1, s: 0.6, c: 0.5 };
+    // A wide, drift-free component: alone it would be accepted rarely, in the mixture its moves
+    // cross the barrier; the mixture density both ways keeps the chain exact.
+    let wide = GaussianDrift { pot: &pot, h: 0.0, s: 1.8, c: -0.3 };
+    let mix = Mixture { a: &wide, b: &local, weight: 0.3 };
+    let mut r = rng::stream(16, rng::CHAIN, 0);
+    let mut xs = Vec::with_capacity(200_000);
+    let (stats, _) = run_chain(
+        &pot,
+        &mix,
+        &MhConfig { kt: 1.0, batch: 8, adapt: false },
+        &[1.0, 0.0],
+        200_000,
+        &mut r,
+        |x| xs.push(x[0]),
+    );
+    assert!(stats.acceptance() > 0.1, "acceptance {}", stats.acceptance());
+    check_histogram(&xs, -2.4, 2.4, &reference(), 4.5);
+    // Evaluating only the drawn component's density (a biased shortcut) fails the same check.
+    let liar = OwnDensityOnly(mix);
+    let mut r = rng::stream(17, rng::CHAIN, 0);
+    let mut ys = Vec::with_capacity(200_000);
+    run_chain(
+        &pot,
+        &liar,
+        &MhConfig { kt: 1.0, batch: 8, adapt: false },
+        &[1.0, 0.0],
+        200_000,
+        &mut r,
+        |x| ys.push(x[0]),
+    );
+    let failed = std::panic::catch_unwind(|| check_histogram(&ys, -2.4, 2.4, &reference(), 4.5)).is_err();
+    assert!(failed, "a mixture chain using the drawn component's density alone passed");
+}
+
+/// A mixture that reports the local component's density both ways (as if every move came from
+/// it): wrong for the wide moves.
+struct OwnDensityOnly<'a>(timewarp::mh::Mixture<'a>);
+
+impl Proposal for OwnDensityOnly<'_> {
+    fn propose(&self, x: &[f64], count: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Vec<timewarp::mh::Move> {
+        let mut moves = self.0.propose(x, count, rng);
+        for m in &mut moves {
+            m.log_q_forward = self.0.b.log_density(&[(x, &m.x, &m.v)])[0];
+        }
+        moves
+    }
+    fn log_density(&self, cases: &[(&[f64], &[f64], &[f64])]) -> Vec<f64> {
+        self.0.b.log_density(cases)
+    }
+}

@@ -86,6 +86,8 @@ fn bad_input_is_an_error_not_a_panic() {
         explore_from_md: false,
         explore_hop_fraction: None,
         finetune: None,
+        mix: None,
+        align_permutations: false,
     };
     let rc3 = RunConfig {
         md: cfg(),
@@ -95,6 +97,14 @@ fn bad_input_is_an_error_not_a_panic() {
     };
     let e = run(&rc3, &foundation::progress::NoProgress, &mut |_| panic!("work started")).unwrap_err();
     assert!(e.to_string().contains("MH batch"), "{e}");
+    // A mixture weight outside [0, 1] is refused before any work.
+    let mut rc4 = rc3.clone();
+    if let Some(s) = rc4.flow.as_mut() {
+        s.mh_batch = 4;
+        s.mix = Some(timewarp::run::MixStage { weight: 1.5, hop_fraction: 1.0 });
+    }
+    let e = run(&rc4, &foundation::progress::NoProgress, &mut |_| panic!("work started")).unwrap_err();
+    assert!(e.to_string().contains("mixture weight"), "{e}");
     assert!(run(&rc, &foundation::progress::NoProgress, &mut |_| {})
         .unwrap_err()
         .to_string()
@@ -121,6 +131,15 @@ fn speedup_counts_a_missed_state_as_zero_and_plots_check_their_input() {
     let md = chain(vec![0.9, 0.095, 0.005], 10.0);
     assert_eq!(speedup(&chain(vec![0.8, 0.2, 0.0], 50.0), &md), 5.0, "a state under 1 % may be missed");
     assert_eq!(speedup(&chain(vec![1.0, 0.0, 0.0], 50.0), &md), 0.0);
+    // Population distances: |0.8 − 0.9| over √(0.03² + 0.04²) = 0.05 is 2, over 0.04 is 2.5.
+    let with_sigma = |fractions: Vec<f64>, sigma: Vec<f64>| ChainResult {
+        populations: Populations { fractions, sigma, block: 1 },
+        ..chain(vec![], 1.0)
+    };
+    let md_s = with_sigma(vec![0.9, 0.1], vec![0.04, 0.01]);
+    let (zc, zm) = timewarp::run::population_z(&with_sigma(vec![0.8, 0.1], vec![0.03, 0.0]), &md_s);
+    assert!((zc - 2.0).abs() < 1e-12 && (zm - 2.5).abs() < 1e-12, "{zc} {zm}");
+    assert_eq!(timewarp::run::population_z(&md_s, &md_s), (0.0, 0.0));
     let (lo, hi) = cv_box(&[[0.0, 1.0], [1.0, 3.0]]);
     assert!((lo[0] + 0.05).abs() < 1e-12 && (hi[1] - 3.1).abs() < 1e-12);
     let dir = std::env::temp_dir().join(format!("timewarp-plot-{}", std::process::id()));
