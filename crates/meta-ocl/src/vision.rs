@@ -202,6 +202,10 @@ pub struct VisionConfig {
     pub stage0: StageConfig,
     /// Stage 1 (twice the stage-2 epochs, as in the spec).
     pub stage1: StageConfig,
+    /// Copies of each stage-1 definition in every stage-1 epoch (1: each once, as in the text
+    /// world; see [`repeat_definitions`]). A `config.json` without the field reads as 1.
+    #[serde(default = "one")]
+    pub definition_repeats: usize,
     /// Stage 2: definitions only.
     pub stage2: StageConfig,
     /// Number of stage-1 seeds.
@@ -230,6 +234,7 @@ impl Default for VisionConfig {
             stage0: stage(20, 64, 2e-3),
             stage1: stage(40, 32, 1e-3),
             stage2: stage(20, 4, 1e-3),
+            definition_repeats: 1,
             stage1_seeds: 20,
             stage2_seeds: 3,
             resamples: 10_000,
@@ -244,10 +249,14 @@ impl VisionConfig {
         self.stage1.validate("stage 1")?;
         self.stage2.validate("stage 2")?;
         let bad = |m: String| Err(MetaOclError::Invalid(m));
-        if self.renderings == 0 || self.channels.contains(&0) || self.hidden == 0 {
+        if self.renderings == 0
+            || self.channels.contains(&0)
+            || self.hidden == 0
+            || self.definition_repeats == 0
+        {
             return bad(format!(
-                "renderings, channels and hidden must be positive (got {}, {:?}, {})",
-                self.renderings, self.channels, self.hidden
+                "renderings, channels, hidden and definition repeats must be positive (got {}, {:?}, {}, {})",
+                self.renderings, self.channels, self.hidden, self.definition_repeats
             ));
         }
         if self.stage1_seeds == 0 || self.stage2_seeds == 0 || self.resamples == 0 {
@@ -260,6 +269,21 @@ impl VisionConfig {
     pub fn mnist_dir(&self) -> Option<PathBuf> {
         (self.mnist != "embedded").then(|| PathBuf::from(&self.mnist))
     }
+}
+
+fn one() -> usize {
+    1
+}
+
+/// `examples` followed by `repeats - 1` more copies of each definition (the examples with a tag),
+/// in order: every definition appears `repeats` times per epoch, every question once.
+pub fn repeat_definitions(examples: &[Example], repeats: usize) -> Vec<Example> {
+    let extra = examples.iter().filter(|ex| ex.tag.is_some());
+    let mut out = examples.to_vec();
+    for _ in 1..repeats {
+        out.extend(extra.clone().copied());
+    }
+    out
 }
 
 /// The rendered world: every entity's renderings, held-out renderings from the MNIST test split,
@@ -817,7 +841,7 @@ pub fn vision_sweep(
         let (model, stage1_train) = train_vision_stage(
             &cnn,
             &world,
-            &protocol.stage1,
+            &repeat_definitions(&protocol.stage1, cfg.definition_repeats),
             &cfg.stage1,
             Some(&w0),
             order_seed(cfg.seed, 1, s, 0),
@@ -913,7 +937,7 @@ pub fn vision_report(out: &Path, cfg: &VisionConfig, note: &str) -> Result<Strin
         "World: 100 two-digit numbers rendered from MNIST ({}), {} renderings each in stage 0, 6 attributes \
          (tens, units, parity, digit sum > 9, tens > units, mod 3); glyphs and tags are random 8x8 patterns; canvas {HEIGHT}x{WIDTH}; \
          {CLASSES} outputs read as separate heads (100 IDs; the values of each attribute). CNN: conv {} -> conv {} -> {} -> {CLASSES}{}. \
-         Stages: 0: {} epochs (batch {}, lr {}); 1: {} epochs (batch {}, lr {}); 2: {} epochs (batch {}, lr {}); AdamW. \
+         Stages: 0: {} epochs (batch {}, lr {}); 1: {} epochs (batch {}, lr {}, each definition {}x per epoch); 2: {} epochs (batch {}, lr {}); AdamW. \
          Seeds: {} stage-1 finished of {} requested, x {} stage-2. Chance accuracy on held-out QA: {:.3}.\n\n",
         cfg.mnist,
         cfg.renderings,
@@ -927,6 +951,7 @@ pub fn vision_report(out: &Path, cfg: &VisionConfig, note: &str) -> Result<Strin
         cfg.stage1.epochs,
         cfg.stage1.batch_size,
         cfg.stage1.lr,
+        cfg.definition_repeats,
         cfg.stage2.epochs,
         cfg.stage2.batch_size,
         cfg.stage2.lr,

@@ -102,6 +102,15 @@ struct VisionArgs {
     /// Batch size of stage 2.
     #[arg(long, default_value_t = 4)]
     stage2_batch_size: usize,
+    /// Peak learning rate of stage 1.
+    #[arg(long, default_value_t = 1e-3)]
+    stage1_lr: f64,
+    /// Copies of each stage-1 definition per stage-1 epoch.
+    #[arg(long, default_value_t = 1)]
+    definition_repeats: usize,
+    /// Width of the CNN's hidden layer.
+    #[arg(long, default_value_t = 128)]
+    hidden: usize,
     /// World seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -169,6 +178,7 @@ impl VisionArgs {
             stage1: StageConfig {
                 epochs: self.stage1_epochs,
                 batch_size: self.batch_size,
+                lr: self.stage1_lr,
                 ..d.stage1.clone()
             },
             stage2: StageConfig {
@@ -176,6 +186,8 @@ impl VisionArgs {
                 batch_size: self.stage2_batch_size,
                 ..d.stage2.clone()
             },
+            definition_repeats: self.definition_repeats,
+            hidden: self.hidden,
             stage1_seeds: self.stage1_seeds,
             stage2_seeds: self.stage2_seeds,
             ..d

@@ -7,9 +7,9 @@ use data::Dataset;
 use meta_ocl::harness::Shard;
 use meta_ocl::train::StageConfig;
 use meta_ocl::vision::{
-    attribute_value, collect_vision, region_is_blank, seed_file, split_world, tags_in, value_class,
-    vision_report, vision_sweep, Content, Example, VisionConfig, VisionProtocol, VisionWorld, CLASSES,
-    CONTENT, ENTITIES, HEIGHT, MIN_PATTERN_DISTANCE, PATCH, VISION_ATTRIBUTES, WIDTH,
+    attribute_value, collect_vision, region_is_blank, repeat_definitions, seed_file, split_world, tags_in,
+    value_class, vision_report, vision_sweep, Content, Example, VisionConfig, VisionProtocol, VisionWorld,
+    CLASSES, CONTENT, ENTITIES, HEIGHT, MIN_PATTERN_DISTANCE, PATCH, VISION_ATTRIBUTES, WIDTH,
 };
 use meta_ocl::world::{Protocol, Subset, ATTRIBUTES};
 
@@ -237,6 +237,33 @@ fn the_canvas_puts_each_part_where_it_belongs() {
     assert_eq!(&canvas[PATCH * WIDTH..], w.image(i));
     assert_eq!(w.image(i).len(), CONTENT);
     assert!(region_is_blank(&canvas, 0..PATCH, 0..WIDTH));
+}
+
+#[test]
+fn repeated_definitions_appear_that_often_and_questions_once() {
+    let (_, p) = protocol(0, 5);
+    assert_eq!(repeat_definitions(&p.stage1, 1), p.stage1);
+    let r = repeat_definitions(&p.stage1, 3);
+    assert_eq!(r[..p.stage1.len()], p.stage1[..], "the original examples come first, in order");
+    let count = |v: &[Example], ex: &Example| v.iter().filter(|x| *x == ex).count();
+    let defs = p.stage1.iter().filter(|ex| is_definition(ex)).count();
+    assert_eq!(defs, 50, "25 tag-1 and 25 tag-2 definitions");
+    assert_eq!(r.len(), p.stage1.len() + 2 * defs);
+    for ex in &p.stage1 {
+        // Every example is unique in the stage, so its count is its repetition.
+        assert_eq!(count(&p.stage1, ex), 1);
+        assert_eq!(count(&r, ex), if is_definition(ex) { 3 } else { 1 });
+    }
+}
+
+#[test]
+fn a_config_without_definition_repeats_reads_as_one() {
+    let cfg = VisionConfig { definition_repeats: 4, ..VisionConfig::default() };
+    let mut v = serde_json::to_value(&cfg).unwrap();
+    v.as_object_mut().unwrap().remove("definition_repeats").unwrap();
+    let old: VisionConfig = serde_json::from_value(v).unwrap();
+    assert_eq!(old, VisionConfig { definition_repeats: 1, ..cfg.clone() });
+    assert!(VisionConfig { definition_repeats: 0, ..cfg }.validate().is_err());
 }
 
 #[test]
