@@ -700,34 +700,25 @@ pub fn run(
         };
         log("hop diagnostics ...");
         let hops = hop_diagnostics(&cluster, &table, &quenched, &set[0], &prop, cfg.lag, cfg.md.seed);
-        let explore_own = match stage.explore_hop_fraction {
-            Some(f) => {
-                log(&format!("training the exploration flow (hop fraction {f}) ..."));
-                let train = FlowTrainConfig { hop_fraction: f, ..stage.train.clone() };
-                let (flow, rep) = train_flow(&set, &train, progress)?;
-                let p = FlowProposal {
-                    flow,
-                    types: cluster.types.clone(),
-                    n_types: stage.train.flow.n_types,
-                    device: Device::flex(),
-                };
-                Some((p, rep))
-            }
-            None => None,
+        // A second flow trained with `hop_fraction` of every batch on the isomer-changing pairs.
+        let mut train_hop_flow = |what: &str, hop_fraction: f64| {
+            log(&format!("training the {what} (hop fraction {hop_fraction}) ..."));
+            let train = FlowTrainConfig { hop_fraction, ..stage.train.clone() };
+            let (flow, rep) = train_flow(&set, &train, progress)?;
+            let p = FlowProposal {
+                flow,
+                types: cluster.types.clone(),
+                n_types: stage.train.flow.n_types,
+                device: Device::flex(),
+            };
+            Ok::<_, TimewarpError>((p, rep))
         };
+        let explore_own =
+            stage.explore_hop_fraction.map(|f| train_hop_flow("exploration flow", f)).transpose()?;
         // The mixture's hop flow: the exploration flow when both use the same hop fraction.
         let mix_own = match stage.mix {
             Some(m) if stage.explore_hop_fraction != Some(m.hop_fraction) => {
-                log(&format!("training the mixture's hop flow (hop fraction {}) ...", m.hop_fraction));
-                let train = FlowTrainConfig { hop_fraction: m.hop_fraction, ..stage.train.clone() };
-                let (flow, rep) = train_flow(&set, &train, progress)?;
-                let p = FlowProposal {
-                    flow,
-                    types: cluster.types.clone(),
-                    n_types: stage.train.flow.n_types,
-                    device: Device::flex(),
-                };
-                Some((p, rep))
+                Some(train_hop_flow("mixture's hop flow", m.hop_fraction)?)
             }
             _ => None,
         };
