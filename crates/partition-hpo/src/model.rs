@@ -100,13 +100,14 @@ fn partition_masks<const D: usize>(part: &Tensor<D>, partitions: usize) -> Vec<P
 /// tensors (no graph), so the graph holds one product and one sum per tensor. Entries of
 /// partition k are exactly `0 + W`, so their gradient is exactly that of subnetwork k.
 fn effective<const D: usize>(
-    w: Tensor<D>,
-    w0: Tensor<D>,
-    part: Tensor<D>,
+    w: &Param<Tensor<D>>,
+    w0: &Param<Tensor<D>>,
+    part: &Param<Tensor<D>>,
     masks: &[Param<Tensor<D>>],
     mode: Mode,
     partitions: usize,
 ) -> Tensor<D> {
+    let (w, w0, part) = (w.val(), w0.val().detach(), part.val().detach());
     if partitions == 1 {
         return match mode {
             Mode::Train(_) => w,
@@ -159,22 +160,8 @@ impl PartitionedLinear {
     /// `x W_k + b_k` for the subnetwork of `mode`.
     pub fn forward(&self, x: Tensor<2>, mode: Mode) -> Tensor<2> {
         let c = self.partitions;
-        let w = effective(
-            self.weight.val(),
-            self.weight_init.val().detach(),
-            self.weight_part.val().detach(),
-            &self.weight_masks,
-            mode,
-            c,
-        );
-        let b = effective(
-            self.bias.val(),
-            self.bias_init.val().detach(),
-            self.bias_part.val().detach(),
-            &self.bias_masks,
-            mode,
-            c,
-        );
+        let w = effective(&self.weight, &self.weight_init, &self.weight_part, &self.weight_masks, mode, c);
+        let b = effective(&self.bias, &self.bias_init, &self.bias_part, &self.bias_masks, mode, c);
         x.matmul(w) + b.unsqueeze::<2>()
     }
 }
@@ -238,22 +225,8 @@ impl PartitionedConv2d {
     /// The convolution of `x: [N, c_in, H, W]` by the subnetwork of `mode`.
     pub fn forward(&self, x: Tensor<4>, mode: Mode) -> Tensor<4> {
         let c = self.partitions;
-        let w = effective(
-            self.weight.val(),
-            self.weight_init.val().detach(),
-            self.weight_part.val().detach(),
-            &self.weight_masks,
-            mode,
-            c,
-        );
-        let b = effective(
-            self.bias.val(),
-            self.bias_init.val().detach(),
-            self.bias_part.val().detach(),
-            &self.bias_masks,
-            mode,
-            c,
-        );
+        let w = effective(&self.weight, &self.weight_init, &self.weight_part, &self.weight_masks, mode, c);
+        let b = effective(&self.bias, &self.bias_init, &self.bias_part, &self.bias_masks, mode, c);
         conv2d(x, w, Some(b), ConvOptions::new([2, 2], [1, 1], [1, 1], 1))
     }
 }
