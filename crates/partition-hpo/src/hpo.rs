@@ -13,7 +13,6 @@
 
 use std::time::Instant;
 
-use burn::module::Param;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::prelude::*;
@@ -535,12 +534,10 @@ pub fn train(
         );
         if config.zero_defaults {
             for l in &mut net.layers {
-                l.weight_init = Param::from_tensor(l.weight_init.val().zeros_like()).set_require_grad(false);
-                l.bias_init = Param::from_tensor(l.bias_init.val().zeros_like()).set_require_grad(false);
+                l.set_initial(l.weight.val().detach().zeros_like(), l.bias.val().detach().zeros_like());
             }
             for l in &mut net.convs {
-                l.weight_init = Param::from_tensor(l.weight_init.val().zeros_like()).set_require_grad(false);
-                l.bias_init = Param::from_tensor(l.bias_init.val().zeros_like()).set_require_grad(false);
+                l.set_initial(l.weight.val().detach().zeros_like(), l.bias.val().detach().zeros_like());
             }
         }
         net

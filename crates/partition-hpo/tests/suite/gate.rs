@@ -72,9 +72,11 @@ fn gate_has_bernoulli_moments_and_no_noise_at_test_time() {
     wv[1] = 1.0;
     let layer = &mut net.layers[0];
     layer.weight = Param::from_data(TensorData::new(wv.clone(), [1, 6]), &dev);
-    layer.weight_init = Param::from_data(TensorData::new(wv, [1, 6]), &dev);
     layer.bias = Param::from_data(TensorData::new(vec![0.0f32; 6], [6]), &dev);
-    layer.bias_init = Param::from_data(TensorData::new(vec![0.0f32; 6], [6]), &dev);
+    layer.set_initial(
+        Tensor::from_data(TensorData::new(wv, [1, 6]), &dev),
+        Tensor::from_data(TensorData::new(vec![0.0f32; 6], [6]), &dev),
+    );
     let n = 20_000;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let gate: Vec<f32> = (0..n).map(|_| rng.sample(StandardNormal)).collect();

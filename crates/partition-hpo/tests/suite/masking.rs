@@ -82,3 +82,46 @@ fn check_invariant(config: partition_hpo::hpo::RunConfig) {
         assert!(differ_later > 0, "partitions >= {k} should see the changed shards");
     }
 }
+
+/// Every subnetwork's weights, in both modes, are the trained value on partitions `<= k` and the
+/// initial value above, also after the initial values are replaced (`set_initial`, which must
+/// keep the cached `W0 [p > k]` terms in step): read back through `forward` on the identity.
+#[test]
+fn subnetwork_weights_are_trained_below_k_and_initial_above() {
+    use burn::module::Param;
+    use burn::prelude::*;
+    use partition_hpo::model::{Mode, PartitionedLinear};
+    use rand::{Rng, SeedableRng};
+
+    let dev = device();
+    let (d_in, d_out, props) = (7, 5, [0.3, 0.3, 0.4]);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut assign = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+    let mut layer = PartitionedLinear::new(d_in, d_out, &props, &mut rng, &mut assign, &dev);
+    let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect() };
+    let (w, b, w0, b0) = (draw(d_in * d_out), draw(d_out), draw(d_in * d_out), draw(d_out));
+    layer.weight = Param::from_data(TensorData::new(w.clone(), [d_in, d_out]), &dev);
+    layer.bias = Param::from_data(TensorData::new(b.clone(), [d_out]), &dev);
+    layer.set_initial(
+        Tensor::from_data(TensorData::new(w0.clone(), [d_in, d_out]), &dev),
+        Tensor::from_data(TensorData::new(b0.clone(), [d_out]), &dev),
+    );
+    let wp = layer.weight_part.val().into_data().try_to_vec::<f32>().unwrap();
+    let bp = layer.bias_part.val().into_data().try_to_vec::<f32>().unwrap();
+    let mut eye = vec![0.0f32; d_in * d_in];
+    (0..d_in).for_each(|i| eye[i * d_in + i] = 1.0);
+    for k in 0..props.len() {
+        let pick = |p: f32, trained: f32, init: f32| if p as usize <= k { trained } else { init };
+        for mode in [Mode::Train(k), Mode::Eval(k)] {
+            let x = Tensor::from_data(TensorData::new(eye.clone(), [d_in, d_in]), &dev);
+            let got = layer.forward(x, mode).into_data().try_to_vec::<f32>().unwrap();
+            for i in 0..d_in {
+                for j in 0..d_out {
+                    let e = i * d_out + j;
+                    let want = pick(wp[e], w[e], w0[e]) + pick(bp[j], b[j], b0[j]);
+                    assert_eq!(got[e], want, "{mode:?}, entry ({i}, {j})");
+                }
+            }
+        }
+    }
+}

@@ -40,9 +40,11 @@ fn oots_objective_finds_the_computable_best_mask() {
     wv[1] = 1.0;
     let layer = &mut net.layers[0];
     layer.weight = Param::from_data(TensorData::new(wv.clone(), [1, 10]), &dev);
-    layer.weight_init = Param::from_data(TensorData::new(wv, [1, 10]), &dev).set_require_grad(false);
     layer.bias = Param::from_data(TensorData::new(vec![0.0f32; 10], [10]), &dev);
-    layer.bias_init = Param::from_data(TensorData::new(vec![0.0f32; 10], [10]), &dev).set_require_grad(false);
+    layer.set_initial(
+        Tensor::from_data(TensorData::new(wv, [1, 10]), &dev),
+        Tensor::from_data(TensorData::new(vec![0.0f32; 10], [10]), &dev),
+    );
 
     // Shard 2, out of sample for subnetwork 1.
     let rows = data.select(&parts[1]);
