@@ -145,20 +145,15 @@ fn training_in_evaluated_chunks_gives_the_weights_of_one_run_and_records_the_epo
     assert_ne!(r.em_over_training[0].em["probe"], probe(&plain), "epoch 0 is the fresh model");
 }
 
+/// The shared tiny sweep with the longer stages and evaluation points these tests read.
 fn tiny_sweep(stage1_seeds: usize) -> SweepConfig {
     let stage = |epochs| StageConfig { epochs, batch_size: 64, lr: 3e-3, warmup_steps: 1, weight_decay: 0.0 };
     SweepConfig {
-        world: WorldConfig { entities: 50, syllables: 10, ..WorldConfig::default() },
-        model: ModelConfig { d_model: 16, layers: 1, heads: 2, d_mlp: 32, block: 8, tie_embeddings: false },
-        stage0: stage(1),
         stage1: stage(3),
         stage2: stage(2),
-        stage1_seeds,
         stage2_seeds: 1,
-        recall_items: 50,
-        resamples: 200,
-        protocol: ProtocolConfig::default(),
         eval_every: 2,
+        ..crate::tiny_sweep(stage1_seeds)
     }
 }
 

@@ -1,9 +1,6 @@
 //! The harness: the paired bootstrap gap, shards, and resuming a sweep.
 
-use meta_ocl::harness::{collect, paired_gap, report, sweep, Shard, SweepConfig};
-use meta_ocl::model::ModelConfig;
-use meta_ocl::train::StageConfig;
-use meta_ocl::world::WorldConfig;
+use meta_ocl::harness::{collect, paired_gap, report, sweep, Shard};
 
 #[test]
 fn a_constant_gap_has_a_zero_width_interval() {
@@ -47,22 +44,6 @@ fn shards_parse_and_partition_the_seeds() {
     }
 }
 
-fn tiny_sweep(stage1_seeds: usize) -> SweepConfig {
-    let stage = |epochs| StageConfig { epochs, batch_size: 64, lr: 3e-3, warmup_steps: 1, weight_decay: 0.0 };
-    SweepConfig {
-        world: WorldConfig { entities: 50, syllables: 10, ..WorldConfig::default() },
-        model: ModelConfig { d_model: 16, layers: 1, heads: 2, d_mlp: 32, block: 8, tie_embeddings: false },
-        stage0: stage(1),
-        stage1: stage(1),
-        stage2: stage(1),
-        stage1_seeds,
-        stage2_seeds: 2,
-        recall_items: 50,
-        resamples: 200,
-        ..SweepConfig::default()
-    }
-}
-
 #[test]
 fn a_resumed_sweep_skips_finished_seeds_and_shards_split_the_work() {
     let dir = std::env::temp_dir().join(format!("meta-ocl-resume-{}", std::process::id()));
@@ -70,7 +51,7 @@ fn a_resumed_sweep_skips_finished_seeds_and_shards_split_the_work() {
     let np = &foundation::progress::NoProgress;
     let cpu = burn::prelude::Device::flex();
     // Shard 0/2 of 3 seeds: seeds 0 and 2.
-    let first = sweep(&dir, &tiny_sweep(3), Shard { index: 0, count: 2 }, 2, &cpu, np).unwrap();
+    let first = sweep(&dir, &crate::tiny_sweep(3), Shard { index: 0, count: 2 }, 2, &cpu, np).unwrap();
     let all = |seeds: &[usize]| -> Vec<(usize, Option<usize>)> {
         let mut v: Vec<_> = seeds.iter().flat_map(|&s| [(s, None), (s, Some(0)), (s, Some(1))]).collect();
         v.sort();
@@ -82,21 +63,21 @@ fn a_resumed_sweep_skips_finished_seeds_and_shards_split_the_work() {
     // Simulate an interruption: seed 2 lost its second stage-2 result.
     std::fs::remove_file(dir.join("seeds/s2/t1.json")).unwrap();
     // The whole sweep now: seed 1 is new, seed 2 redoes t1 only, seed 0 is skipped.
-    let second = sweep(&dir, &tiny_sweep(3), Shard::ALL, 1, &cpu, np).unwrap();
+    let second = sweep(&dir, &crate::tiny_sweep(3), Shard::ALL, 1, &cpu, np).unwrap();
     assert_eq!(second.trained, vec![(1, None), (1, Some(0)), (1, Some(1)), (2, Some(1))]);
     assert_eq!(second.skipped, vec![(0, None), (0, Some(0)), (0, Some(1)), (2, None), (2, Some(0))]);
     assert_eq!(std::fs::read(dir.join("seeds/s0/t1.json")).unwrap(), before, "finished results untouched");
-    let c = collect(&dir, &tiny_sweep(3)).unwrap();
+    let c = collect(&dir, &crate::tiny_sweep(3)).unwrap();
     assert_eq!(c.stage1_seeds, vec![0, 1, 2]);
     assert_eq!(c.stage2_seeds, vec![0, 1, 2]);
     assert_eq!(c.stage2["d1consis"].len(), 3);
-    let md = report(&dir, &tiny_sweep(3), "").unwrap();
+    let md = report(&dir, &crate::tiny_sweep(3), "").unwrap();
     assert!(md.contains("EM(d1consis) - EM(d2consis)"));
     assert!(
         dir.join("report.md").exists() && dir.join("em.png").exists() && dir.join("gaps_stage2.png").exists()
     );
     // Other settings in the same directory are refused.
-    let mut other = tiny_sweep(3);
+    let mut other = crate::tiny_sweep(3);
     other.stage1.lr = 1e-3;
     assert!(sweep(&dir, &other, Shard::ALL, 1, &cpu, np).is_err());
     let _ = std::fs::remove_dir_all(&dir);
