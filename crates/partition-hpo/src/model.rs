@@ -144,6 +144,36 @@ fn effective<const D: usize>(
     }
 }
 
+/// The frozen companions of a trained tensor: its initial value, the partition of every entry
+/// and the [`partition_masks`] built from both.
+struct Frozen<const D: usize> {
+    init: Param<Tensor<D>>,
+    part: Param<Tensor<D>>,
+    masks: Vec<Param<Tensor<D>>>,
+}
+
+impl<const D: usize> Frozen<D> {
+    /// Those of `value` (its current value is the initial one), the partitions drawn from
+    /// `assign` with `proportions`.
+    fn of(value: &Param<Tensor<D>>, proportions: &[f64], assign: &mut impl Rng) -> Self {
+        let init = value.val().detach();
+        let (shape, device) = (init.dims(), init.device());
+        let labels: Vec<f32> = assign_partitions(shape.iter().product(), proportions, assign)
+            .iter()
+            .map(|&p| p as f32)
+            .collect();
+        let part: Tensor<D> = Tensor::from_data(TensorData::new(labels, shape), &device);
+        let (init, masks) = Self::initial(init, &part, proportions.len());
+        Self { init, part: Param::from_tensor(part).set_require_grad(false), masks }
+    }
+
+    /// `init` as a frozen parameter, and the masks of `part` with `c` partitions built with it.
+    fn initial(init: Tensor<D>, part: &Tensor<D>, c: usize) -> (Param<Tensor<D>>, Vec<Param<Tensor<D>>>) {
+        let masks = partition_masks(part, &init, c);
+        (Param::from_tensor(init).set_require_grad(false), masks)
+    }
+}
+
 impl PartitionedLinear {
     /// A layer with burn's default initial distribution drawn from `init` (weight, then bias), its
     /// entries assigned to partitions from `assign`.
@@ -157,23 +187,17 @@ impl PartitionedLinear {
     ) -> Self {
         let weight = kaiming_uniform([d_in, d_out], d_in, init, device);
         let bias = kaiming_uniform([d_out], d_in, init, device);
-        let wp: Vec<f32> =
-            assign_partitions(d_in * d_out, proportions, assign).iter().map(|&p| p as f32).collect();
-        let bp: Vec<f32> = assign_partitions(d_out, proportions, assign).iter().map(|&p| p as f32).collect();
-        let frozen = |t: Tensor<2>| Param::from_tensor(t).set_require_grad(false);
-        let c = proportions.len();
-        let weight_part: Tensor<2> = Tensor::from_data(TensorData::new(wp, [d_in, d_out]), device);
-        let bias_part: Tensor<1> = Tensor::from_data(TensorData::new(bp, [d_out]), device);
+        let (w, b) = (Frozen::of(&weight, proportions, assign), Frozen::of(&bias, proportions, assign));
         Self {
-            weight_init: frozen(weight.val().detach()),
-            bias_init: Param::from_tensor(bias.val().detach()).set_require_grad(false),
-            weight_masks: partition_masks(&weight_part, &weight.val().detach(), c),
-            bias_masks: partition_masks(&bias_part, &bias.val().detach(), c),
-            weight_part: frozen(weight_part),
-            bias_part: Param::from_tensor(bias_part).set_require_grad(false),
+            weight_init: w.init,
+            bias_init: b.init,
+            weight_part: w.part,
+            bias_part: b.part,
+            weight_masks: w.masks,
+            bias_masks: b.masks,
             weight,
             bias,
-            partitions: c,
+            partitions: proportions.len(),
         }
     }
 
@@ -181,10 +205,8 @@ impl PartitionedLinear {
     /// `W0 [p > k]` tensors from them.
     pub fn set_initial(&mut self, weight: Tensor<2>, bias: Tensor<1>) {
         let c = self.partitions;
-        self.weight_masks = partition_masks(&self.weight_part.val(), &weight, c);
-        self.bias_masks = partition_masks(&self.bias_part.val(), &bias, c);
-        self.weight_init = Param::from_tensor(weight).set_require_grad(false);
-        self.bias_init = Param::from_tensor(bias).set_require_grad(false);
+        (self.weight_init, self.weight_masks) = Frozen::initial(weight, &self.weight_part.val(), c);
+        (self.bias_init, self.bias_masks) = Frozen::initial(bias, &self.bias_part.val(), c);
     }
 
     /// `x W_k + b_k` for the subnetwork of `mode`.
@@ -233,22 +255,17 @@ impl PartitionedConv2d {
     ) -> Self {
         let weight = kaiming_uniform([c_out, c_in, 3, 3], 9 * c_in, init, device);
         let bias = kaiming_uniform([c_out], 9 * c_in, init, device);
-        let n = c_out * c_in * 9;
-        let wp: Vec<f32> = assign_partitions(n, proportions, assign).iter().map(|&p| p as f32).collect();
-        let bp: Vec<f32> = assign_partitions(c_out, proportions, assign).iter().map(|&p| p as f32).collect();
-        let c = proportions.len();
-        let weight_part: Tensor<4> = Tensor::from_data(TensorData::new(wp, [c_out, c_in, 3, 3]), device);
-        let bias_part: Tensor<1> = Tensor::from_data(TensorData::new(bp, [c_out]), device);
+        let (w, b) = (Frozen::of(&weight, proportions, assign), Frozen::of(&bias, proportions, assign));
         Self {
-            weight_init: Param::from_tensor(weight.val().detach()).set_require_grad(false),
-            bias_init: Param::from_tensor(bias.val().detach()).set_require_grad(false),
-            weight_masks: partition_masks(&weight_part, &weight.val().detach(), c),
-            bias_masks: partition_masks(&bias_part, &bias.val().detach(), c),
-            weight_part: Param::from_tensor(weight_part).set_require_grad(false),
-            bias_part: Param::from_tensor(bias_part).set_require_grad(false),
+            weight_init: w.init,
+            bias_init: b.init,
+            weight_part: w.part,
+            bias_part: b.part,
+            weight_masks: w.masks,
+            bias_masks: b.masks,
             weight,
             bias,
-            partitions: c,
+            partitions: proportions.len(),
         }
     }
 
@@ -256,10 +273,8 @@ impl PartitionedConv2d {
     /// `W0 [p > k]` tensors from them.
     pub fn set_initial(&mut self, weight: Tensor<4>, bias: Tensor<1>) {
         let c = self.partitions;
-        self.weight_masks = partition_masks(&self.weight_part.val(), &weight, c);
-        self.bias_masks = partition_masks(&self.bias_part.val(), &bias, c);
-        self.weight_init = Param::from_tensor(weight).set_require_grad(false);
-        self.bias_init = Param::from_tensor(bias).set_require_grad(false);
+        (self.weight_init, self.weight_masks) = Frozen::initial(weight, &self.weight_part.val(), c);
+        (self.bias_init, self.bias_masks) = Frozen::initial(bias, &self.bias_part.val(), c);
     }
 
     /// The convolution of `x: [N, c_in, H, W]` by the subnetwork of `mode`.
