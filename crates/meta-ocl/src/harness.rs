@@ -447,6 +447,96 @@ pub fn paired_gap(
     Ok(PairedGap { n: d.len(), mean, se, ci })
 }
 
+/// The confidence level of every interval in this crate's reports.
+pub const REPORT_LEVEL: f64 = 0.95;
+
+/// A subset's per-seed results summarised for a report: the mean over seeds, its s.e. and the
+/// [`REPORT_LEVEL`] percentile-bootstrap CI of the mean (none for fewer than two seeds).
+#[derive(Clone, Copy, Debug)]
+pub struct SeedMean {
+    /// Mean over seeds.
+    pub mean: f64,
+    /// Standard error of the mean.
+    pub se: f64,
+    /// Bootstrap CI of the mean.
+    pub ci: Option<Interval>,
+}
+
+impl SeedMean {
+    /// The summary of `per_seed` with `resamples` bootstrap resamples (stream 0).
+    pub fn of(per_seed: &[f64], resamples: usize) -> Self {
+        let (mean, se) = mean_se(per_seed);
+        let ci =
+            bootstrap_ci(per_seed, |x| x.iter().sum::<f64>() / x.len() as f64, resamples, REPORT_LEVEL, 0);
+        Self { mean, se, ci }
+    }
+
+    /// Half the CI's width (0 without one): the whisker of a report's bar.
+    pub fn half_width(&self) -> f64 {
+        self.ci.map_or(0.0, |i| (i.high - i.low) / 2.0)
+    }
+
+    /// The CI as report text, `[low, high]` (`-` without one).
+    pub fn ci_text(&self) -> String {
+        self.ci.map_or("-".into(), |i| format!("[{:.4}, {:.4}]", i.low, i.high))
+    }
+
+    /// The summary and the values it came from, as a report's JSON entry.
+    pub fn json(&self, per_seed: &[f64]) -> serde_json::Value {
+        serde_json::json!({ "mean": self.mean, "se": self.se, "ci": self.ci, "per_seed": per_seed })
+    }
+}
+
+/// The paired gaps (per stage-1 seed, [`REPORT_LEVEL`] CIs, stream 0) of the pairs in `gaps`
+/// whose two subsets both have results in `em`, in the order of `gaps`.
+pub fn report_gaps<'a>(
+    em: &BTreeMap<String, Vec<f64>>,
+    gaps: &[(&'a str, &'a str)],
+    resamples: usize,
+) -> Result<Vec<(&'a str, &'a str, PairedGap)>, MetaOclError> {
+    gaps.iter()
+        .filter_map(|&(a, b)| Some((a, b, em.get(a)?, em.get(b)?)))
+        .map(|(a, b, va, vb)| Ok((a, b, paired_gap(va, vb, resamples, REPORT_LEVEL, 0)?)))
+        .collect()
+}
+
+impl PairedGap {
+    /// Half the CI's width: the whisker of a report's bar.
+    pub fn half_width(&self) -> f64 {
+        (self.ci.high - self.ci.low) / 2.0
+    }
+}
+
+/// The report sentence on the model, the three stages (the first named `first`, then "stage 1"
+/// and "stage 2") and the seeds requested.
+pub fn setup_text(
+    model: &ModelConfig,
+    stages: [&StageConfig; 3],
+    first: &str,
+    stage1_seeds: usize,
+    stage2_seeds: usize,
+) -> String {
+    let [s0, s1, s2] = stages;
+    format!(
+        "Model: {} layers, d = {}, {} heads, MLP {}, block {}. Epochs: {first} {}, stage 1 {}, stage 2 {} \
+         (batch {}, {}, {}; AdamW, lr {}, {}, {}). Seeds: {stage1_seeds} stage-1 x {stage2_seeds} stage-2 requested.",
+        model.layers,
+        model.d_model,
+        model.heads,
+        model.d_mlp,
+        model.block,
+        s0.epochs,
+        s1.epochs,
+        s2.epochs,
+        s0.batch_size,
+        s1.batch_size,
+        s2.batch_size,
+        s0.lr,
+        s1.lr,
+        s2.lr,
+    )
+}
+
 /// Per-subset EM of the finished seeds: after stage 1 (one value per stage-1 seed) and after
 /// stage 2 (averaged over each stage-1 seed's stage-2 seeds, one value per stage-1 seed).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -542,10 +632,6 @@ pub const STAGE2_GAPS: [(&str, &str); 4] = [
 /// the title (e.g. the machine and wall time).
 pub fn report(out: &Path, cfg: &SweepConfig, note: &str) -> Result<String, MetaOclError> {
     let c = collect(out, cfg)?;
-    let level = 0.95;
-    let ci_of = |v: &[f64]| -> Option<Interval> {
-        bootstrap_ci(v, |x| x.iter().sum::<f64>() / x.len() as f64, cfg.resamples, level, 0)
-    };
     let mut md = String::new();
     md.push_str("# Implicit meta-learning in a small transformer LM (meta-ocl)\n\n");
     if !note.is_empty() {
@@ -553,30 +639,13 @@ pub fn report(out: &Path, cfg: &SweepConfig, note: &str) -> Result<String, MetaO
         md.push_str("\n\n");
     }
     md.push_str(&format!(
-        "World: {} entities x 6 attributes (values {:?}), 2-token variables from {} syllables, tags from a pool of {}, world seed {}. \
-         Model: {} layers, d = {}, {} heads, MLP {}, block {}. Stage 0: {} epochs; stage 1: {} epochs; stage 2: {} epochs \
-         (batch {}, {}, {}; AdamW, lr {}, {}, {}). Seeds: {} stage-1 x {} stage-2 requested.\n\n",
+        "World: {} entities x 6 attributes (values {:?}), 2-token variables from {} syllables, tags from a pool of {}, world seed {}. {}\n\n",
         cfg.world.entities,
         cfg.world.values_per_attribute,
         cfg.world.syllables,
         cfg.world.tag_pool,
         cfg.world.seed,
-        cfg.model.layers,
-        cfg.model.d_model,
-        cfg.model.heads,
-        cfg.model.d_mlp,
-        cfg.model.block,
-        cfg.stage0.epochs,
-        cfg.stage1.epochs,
-        cfg.stage2.epochs,
-        cfg.stage0.batch_size,
-        cfg.stage1.batch_size,
-        cfg.stage2.batch_size,
-        cfg.stage0.lr,
-        cfg.stage1.lr,
-        cfg.stage2.lr,
-        cfg.stage1_seeds,
-        cfg.stage2_seeds,
+        setup_text(&cfg.model, [&cfg.stage0, &cfg.stage1, &cfg.stage2], "stage 0", cfg.stage1_seeds, cfg.stage2_seeds),
     ));
     if cfg.protocol != ProtocolConfig::default() {
         md.push_str(&format!(
@@ -607,19 +676,19 @@ pub fn report(out: &Path, cfg: &SweepConfig, note: &str) -> Result<String, MetaO
         let mut stage_json = serde_json::Map::new();
         for (subset, _) in SUBSETS.iter() {
             let Some(v) = em.get(subset.name()) else { continue };
-            let (m, se) = mean_se(v);
-            let ci = ci_of(v);
-            let ci_text = ci.map_or("-".into(), |i| format!("[{:.4}, {:.4}]", i.low, i.high));
-            md.push_str(&format!("| {} | {:.4} ± {:.4} | {} |\n", subset.name(), m, se, ci_text));
-            stage_json.insert(
-                subset.name().into(),
-                serde_json::json!({ "mean": m, "se": se, "ci": ci, "per_seed": v }),
-            );
-            let half = ci.map_or(0.0, |i| (i.high - i.low) / 2.0);
+            let sm = SeedMean::of(v, cfg.resamples);
+            md.push_str(&format!(
+                "| {} | {:.4} ± {:.4} | {} |\n",
+                subset.name(),
+                sm.mean,
+                sm.se,
+                sm.ci_text()
+            ));
+            stage_json.insert(subset.name().into(), sm.json(v));
             bars.push(Bar {
                 label: format!("{} {}", if stage == "Stage 1" { "s1" } else { "s2" }, subset.name()),
-                value: m,
-                se: half,
+                value: sm.mean,
+                se: sm.half_width(),
             });
         }
         md.push_str("\nDefinition recall (EM of the defined entity after `<bos> tag var`; qd2incons: the deranged entity):\n\n| subset | EM mean ± s.e. |\n|---|---|\n");
@@ -630,12 +699,10 @@ pub fn report(out: &Path, cfg: &SweepConfig, note: &str) -> Result<String, MetaO
         }
         md.push_str("\n| paired gap (per stage-1 seed) | mean ± s.e. | 95 % bootstrap CI | n | CI |\n|---|---|---|---|---|\n");
         let mut gap_bars = Vec::new();
-        for (a, b) in gaps {
-            let (Some(va), Some(vb)) = (em.get(*a), em.get(*b)) else { continue };
-            let g = paired_gap(va, vb, cfg.resamples, level, 0)?;
+        for (a, b, g) in report_gaps(em, gaps, cfg.resamples)? {
             md.push_str(&format!("| EM({a}) - EM({b}) | {} |\n", g.table_cells()));
             stage_json.insert(format!("{a}-{b}"), serde_json::to_value(g).expect("serialises"));
-            gap_bars.push(Bar { label: format!("{a}-{b}"), value: g.mean, se: (g.ci.high - g.ci.low) / 2.0 });
+            gap_bars.push(Bar { label: format!("{a}-{b}"), value: g.mean, se: g.half_width() });
         }
         md.push('\n');
         summary.insert(stage.to_lowercase().replace(' ', ""), serde_json::Value::Object(stage_json));

@@ -40,15 +40,15 @@ use burn::prelude::Device;
 use foundation::plot::{write_bar_chart, Bar};
 use foundation::progress::{NoProgress, Progress};
 use foundation::rng::{stream_for, Purpose};
-use foundation::stats::{bootstrap_ci, mean_se};
+use foundation::stats::mean_se;
 use foundation::train::Checkpoints;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::harness::{
-    order_seed, paired_gap, read_json, write_json, write_or_check_config, PairedGap, Shard, Stage1Result,
-    Stage2Result, SweepOutcome,
+    order_seed, read_json, report_gaps, setup_text, write_json, write_or_check_config, SeedMean, Shard,
+    Stage1Result, Stage2Result, SweepOutcome,
 };
 use crate::model::ModelConfig;
 use crate::train::{em_by_subset, em_by_subset_prefixed, save_model, train_stage, StageConfig, Start};
@@ -781,16 +781,11 @@ pub const NUMERIC_STAGE2_GAPS: [(&str, &str); 4] = [
     ("d2consis", "no_qd_baseline"),
 ];
 
-fn gap_row(a: &str, b: &str, g: &PairedGap) -> String {
-    format!("| EM({a}) - EM({b}) | {} |\n", g.table_cells())
-}
-
 /// Writes `report.md`, `summary.json` and `em.png` (EM per subset after stage 1 and stage 2,
 /// whiskers: half the 95 % CI width) from the finished results in `out`; `note` goes under the
 /// title. Returns the report's text.
 pub fn numeric_report(out: &Path, cfg: &NumericSweepConfig, note: &str) -> Result<String, MetaOclError> {
     let c = numeric_collect(out, cfg)?;
-    let level = 0.95;
     let w = &cfg.world;
     let mut md = String::from("# Numeric set-inclusion task, trained from scratch (meta-ocl numeric)\n\n");
     if !note.is_empty() {
@@ -798,9 +793,7 @@ pub fn numeric_report(out: &Path, cfg: &NumericSweepConfig, note: &str) -> Resul
     }
     md.push_str(&format!(
         "World: {} variables ({}-token names from {} syllables), x in 0..{}, {} numbers per question, \
-         intersection {}, {} questions per x (half test), world seed {}. Subsets {}. \
-         Model: {} layers, d = {}, {} heads, MLP {}, block {}. Epochs: q-only {}, stage 1 {}, stage 2 {} \
-         (batch {}, {}, {}; AdamW, lr {}, {}, {}). Seeds: {} stage-1 x {} stage-2 requested. \
+         intersection {}, {} questions per x (half test), world seed {}. Subsets {}. {} \
          Chance EM: 0.5 (test questions are half true).\n\n",
         w.num_x,
         w.variable_tokens,
@@ -811,22 +804,13 @@ pub fn numeric_report(out: &Path, cfg: &NumericSweepConfig, note: &str) -> Resul
         w.questions_per_x,
         w.seed,
         NUMERIC_SUBSETS.iter().map(|(s, f)| format!("{} {f}", s.name())).collect::<Vec<_>>().join(", "),
-        cfg.model.layers,
-        cfg.model.d_model,
-        cfg.model.heads,
-        cfg.model.d_mlp,
-        cfg.model.block,
-        cfg.stage0.epochs,
-        cfg.stage1.epochs,
-        cfg.stage2.epochs,
-        cfg.stage0.batch_size,
-        cfg.stage1.batch_size,
-        cfg.stage2.batch_size,
-        cfg.stage0.lr,
-        cfg.stage1.lr,
-        cfg.stage2.lr,
-        cfg.stage1_seeds,
-        cfg.stage2_seeds,
+        setup_text(
+            &cfg.model,
+            [&cfg.stage0, &cfg.stage1, &cfg.stage2],
+            "q-only",
+            cfg.stage1_seeds,
+            cfg.stage2_seeds
+        ),
     ));
     if let (Some(q), Some(tq)) = (c.stage0.get("q"), c.stage0.get("train_q")) {
         md.push_str(&format!(
@@ -850,22 +834,18 @@ pub fn numeric_report(out: &Path, cfg: &NumericSweepConfig, note: &str) -> Resul
         );
         for (subset, _) in NUMERIC_SUBSETS.iter() {
             let Some(v) = em.get(subset.name()) else { continue };
-            let (m, se) = mean_se(v);
-            let ci = bootstrap_ci(v, |x| x.iter().sum::<f64>() / x.len() as f64, cfg.resamples, level, 0);
-            let ci_text = ci.map_or("-".into(), |i| format!("[{:.4}, {:.4}]", i.low, i.high));
+            let sm = SeedMean::of(v, cfg.resamples);
+            let (m, se, ci_text) = (sm.mean, sm.se, sm.ci_text());
             let recall = em.get(&format!("def_{}", subset.name())).map_or("-".into(), |r| {
                 let (rm, rse) = mean_se(r);
                 format!("{rm:.4} ± {rse:.4}")
             });
             md.push_str(&format!("| {} | {m:.4} ± {se:.4} | {ci_text} | {recall} |\n", subset.name()));
-            stage_json.insert(
-                subset.name().into(),
-                serde_json::json!({ "mean": m, "se": se, "ci": ci, "per_seed": v }),
-            );
+            stage_json.insert(subset.name().into(), sm.json(v));
             bars.push(Bar {
                 label: format!("{} {}", if stage == "Stage 1" { "s1" } else { "s2" }, subset.name()),
                 value: m,
-                se: ci.map_or(0.0, |i| (i.high - i.low) / 2.0),
+                se: sm.half_width(),
             });
         }
         let mean_of = |k: &str| em.get(k).map(|v| mean_se(v).0);
@@ -882,10 +862,8 @@ pub fn numeric_report(out: &Path, cfg: &NumericSweepConfig, note: &str) -> Resul
             ));
         }
         md.push_str("\n| paired gap (per stage-1 seed) | mean ± s.e. | 95 % bootstrap CI | n | CI |\n|---|---|---|---|---|\n");
-        for (a, b) in gaps {
-            let (Some(va), Some(vb)) = (em.get(*a), em.get(*b)) else { continue };
-            let g = paired_gap(va, vb, cfg.resamples, level, 0)?;
-            md.push_str(&gap_row(a, b, &g));
+        for (a, b, g) in report_gaps(em, gaps, cfg.resamples)? {
+            md.push_str(&format!("| EM({a}) - EM({b}) | {} |\n", g.table_cells()));
             stage_json.insert(format!("{a}-{b}"), serde_json::to_value(g).expect("serialises"));
         }
         md.push('\n');

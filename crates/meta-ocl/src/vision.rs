@@ -47,7 +47,7 @@ use foundation::plot::{write_bar_chart, Bar};
 use foundation::progress::Progress;
 use foundation::rng::{epoch_order, stream_for, Purpose};
 use foundation::shard::Shard;
-use foundation::stats::{bootstrap_ci, mean_se};
+use foundation::stats::mean_se;
 use foundation::tap::Tap;
 use foundation::train::{load_module, save_module, Objective, Trainer};
 use rand::seq::SliceRandom;
@@ -56,7 +56,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::harness::{read_json, write_json, write_or_check_config};
 
-use crate::harness::{order_seed, paired_gap, PairedGap, STAGE1_GAPS, STAGE2_GAPS};
+use crate::harness::{order_seed, report_gaps, SeedMean, STAGE1_GAPS, STAGE2_GAPS};
 use crate::train::{argmax, RecentLoss, StageConfig, StageReport};
 use crate::world::{Protocol, Subset, World, WorldConfig, ATTRIBUTES, SUBSETS};
 use crate::MetaOclError;
@@ -916,16 +916,11 @@ pub fn collect_vision(out: &Path, cfg: &VisionConfig) -> Result<VisionCollected,
     Ok(c)
 }
 
-fn gap_row(name: &str, g: &PairedGap) -> String {
-    format!("| {name} | {} |\n", g.table_cells())
-}
-
 /// Writes `report.md`, `summary.json`, `acc.png` (accuracy per subset after each stage with 95 %
 /// bootstrap CIs) and `gaps.png` (the paired gaps with their CIs) from the finished seeds in
 /// `out`; `note` goes under the title. Returns the markdown.
 pub fn vision_report(out: &Path, cfg: &VisionConfig, note: &str) -> Result<String, MetaOclError> {
     let c = collect_vision(out, cfg)?;
-    let level = 0.95;
     let mut md = String::from("# Meta-OCL, MNIST analogue (meta-ocl vision)\n\n");
     if !note.is_empty() {
         md.push_str(note);
@@ -991,10 +986,8 @@ pub fn vision_report(out: &Path, cfg: &VisionConfig, note: &str) -> Result<Strin
         ));
         for (stage, m) in [("S1", &c.stage1), ("S2", &c.stage2)] {
             if let Some(v) = m.get(name).filter(|v| !v.is_empty()) {
-                let ci = bootstrap_ci(v, |x| x.iter().sum::<f64>() / x.len() as f64, cfg.resamples, level, 0);
-                let (mean, _) = mean_se(v);
-                let half = ci.map_or(0.0, |i| (i.high - i.low) / 2.0);
-                bars.push(Bar { label: format!("{stage} {name}"), value: mean, se: half });
+                let sm = SeedMean::of(v, cfg.resamples);
+                bars.push(Bar { label: format!("{stage} {name}"), value: sm.mean, se: sm.half_width() });
             }
         }
     }
@@ -1002,17 +995,11 @@ pub fn vision_report(out: &Path, cfg: &VisionConfig, note: &str) -> Result<Strin
     for (stage, m, gaps) in
         [("stage 1", &c.stage1, &STAGE1_GAPS[..]), ("stage 2", &c.stage2, &STAGE2_GAPS[..])]
     {
-        for (a, b) in gaps {
-            let (Some(va), Some(vb)) = (m.get(*a), m.get(*b)) else { continue };
-            let g = paired_gap(va, vb, cfg.resamples, level, 0)?;
-            md.push_str(&gap_row(&format!("{stage}: acc({a}) - acc({b})"), &g));
+        for (a, b, g) in report_gaps(m, gaps, cfg.resamples)? {
+            md.push_str(&format!("| {stage}: acc({a}) - acc({b}) | {} |\n", g.table_cells()));
             summary.insert(format!("{stage}: {a}-{b}"), serde_json::to_value(g).expect("serialises"));
             let s = if stage == "stage 1" { "S1" } else { "S2" };
-            gap_bars.push(Bar {
-                label: format!("{s} {a}-{b}"),
-                value: g.mean,
-                se: (g.ci.high - g.ci.low) / 2.0,
-            });
+            gap_bars.push(Bar { label: format!("{s} {a}-{b}"), value: g.mean, se: g.half_width() });
         }
     }
     md.push_str(
