@@ -168,7 +168,8 @@ pub fn order_seed(world_seed: u64, stage: u64, s: usize, t: usize) -> u64 {
     world_seed.wrapping_mul(1_000_003) ^ (stage << 48) ^ ((s as u64) << 24) ^ t as u64
 }
 
-fn seed_dir(out: &Path, s: usize) -> PathBuf {
+/// The directory of stage-1 seed `s`'s results (the text and numeric sweeps share the layout).
+pub(crate) fn seed_dir(out: &Path, s: usize) -> PathBuf {
     out.join("seeds").join(format!("s{s}"))
 }
 

@@ -47,8 +47,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::harness::{
-    order_seed, read_json, report_gaps, setup_text, write_json, write_or_check_config, SeedMean, Shard,
-    Stage1Result, Stage2Result, SweepOutcome,
+    order_seed, read_json, report_gaps, seed_dir, setup_text, write_json, write_or_check_config, SeedMean,
+    Shard, Stage1Result, Stage2Result, SweepOutcome,
 };
 use crate::model::ModelConfig;
 use crate::train::{em_by_subset, em_by_subset_prefixed, save_model, train_stage, StageConfig, Start};
@@ -556,10 +556,6 @@ impl NumericSweepConfig {
 
 /// Salt of the numeric task's batch-order seeds (keeps them apart from the text world's).
 const ORDER_SALT: u64 = 0x4E55_4D00;
-
-fn seed_dir(out: &Path, s: usize) -> PathBuf {
-    out.join("seeds").join(format!("s{s}"))
-}
 
 /// Writes `config.json`, or checks that the one present matches `cfg` up to the seed counts
 /// (more seeds extend a finished sweep).
