@@ -67,6 +67,15 @@ impl IsomerTable {
         Self { energies: out, tol }
     }
 
+    /// The isomers of `self` and those of `other` that `self` does not classify (energy not
+    /// within `self.tol` of any of its own), ascending; the tolerance stays `self`'s.
+    pub fn union(&self, other: &IsomerTable) -> IsomerTable {
+        let mut energies = self.energies.clone();
+        energies.extend(other.energies.iter().copied().filter(|&e| self.classify(e).is_none()));
+        energies.sort_by(f64::total_cmp);
+        IsomerTable { energies, tol: self.tol }
+    }
+
     /// The isomer whose energy is within `tol` of `energy`, if any.
     pub fn classify(&self, energy: f64) -> Option<usize> {
         self.energies.iter().position(|e| (e - energy).abs() < self.tol)

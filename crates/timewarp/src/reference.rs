@@ -80,6 +80,73 @@ pub fn run_md(cfg: &MdConfig) -> Result<MdFrames, TimewarpError> {
     Ok(MdFrames { cluster, runs: out.into_iter().map(|o| o.0).collect(), md_seconds })
 }
 
+/// MD's time to visit every isomer of a table along run 0 of a reference, continued past the
+/// reference's frames.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MdTimeToAll {
+    /// Wall seconds of the dynamics (start, burn-in and steps; the quench of each frame is
+    /// analysis, not counted) until the frame after which every isomer had been seen (None: some
+    /// isomer was not seen within the frames simulated).
+    pub seconds: Option<f64>,
+    /// Frames until every isomer had been seen (None: not within the frames simulated).
+    pub frames_to_all: Option<usize>,
+    /// Frames simulated.
+    pub frames: usize,
+    /// Wall seconds of the dynamics of all frames simulated (the budget, when `seconds` is None).
+    pub md_seconds: f64,
+}
+
+/// Frames per chunk of [`md_time_to_all`] (the dynamics of a chunk is timed as a whole and its
+/// time spread evenly over its frames).
+const TIME_TO_ALL_CHUNK: usize = 2000;
+
+/// MD's time to visit every isomer of `table` on run 0 of `cfg` (the same streams as
+/// [`run_md`]'s run 0, so its first `cfg.frames` frames are that run's), continued for up to
+/// `max_frames` frames and stopped once every isomer has been seen. Only the dynamics is timed;
+/// each chunk of frames is quenched (in parallel, untimed) to its isomers between chunks.
+pub fn md_time_to_all(
+    cfg: &MdConfig,
+    table: &IsomerTable,
+    max_frames: usize,
+) -> Result<MdTimeToAll, TimewarpError> {
+    cfg.validate()?;
+    let cluster = LjCluster::parse(&cfg.composition)?;
+    let dim = 2 * cluster.n_atoms();
+    let mut r = rng::stream(cfg.seed, rng::LANGEVIN, 0);
+    let mut init = rng::stream(cfg.seed, rng::INIT, 0);
+    let t = Instant::now();
+    let mut state = MdState::new(&cluster, cluster.initial_positions(), cfg.langevin.kt, &mut init);
+    baoab(&cluster, &cfg.langevin, &mut state, cfg.burn_in, &mut r);
+    let mut md_seconds = t.elapsed().as_secs_f64();
+    let mut seen = vec![false; table.energies.len()];
+    let mut frames = 0;
+    while frames < max_frames {
+        let n = TIME_TO_ALL_CHUNK.min(max_frames - frames);
+        let t = Instant::now();
+        let chunk = trajectory(&cluster, &cfg.langevin, &mut state, n, cfg.stride, &mut r);
+        let chunk_seconds = t.elapsed().as_secs_f64();
+        let quenched: Vec<f64> =
+            chunk.par_chunks_exact(dim).map(|x| quench(&cluster, x, 1e-5, 20_000).1).collect();
+        for (i, &e) in quenched.iter().enumerate() {
+            if let Some(k) = table.classify(e) {
+                seen[k] = true;
+            }
+            if seen.iter().all(|&s| s) {
+                let seconds = md_seconds + chunk_seconds * (i + 1) as f64 / n as f64;
+                return Ok(MdTimeToAll {
+                    seconds: Some(seconds),
+                    frames_to_all: Some(frames + i + 1),
+                    frames: frames + n,
+                    md_seconds: md_seconds + chunk_seconds,
+                });
+            }
+        }
+        frames += n;
+        md_seconds += chunk_seconds;
+    }
+    Ok(MdTimeToAll { seconds: None, frames_to_all: None, frames, md_seconds })
+}
+
 /// What each frame of a series is: its quenched energy, its CVs (μ₂, μ₃).
 #[derive(Clone, Debug, Default)]
 pub struct FrameInfo {

@@ -20,7 +20,8 @@ use crate::lj::LjCluster;
 use crate::mh::{explore, run_chain, GaussianDrift, MhConfig, Mixture, Proposal};
 use crate::potential::{quadrature_marginal, DoubleWell, Potential};
 use crate::reference::{
-    describe, pairs, populations, run_md, slowest_cv_ess, write_pairs, MdConfig, MdFrames, Populations,
+    describe, md_time_to_all, pairs, populations, run_md, slowest_cv_ess, write_pairs, FrameInfo, MdConfig,
+    MdFrames, MdTimeToAll, Populations,
 };
 use crate::rng;
 use crate::stats::{histogram2d, jensen_shannon};
@@ -81,6 +82,19 @@ pub struct FlowStage {
     /// x(t + τ) relabelled within types to the labelling closest to x(t)), not only rigidly.
     #[serde(default)]
     pub align_permutations: bool,
+    /// Train the separate exploration flow on the pairs of an MD reference at this kT (same
+    /// composition, lengths, lag and seed) instead of the run's (None, or the run's kT: the
+    /// run's own pairs). Exploration, its energy cap (in units of the run's kT) and MD's time to
+    /// visit every isomer stay at the run's kT; the isomer table is the run's MD table joined
+    /// with the isomers only the other reference found ([`IsomerTable::union`]). Needs a
+    /// separate exploration flow (`explore_hop_fraction`).
+    #[serde(default)]
+    pub explore_train_kt: Option<f64>,
+    /// Frames of MD (run 0 of the reference, continued past its `frames`) within which MD's
+    /// time to visit every isomer is measured ([`md_time_to_all`]); up to the reference's own
+    /// frames, run 0 of the reference alone.
+    #[serde(default)]
+    pub explore_md_frames: usize,
 }
 
 /// The hop component of an exact mixture proposal for MH-Timewarp.
@@ -105,6 +119,19 @@ impl FlowStage {
         }
         if let Some(f) = self.explore_hop_fraction {
             FlowTrainConfig { hop_fraction: f, ..self.train.clone() }.validate()?;
+        }
+        if let Some(t) = self.explore_train_kt {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(TimewarpError::Input(format!(
+                    "the exploration flow's training kT must be finite and > 0, got {t}"
+                )));
+            }
+            if self.explore_hop_fraction.is_none() {
+                return Err(TimewarpError::Input(
+                    "an exploration training kT needs a separate exploration flow (explore hop fraction >= 0)"
+                        .into(),
+                ));
+            }
         }
         if let Some(m) = self.mix {
             FlowTrainConfig { hop_fraction: m.hop_fraction, ..self.train.clone() }.validate()?;
@@ -173,6 +200,71 @@ pub struct FlowResult {
     /// The hop diagnostics of the mixture proposal MH-Timewarp used, if it used one.
     #[serde(default)]
     pub mix_hops: Option<HopDiagnostics>,
+    /// The MD reference the exploration flow was trained on, when at another kT than the run's.
+    #[serde(default)]
+    pub explore_train_md: Option<ExploreTrainMd>,
+    /// MD's time to visit every isomer at the run's kT, the exploration is compared with.
+    #[serde(default)]
+    pub explore_md: Option<MdTimeToAll>,
+    /// MD's seconds to visit every isomer over exploration's, and whether it is a lower bound
+    /// (MD never visited them all within its frames); None where exploration did not find all.
+    #[serde(default)]
+    pub explore_ratio: Option<(f64, bool)>,
+}
+
+/// The MD reference at another kT whose pairs trained the exploration flow.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ExploreTrainMd {
+    /// Its kT.
+    pub kt: f64,
+    /// Wall seconds of its dynamics (summed over runs; not counted in the exploration).
+    pub md_seconds: f64,
+    /// Isomers its own MD table holds.
+    pub isomers: usize,
+    /// Isomers the run's own MD table holds (the run's table is the union of the two).
+    pub run_isomers: usize,
+    /// Its training pairs, and how many of them change isomer.
+    pub pairs: (usize, usize),
+}
+
+/// The MD settings whose pairs train the exploration flow when they are not the run's own: `md`
+/// at `stage.explore_train_kt`, None when that is unset or equals the run's kT.
+pub fn explore_training_md(md: &MdConfig, stage: &FlowStage) -> Option<MdConfig> {
+    let t = stage.explore_train_kt.filter(|&t| t != md.langevin.kt)?;
+    let mut c = md.clone();
+    c.langevin.kt = t;
+    Some(c)
+}
+
+/// The training pairs at lag `lag` frames of an MD reference, each flagged by whether its two
+/// frames quench to different isomers of `table` (`quenched`: per run, every frame's quenched
+/// energy), aligned rigidly or, with `permute`, by permutation too.
+pub fn hop_pair_set(
+    frames: &MdFrames,
+    quenched: &[Vec<f64>],
+    table: &IsomerTable,
+    lag: usize,
+    permute: bool,
+) -> PairSet {
+    let (x0, x1) = pairs(frames, lag);
+    let hop = pair_isomers(table, quenched, lag).into_iter().map(|(a, b)| a != b).collect();
+    let raw = PairSet { types: frames.cluster.types.clone(), x0, x1, hop };
+    if permute {
+        raw.aligned_permuted()
+    } else {
+        raw.aligned()
+    }
+}
+
+/// The exploration's speed ratio over MD: MD's seconds to visit every isomer over
+/// exploration's, flagged as a lower bound (MD's whole budget over exploration's time) when MD
+/// never visited them all; None when exploration did not find them all.
+pub fn exploration_ratio(md: &MdTimeToAll, explore_seconds_to_all: Option<f64>) -> Option<(f64, bool)> {
+    let e = explore_seconds_to_all?;
+    Some(match md.seconds {
+        Some(m) => (m / e, false),
+        None => (md.md_seconds / e, true),
+    })
 }
 
 /// How often the training pairs change isomer, how likely the flow finds those pairs, and how
@@ -524,27 +616,51 @@ type MdReference = (MdFrames, IsomerTable, ChainResult, Vec<Vec<f64>>);
 /// The MD reference of `md`: its frames, the isomers found by quenching them, and its
 /// measurements as a chain.
 fn md_reference(md: &MdConfig, log: &mut dyn FnMut(&str)) -> Result<MdReference, TimewarpError> {
+    let (frames, infos) = md_described(md, log)?;
+    let table = md_table(&infos);
+    let result = md_result(md, &frames, &infos, &table);
+    let quenched = infos.into_iter().map(|i| i.quenched).collect();
+    Ok((frames, table, result, quenched))
+}
+
+/// The frames of the MD reference of `md` and every run's quenched energies and CVs.
+fn md_described(
+    md: &MdConfig,
+    log: &mut dyn FnMut(&str),
+) -> Result<(MdFrames, Vec<FrameInfo>), TimewarpError> {
     let frames = run_md(md)?;
     let cluster = frames.cluster.clone();
     let t = Instant::now();
     let infos: Vec<_> = frames.runs.iter().map(|r| describe(&cluster, r)).collect();
     log(&format!(
-        "{}: {} frames of MD in {:.1} s, quenched in {:.1} s",
+        "{} at kT {}: {} frames of MD in {:.1} s, quenched in {:.1} s",
         cluster.name(),
+        md.langevin.kt,
         md.runs * md.frames,
         frames.md_seconds,
         t.elapsed().as_secs_f64()
     ));
+    Ok((frames, infos))
+}
+
+/// The isomer table of an MD reference's quenched frames (clustered at 0.02, clusters under
+/// 0.2 % of the frames dropped).
+fn md_table(infos: &[FrameInfo]) -> IsomerTable {
+    let all_q: Vec<f64> = infos.iter().flat_map(|i| i.quenched.iter().copied()).collect();
+    IsomerTable::from_energies(&all_q, 0.02, 0.002)
+}
+
+/// The MD reference measured as a chain against `table`.
+fn md_result(md: &MdConfig, frames: &MdFrames, infos: &[FrameInfo], table: &IsomerTable) -> ChainResult {
     let all_q: Vec<f64> = infos.iter().flat_map(|i| i.quenched.iter().copied()).collect();
     let all_cv: Vec<[f64; 2]> = infos.iter().flat_map(|i| i.cvs.iter().copied()).collect();
-    let table = IsomerTable::from_energies(&all_q, 0.02, 0.002);
     let (lo, hi) = cv_box(&all_cv);
     let md_hist = histogram2d(&all_cv, lo, hi, CV_BINS);
-    let md_pops = populations(&table, &all_q, md.seed);
+    let md_pops = populations(table, &all_q, md.seed);
     let ess_runs: Vec<(f64, usize)> = infos.iter().map(|i| slowest_cv_ess(&i.cvs)).collect();
     let md_ess: f64 = ess_runs.iter().map(|e| e.0).sum();
     let per_frame = frames.md_seconds / (md.runs * md.frames) as f64;
-    let result = ChainResult {
+    ChainResult {
         method: format!("MD (BAOAB, dt {}, {} runs)", md.langevin.dt, md.runs),
         length: md.runs * md.frames,
         seconds: frames.md_seconds,
@@ -553,12 +669,10 @@ fn md_reference(md: &MdConfig, log: &mut dyn FnMut(&str)) -> Result<MdReference,
         ess_per_second: md_ess / frames.md_seconds,
         js_vs_md: 0.0,
         acceptance: 1.0,
-        seconds_to_all_isomers: time_to_all(&table, &infos[0].quenched, per_frame),
+        seconds_to_all_isomers: time_to_all(table, &infos[0].quenched, per_frame),
         histogram: md_hist,
         cv_box: (lo, hi),
-    };
-    let quenched = infos.into_iter().map(|i| i.quenched).collect();
-    Ok((frames, table, result, quenched))
+    }
 }
 
 /// Speed-up of `chain` over `md` in ESS/s of the slowest CV, set to 0 when the chain missed a
@@ -620,7 +734,24 @@ pub fn run(
         "MD reference of {} ({} runs x {} frames) ...",
         cfg.md.composition, cfg.md.runs, cfg.md.frames
     ));
-    let (frames, table, md, quenched) = md_reference(&cfg.md, log)?;
+    let (frames, infos) = md_described(&cfg.md, log)?;
+    let own_table = md_table(&infos);
+    // The MD reference at another kT for the exploration flow's pairs, if asked for; the
+    // isomer table then also holds the isomers only it found.
+    let train_md = match cfg.flow.as_ref().and_then(|s| explore_training_md(&cfg.md, s)) {
+        Some(c) => {
+            log(&format!("MD reference at kT {} for the exploration flow's pairs ...", c.langevin.kt));
+            let (f, i) = md_described(&c, log)?;
+            Some((c, f, i))
+        }
+        None => None,
+    };
+    let table = match &train_md {
+        Some((_, _, i)) => own_table.union(&md_table(i)),
+        None => own_table.clone(),
+    };
+    let md = md_result(&cfg.md, &frames, &infos, &table);
+    let quenched: Vec<Vec<f64>> = infos.into_iter().map(|i| i.quenched).collect();
     let cluster = frames.cluster.clone();
 
     log("writing training pairs ...");
@@ -648,10 +779,7 @@ pub fn run(
 
     let mut flow_result = None;
     if let Some(stage) = &cfg.flow {
-        let (x0s, x1s) = pairs(&frames, cfg.lag);
-        let hop = pair_isomers(&table, &quenched, cfg.lag).into_iter().map(|(a, b)| a != b).collect();
-        let raw = PairSet { types: cluster.types.clone(), x0: x0s, x1: x1s, hop };
-        let set = [if stage.align_permutations { raw.aligned_permuted() } else { raw.aligned() }];
+        let set = [hop_pair_set(&frames, &quenched, &table, cfg.lag, stage.align_permutations)];
         log(&format!(
             "training the flow ({} steps, batch {}) ...",
             stage.train.steps, stage.train.batch_size
@@ -700,11 +828,26 @@ pub fn run(
         };
         log("hop diagnostics ...");
         let hops = hop_diagnostics(&cluster, &table, &quenched, &set[0], &prop, cfg.lag, cfg.md.seed);
-        // A second flow trained with `hop_fraction` of every batch on the isomer-changing pairs.
-        let mut train_hop_flow = |what: &str, hop_fraction: f64| {
+        // The exploration flow's pairs: the run's own, or those of the reference at its kT.
+        let explore_set = train_md.as_ref().map(|(c, f, i)| {
+            let q: Vec<Vec<f64>> = i.iter().map(|i| i.quenched.clone()).collect();
+            let set = hop_pair_set(f, &q, &table, cfg.lag, stage.align_permutations);
+            let hops = set.hop.iter().filter(|&&h| h).count();
+            let rep = ExploreTrainMd {
+                kt: c.langevin.kt,
+                md_seconds: f.md_seconds,
+                isomers: md_table(i).energies.len(),
+                run_isomers: own_table.energies.len(),
+                pairs: (set.len(), hops),
+            };
+            ([set], rep)
+        });
+        // A second flow trained with `hop_fraction` of every batch on the isomer-changing pairs
+        // (of `pairs`).
+        let mut train_hop_flow = |what: &str, hop_fraction: f64, pairs: &[PairSet]| {
             log(&format!("training the {what} (hop fraction {hop_fraction}) ..."));
             let train = FlowTrainConfig { hop_fraction, ..stage.train.clone() };
-            let (flow, rep) = train_flow(&set, &train, progress)?;
+            let (flow, rep) = train_flow(pairs, &train, progress)?;
             let p = FlowProposal {
                 flow,
                 types: cluster.types.clone(),
@@ -713,12 +856,16 @@ pub fn run(
             };
             Ok::<_, TimewarpError>((p, rep))
         };
-        let explore_own =
-            stage.explore_hop_fraction.map(|f| train_hop_flow("exploration flow", f)).transpose()?;
-        // The mixture's hop flow: the exploration flow when both use the same hop fraction.
+        let explore_pairs: &[PairSet] = explore_set.as_ref().map_or(&set, |(s, _)| s);
+        let explore_own = stage
+            .explore_hop_fraction
+            .map(|f| train_hop_flow("exploration flow", f, explore_pairs))
+            .transpose()?;
+        // The mixture's hop flow: the exploration flow when both use the same hop fraction and
+        // the run's own pairs.
         let mix_own = match stage.mix {
-            Some(m) if stage.explore_hop_fraction != Some(m.hop_fraction) => {
-                Some(train_hop_flow("mixture's hop flow", m.hop_fraction)?)
+            Some(m) if stage.explore_hop_fraction != Some(m.hop_fraction) || explore_set.is_some() => {
+                Some(train_hop_flow("mixture's hop flow", m.hop_fraction, &set)?)
             }
             _ => None,
         };
@@ -803,6 +950,23 @@ pub fn run(
         );
         let wall = t.elapsed().as_secs_f64() - quench_s + md_start_s;
         let found = seen.iter().filter(|&&s| s).count();
+        let explore_seconds_to_all = (found == table.energies.len()).then_some(wall);
+        // MD's time to visit every isomer at the run's kT: run 0 of the reference, or that run
+        // continued up to `explore_md_frames` frames.
+        let explore_md = if stage.explore_md_frames > cfg.md.frames {
+            log(&format!("MD's time to visit every isomer (up to {} frames) ...", stage.explore_md_frames));
+            md_time_to_all(&cfg.md, &table, stage.explore_md_frames)?
+        } else {
+            let per_frame = md_chain.seconds / (cfg.md.runs * cfg.md.frames) as f64;
+            let frames_to_all = md_chain.seconds_to_all_isomers.map(|s| (s / per_frame).round() as usize);
+            MdTimeToAll {
+                seconds: md_chain.seconds_to_all_isomers,
+                frames_to_all,
+                frames: cfg.md.frames,
+                md_seconds: per_frame * cfg.md.frames as f64,
+            }
+        };
+        let explore_ratio = exploration_ratio(&explore_md, explore_seconds_to_all);
         let mean_u = |xs: &mut dyn Iterator<Item = &[f64]>| {
             let (sum, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + cluster.energy(x), n + 1));
             sum / n.max(1) as f64
@@ -818,13 +982,16 @@ pub fn run(
             explore_steps: steps,
             explore_seconds: wall,
             explore_accepted: accepted as f64 / steps.max(1) as f64,
-            explore_seconds_to_all: (found == table.energies.len()).then_some(wall),
+            explore_seconds_to_all,
             explore_found: found,
             explore_final_energy,
             hops,
             finetune,
             mix_train: mix_own.map(|(_, rep)| rep),
             mix_hops,
+            explore_train_md: explore_set.map(|(_, rep)| rep),
+            explore_md: Some(explore_md),
+            explore_ratio,
         });
     }
 
@@ -958,6 +1125,38 @@ pub fn markdown(r: &RunReport) -> String {
                 t.nll_first_last.0,
                 t.nll_first_last.1,
                 t.seconds
+            );
+        }
+        if let Some(t) = &f.explore_train_md {
+            let _ = writeln!(
+                s,
+                "- exploration flow's pairs: an MD reference at kT {} ({:.1} s of MD, not counted), {} pairs of which {} change isomer; its MD found {} isomers, the run's own MD at kT {} found {}; the isomer table is their union ({} isomers); the cap is in units of the run's kT ({} = {:.2} energy units)",
+                t.kt,
+                t.md_seconds,
+                t.pairs.0,
+                t.pairs.1,
+                t.isomers,
+                c.langevin.kt,
+                t.run_isomers,
+                r.isomers.energies.len(),
+                r.config.flow.as_ref().map_or(f64::NAN, |s| s.explore_cap_kt),
+                r.config.flow.as_ref().map_or(f64::NAN, |s| s.explore_cap_kt) * c.langevin.kt
+            );
+        }
+        if let Some(m) = &f.explore_md {
+            let _ = writeln!(
+                s,
+                "- MD at kT {} (run 0, dynamics only): {}; exploration ratio (MD s / exploration s): {}",
+                c.langevin.kt,
+                match (m.seconds, m.frames_to_all) {
+                    (Some(t), Some(n)) => format!("all isomers in {t:.3} s ({n} frames)"),
+                    _ => format!("not all isomers within {} frames ({:.2} s)", m.frames, m.md_seconds),
+                },
+                match f.explore_ratio {
+                    Some((x, false)) => format!("{x:.1}"),
+                    Some((x, true)) => format!("> {x:.1} (lower bound: MD's whole budget)"),
+                    None => "none (exploration did not find all)".into(),
+                }
             );
         }
         let _ = writeln!(
@@ -1103,14 +1302,7 @@ pub fn transfer(
         .zip(&all)
         .filter(|(_, (_, tr))| *tr)
         .map(|((frames, table, _, quenched), _)| {
-            let (x0, x1) = pairs(frames, cfg.lag);
-            let hop = pair_isomers(table, quenched, cfg.lag).into_iter().map(|(a, b)| a != b).collect();
-            let raw = PairSet { types: frames.cluster.types.clone(), x0, x1, hop };
-            if cfg.flow.align_permutations {
-                raw.aligned_permuted()
-            } else {
-                raw.aligned()
-            }
+            hop_pair_set(frames, quenched, table, cfg.lag, cfg.flow.align_permutations)
         })
         .collect();
     log(&format!("training one flow on {} compositions ({} steps) ...", sets.len(), cfg.flow.train.steps));

@@ -24,6 +24,7 @@ use timewarp::train::FlowTrainConfig;
     after_help = "Examples:\n  timewarp                      # = timewarp run: LJ-7 at kT 0.15, everything, into timewarp-out/\n  \
         timewarp run --composition A4B3 --train-steps 0 --out-dir out/a4b3   # MD, pairs, MH checks only\n  \
         timewarp run --composition A6 --lag 5 --permute-align --mh-trials 1000000 --out-dir out/a6   # MH-Timewarp over all 3 isomers of LJ-6\n  \
+        timewarp run --kt 0.12 --explore-train-kt 0.15 --explore-md-frames 1000000 --mh-trials 100   # explore at kT 0.12 with a hop flow trained at 0.15\n  \
         timewarp transfer --train A7,A6B1,A5B2,A3B4,A2B5 --test A4B3,A1B6 --out-dir out/transfer"
 )]
 struct Cli {
@@ -97,6 +98,16 @@ struct Common {
     /// only); a negative value: exploration uses the MH flow.
     #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
     explore_hop_fraction: f64,
+    /// `run`: train the exploration flow on the pairs of an MD reference at this kT (same
+    /// lengths, lag and seed) instead of the run's; exploration, its cap (in units of --kt) and
+    /// MD's time to visit every isomer stay at --kt, the isomer table joins both references'
+    /// isomers (default: --kt, the run's own pairs).
+    #[arg(long)]
+    explore_train_kt: Option<f64>,
+    /// `run`: measure MD's time to visit every isomer on run 0 of the reference continued up to
+    /// this many frames (dynamics timed, quench not); up to --frames: run 0 of the reference.
+    #[arg(long, default_value_t = 0)]
+    explore_md_frames: usize,
     /// Start the exploration chains from the first MD frames (their MD time counted) instead
     /// of the hexagon geometry.
     #[arg(long)]
@@ -209,6 +220,8 @@ fn stage(c: &Common) -> FlowStage {
             kt: c.kt,
         }),
         align_permutations: c.permute_align,
+        explore_train_kt: c.explore_train_kt,
+        explore_md_frames: c.explore_md_frames,
         mix: (c.mix_weight > 0.0)
             .then_some(MixStage { weight: c.mix_weight, hop_fraction: c.mix_hop_fraction }),
     }

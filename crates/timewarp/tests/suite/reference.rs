@@ -88,6 +88,8 @@ fn bad_input_is_an_error_not_a_panic() {
         finetune: None,
         mix: None,
         align_permutations: false,
+        explore_train_kt: None,
+        explore_md_frames: 0,
     };
     let rc3 = RunConfig {
         md: cfg(),
@@ -148,4 +150,157 @@ fn speedup_counts_a_missed_state_as_zero_and_plots_check_their_input() {
     timewarp::plot::free_energy_png(&path, &[vec![0.5, 0.25, 0.25, 0.0], vec![0.25; 4]], 2).unwrap();
     assert!(std::fs::metadata(&path).unwrap().len() > 0);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn isomer_tables_join_without_duplicates() {
+    let a = IsomerTable { energies: vec![-12.53, -11.50], tol: 0.02 };
+    let b = IsomerTable { energies: vec![-12.525, -11.47, -11.30], tol: 0.02 };
+    let u = a.union(&b);
+    // -12.525 is a's -12.53; -11.47 and -11.30 are new; ascending, a's tolerance.
+    assert_eq!(u.energies, vec![-12.53, -11.50, -11.47, -11.30]);
+    assert_eq!(u.tol, 0.02);
+    assert_eq!(a.union(&a), a);
+    assert_eq!(IsomerTable { energies: vec![], tol: 0.02 }.union(&b).energies, b.energies);
+}
+
+/// MD hot enough to visit several minima of a 7-atom cluster within a few hundred frames.
+fn hot() -> MdConfig {
+    MdConfig {
+        composition: "lj7".into(),
+        langevin: Langevin { kt: 0.35, ..cfg().langevin },
+        frames: 300,
+        runs: 1,
+        ..cfg()
+    }
+}
+
+#[test]
+fn md_time_to_all_continues_run_zero_and_counts_its_frames() {
+    use timewarp::reference::{describe, md_time_to_all};
+    let c = hot();
+    let frames = run_md(&c).unwrap();
+    let q = describe(&frames.cluster, &frames.runs[0]).quenched;
+    let table = IsomerTable::from_energies(&q, 0.02, 0.0);
+    assert!(table.energies.len() >= 3, "only {} minima at kT 0.35", table.energies.len());
+    // The frame after which run 0 had seen every minimum of its own table.
+    let mut seen = vec![false; table.energies.len()];
+    let mut first_all = None;
+    for (i, &e) in q.iter().enumerate() {
+        if let Some(k) = table.classify(e) {
+            seen[k] = true;
+        }
+        if first_all.is_none() && seen.iter().all(|&s| s) {
+            first_all = Some(i + 1);
+        }
+    }
+    let t = md_time_to_all(&c, &table, 10 * c.frames).unwrap();
+    assert_eq!(t.frames_to_all, first_all, "not run 0's trajectory");
+    let secs = t.seconds.unwrap();
+    assert!(secs > 0.0 && secs <= t.md_seconds, "{secs} of {}", t.md_seconds);
+    // A minimum MD never reaches: no time, the whole budget simulated and reported.
+    let never = table.union(&IsomerTable { energies: vec![40.0], tol: 0.02 });
+    let t = md_time_to_all(&c, &never, 2500).unwrap();
+    assert_eq!((t.seconds, t.frames_to_all, t.frames), (None, None, 2500));
+    assert!(t.md_seconds > 0.0);
+    let mut bad = c.clone();
+    bad.langevin.kt = -1.0;
+    assert!(md_time_to_all(&bad, &table, 10).is_err());
+}
+
+#[test]
+fn exploration_ratio_is_exact_or_a_lower_bound() {
+    use timewarp::reference::MdTimeToAll;
+    use timewarp::run::exploration_ratio;
+    let found = MdTimeToAll { seconds: Some(0.5), frames_to_all: Some(100), frames: 2000, md_seconds: 10.0 };
+    let r = exploration_ratio(&found, Some(0.05)).unwrap();
+    assert!((r.0 - 10.0).abs() < 1e-12 && !r.1);
+    let missed = MdTimeToAll { seconds: None, frames_to_all: None, frames: 2000, md_seconds: 2.0 };
+    let r = exploration_ratio(&missed, Some(0.1)).unwrap();
+    assert!((r.0 - 20.0).abs() < 1e-12 && r.1, "MD's budget over exploration's time, flagged");
+    assert_eq!(exploration_ratio(&found, None), None);
+}
+
+fn flow_stage() -> timewarp::run::FlowStage {
+    timewarp::run::FlowStage {
+        train: timewarp::train::FlowTrainConfig {
+            flow: timewarp::flow::FlowConfig::default(),
+            steps: 10,
+            batch_size: 8,
+            lr: 1e-3,
+            seed: 0,
+            hop_fraction: 0.0,
+        },
+        mh_batch: 4,
+        adapt_batch: false,
+        mh_trials: 10,
+        explore_steps: 10,
+        explore_cap_kt: 20.0,
+        explore_chains: 1,
+        explore_from_md: false,
+        explore_hop_fraction: Some(1.0),
+        finetune: None,
+        mix: None,
+        align_permutations: false,
+        explore_train_kt: None,
+        explore_md_frames: 0,
+    }
+}
+
+#[test]
+fn the_exploration_flow_trains_on_pairs_at_the_requested_kt() {
+    use timewarp::reference::describe;
+    use timewarp::run::{explore_training_md, hop_pair_set};
+    let run_md_cfg = MdConfig { langevin: Langevin { kt: 0.1, ..hot().langevin }, ..hot() };
+    let mut stage = flow_stage();
+    assert_eq!(explore_training_md(&run_md_cfg, &stage), None, "unset: the run's own pairs");
+    stage.explore_train_kt = Some(0.1);
+    assert_eq!(explore_training_md(&run_md_cfg, &stage), None, "the run's kT: its own pairs");
+    stage.explore_train_kt = Some(0.35);
+    let c = explore_training_md(&run_md_cfg, &stage).unwrap();
+    assert_eq!(c.langevin.kt, 0.35);
+    assert_eq!(MdConfig { langevin: run_md_cfg.langevin, ..c.clone() }, run_md_cfg, "only kT changes");
+    // The pairs built from it are those of MD at kT 0.35: hotter frames, so a higher mean U
+    // than the run's kT 0.1 gives, and the hop flags follow the table.
+    let set_of = |c: &MdConfig| {
+        let f = run_md(c).unwrap();
+        let q: Vec<Vec<f64>> = f.runs.iter().map(|r| describe(&f.cluster, r).quenched).collect();
+        let table = IsomerTable::from_energies(&q.concat(), 0.02, 0.0);
+        let set = hop_pair_set(&f, &q, &table, 5, false);
+        let hops = timewarp::run::pair_isomers(&table, &q, 5).iter().filter(|(a, b)| a != b).count();
+        (f, set, hops)
+    };
+    let (hot_f, hot_set, hot_hops) = set_of(&c);
+    let (_, cold_set, _) = set_of(&run_md_cfg);
+    assert_eq!(hot_set.x0, pairs(&hot_f, 5).0, "x(t) of the pairs are the kT 0.35 frames");
+    assert_eq!(hot_set.hop.iter().filter(|&&h| h).count(), hot_hops);
+    assert!(hot_hops > 0, "no hop pairs at kT 0.35");
+    let mean_u = |s: &timewarp::train::PairSet| {
+        use timewarp::potential::Potential;
+        let cl = timewarp::lj::LjCluster::parse("lj7").unwrap();
+        let n = s.len();
+        s.x0.chunks_exact(14).map(|x| cl.energy(x)).sum::<f64>() / n as f64
+    };
+    assert!(mean_u(&hot_set) > mean_u(&cold_set) + 0.5, "{} vs {}", mean_u(&hot_set), mean_u(&cold_set));
+}
+
+#[test]
+fn an_exploration_training_kt_is_checked_before_any_work() {
+    let mut stage = flow_stage();
+    let rc = |stage: &timewarp::run::FlowStage| RunConfig {
+        md: cfg(),
+        lag: 5,
+        out_dir: std::env::temp_dir().join("timewarp-never"),
+        flow: Some(stage.clone()),
+    };
+    for bad in [-0.1, 0.0, f64::NAN, f64::INFINITY] {
+        stage.explore_train_kt = Some(bad);
+        let e =
+            run(&rc(&stage), &foundation::progress::NoProgress, &mut |_| panic!("work started")).unwrap_err();
+        assert!(e.to_string().contains("training kT"), "{e}");
+    }
+    stage.explore_train_kt = Some(0.2);
+    stage.explore_hop_fraction = None;
+    let e = run(&rc(&stage), &foundation::progress::NoProgress, &mut |_| panic!("work started")).unwrap_err();
+    assert!(e.to_string().contains("separate exploration flow"), "{e}");
 }
