@@ -120,6 +120,36 @@ pub fn shards(n: usize, proportions: &[f64], seed: u64) -> Result<Vec<Vec<usize>
     Ok(out)
 }
 
+/// A label-skewed split of the rows with labels `y` over `clients` clients, the classic non-i.i.d.
+/// FedAvg split (McMahan et al. 2017): the rows sorted by label (ties in row order) are cut into
+/// `2 * clients` equal chunks, and each client gets two chunks drawn at random
+/// (`stream_for(seed, HpoDataShards, 2)`), so most clients see two classes.
+pub fn label_skewed_clients(y: &[u8], clients: usize, seed: u64) -> Result<Vec<Vec<usize>>, HpoError> {
+    let chunks = 2 * clients;
+    if clients == 0 || chunks > y.len() {
+        return Err(HpoError::InvalidArgument(format!(
+            "{clients} clients need at least one row per half-client ({chunks} rows); there are {}",
+            y.len()
+        )));
+    }
+    let mut sorted: Vec<usize> = (0..y.len()).collect();
+    sorted.sort_by_key(|&i| y[i]);
+    let mut order: Vec<usize> = (0..chunks).collect();
+    order.shuffle(&mut stream_for(seed, Purpose::HpoDataShards, 2));
+    let bounds = |c: usize| (c * y.len() / chunks, (c + 1) * y.len() / chunks);
+    Ok(order
+        .chunks(2)
+        .map(|pair| {
+            pair.iter()
+                .flat_map(|&c| {
+                    let (a, b) = bounds(c);
+                    sorted[a..b].iter().copied()
+                })
+                .collect()
+        })
+        .collect())
+}
+
 /// A seeded split of `n` rows into (training, validation) with `val_fraction` of them in the
 /// validation part (`stream_for(seed, HpoDataShards, 1)`).
 pub fn validation_split(

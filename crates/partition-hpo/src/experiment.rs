@@ -13,6 +13,7 @@ use foundation::progress::Progress;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{validation_split, Inputs};
+use crate::federated::{train_federated, FederatedConfig};
 use crate::hpo::{accuracy, train, PsiInit, PsiOptimizer, PsiSignal, RunConfig, TracePoint};
 use crate::model::PsiUse;
 use crate::plot::{write_lines, write_map, COLOURS};
@@ -97,6 +98,10 @@ pub struct ExperimentConfig {
     pub val_fraction: f64,
     /// Retrain the partitioned method's full network with the learned psi (the deployed model).
     pub retrain: bool,
+    /// Federated training over label-skewed clients (FedAvg) instead of one central run; the
+    /// methods that need no validation rows (partitioned, none, train-loss, augerino) only.
+    #[serde(default)]
+    pub federated: Option<FederatedConfig>,
     /// Output directory.
     pub out: PathBuf,
 }
@@ -183,6 +188,16 @@ pub fn run_experiment(
     progress: &dyn Progress,
     log: &dyn Fn(&str),
 ) -> Result<Vec<MethodResult>, HpoError> {
+    if let Some(fed) = &config.federated {
+        fed.validate(&config.run)?;
+        let central = [Method::ValSplit, Method::Grid, Method::Laplace];
+        if let Some(m) = config.methods.iter().find(|m| central.contains(m)) {
+            return Err(HpoError::InvalidArgument(format!(
+                "method {} has no federated form; federated runs take partitioned, none, train-loss and augerino",
+                m.name()
+            )));
+        }
+    }
     let (train_rows, test) = load_task(config)?;
     let use_ = psi_use(config);
     let base = RunConfig { psi_use: use_, ..config.run.clone() };
@@ -190,6 +205,11 @@ pub fn run_experiment(
     let (tr_idx, val_idx) = validation_split(train_rows.n, config.val_fraction, base.seed)?;
     let (tr80, val20) = (train_rows.select(&tr_idx), train_rows.select(&val_idx));
     let image_pixels = train_rows.image.0 * train_rows.image.1;
+    // One central run, or FedAvg over the clients.
+    let fit = |run: &RunConfig| match &config.federated {
+        Some(fed) => train_federated(run, fed, &train_rows, device, progress),
+        None => train(run, &train_rows, None, device, progress),
+    };
     let acc = |m: &crate::model::PartitionedNet, u: PsiUse| accuracy(m, &test, u, base.samples, base.seed);
     let previous = finished_methods(config)?;
     // The deployed model of a method that learns psi in one run: a standard network (C = 1)
@@ -199,7 +219,7 @@ pub fn run_experiment(
             return Ok((None, None));
         }
         let rerun = RunConfig { signal: None, init: PsiInit::Values(psi.clone()), ..single(&base) };
-        let again = train(&rerun, &train_rows, None, device, progress)?;
+        let again = fit(&rerun)?;
         Ok((Some(acc(&again.model, use_)), Some(again.seconds)))
     };
     let mut results = Vec::new();
@@ -215,7 +235,7 @@ pub fn run_experiment(
         let result = match method {
             Method::Partitioned => {
                 let run = RunConfig { signal: Some(PsiSignal::Oots), ..base.clone() };
-                let out = train(&run, &train_rows, None, device, progress)?;
+                let out = fit(&run)?;
                 let test_accuracy = acc(&out.model, use_);
                 let (retrained_accuracy, retrain_seconds) = retrain(&out.psi)?;
                 summarise(method, use_, image_pixels, test_accuracy, &out.psi, out.trace, out.seconds)
@@ -224,7 +244,7 @@ pub fn run_experiment(
             Method::None => {
                 let none = PsiUse { rotation: false, mask: false, dropout: false };
                 let run = RunConfig { psi_use: none, signal: None, ..single(&base) };
-                let out = train(&run, &train_rows, None, device, progress)?;
+                let out = fit(&run)?;
                 summarise(method, none, image_pixels, acc(&out.model, none), &out.psi, out.trace, out.seconds)
             }
             Method::TrainLoss | Method::Augerino => {
@@ -234,13 +254,13 @@ pub fn run_experiment(
                     PsiSignal::Augerino { lambda: config.augerino_lambda }
                 };
                 let run = RunConfig { signal: Some(signal), ..single(&base) };
-                let out = train(&run, &train_rows, None, device, progress)?;
+                let out = fit(&run)?;
                 summarise(method, use_, image_pixels, acc(&out.model, use_), &out.psi, out.trace, out.seconds)
             }
             Method::Laplace => {
                 let signal = PsiSignal::Laplace { prior_precision: config.laplace_prior_precision };
                 let run = RunConfig { signal: Some(signal), ..single(&base) };
-                let out = train(&run, &train_rows, None, device, progress)?;
+                let out = fit(&run)?;
                 let test_accuracy = acc(&out.model, use_);
                 let (retrained_accuracy, retrain_seconds) = retrain(&out.psi)?;
                 summarise(method, use_, image_pixels, test_accuracy, &out.psi, out.trace, out.seconds)
@@ -265,7 +285,7 @@ pub fn run_experiment(
                 }
                 let best = grid.iter().copied().fold((f64::NAN, -1.0), |b, g| if g.1 > b.1 { g } else { b });
                 let run = RunConfig { psi_use: rot, ..with_theta(&single(&base), best.0) };
-                let out = train(&run, &train_rows, None, device, progress)?;
+                let out = fit(&run)?;
                 seconds += out.seconds;
                 let mut r =
                     summarise(method, rot, image_pixels, acc(&out.model, rot), &out.psi, out.trace, seconds);
@@ -431,6 +451,17 @@ pub fn write_report(
         run.psi_batch,
         run.samples,
     );
+    if let Some(fed) = &config.federated {
+        let _ = writeln!(
+            md,
+            "**Federated** (FedAvg): {} label-skewed clients (two label-sorted chunks of the training rows each), {} rounds of {} local steps per client; \
+             weights, biases and psi logits averaged by client rows after every round; the steps above are a client's over all rounds, \
+             and the wall time is all clients' training one after another (the cost table compares like with like).\n",
+            fed.clients,
+            fed.rounds,
+            run.steps / fed.rounds,
+        );
+    }
     let _ = writeln!(
         md,
         "| method | test accuracy | retrained with psi | theta_max (deg) | pixels kept | noise dropped | training s |\n|---|---|---|---|---|---|---|"
@@ -642,6 +673,7 @@ pub fn default_config(task: Task, out: &Path) -> ExperimentConfig {
         laplace_prior_precision: default_laplace_prior(),
         val_fraction: 0.2,
         retrain: true,
+        federated: None,
         out: out.to_path_buf(),
     }
 }

@@ -276,6 +276,8 @@ pub struct WeightObjective<'a> {
     pub psi_use: PsiUse,
     /// Seed.
     pub seed: u64,
+    /// Index of step 0 in the batch stream (a federated round continues the stream).
+    pub first_step: usize,
     /// Weight of `1/2 ||w||^2` (all trained weights and biases) added to the loss: the Gaussian
     /// prior of a MAP fit in per-example units (`delta / N`; 0: none).
     pub l2: f64,
@@ -287,7 +289,7 @@ impl Objective<PartitionedNet> for WeightObjective<'_> {
     fn batch(&self, step: usize, _device: &Device) -> WeightBatch {
         // One stream per step; subnetwork k's rows are drawn after those of 1..k-1, and every draw
         // depends only on shard sizes, never on their content.
-        let mut rng = stream_for(self.seed, Purpose::TrainNoise, step as u64);
+        let mut rng = stream_for(self.seed, Purpose::TrainNoise, (self.first_step + step) as u64);
         let groups = self
             .prefixes
             .iter()
@@ -474,12 +476,45 @@ pub struct RunOutcome {
     pub final_loss: f64,
 }
 
+/// Where a run starts: [`Start::FRESH`] builds a new network from `config.seed`; a federated
+/// round starts from the global network's values, with its own data streams and learning rate.
+#[derive(Clone, Copy, Debug)]
+pub struct Start<'a> {
+    /// Trained values (weights, biases and `psi`, in [`crate::federated::NetValues`] order) to
+    /// load into the network built from `config.seed` (its partitions and initial values).
+    pub values: Option<&'a crate::federated::NetValues>,
+    /// Seed of the shards, the batches and the hyperparameter draws (`None`: `config.seed`).
+    pub data_seed: Option<u64>,
+    /// Index of the first step in the batch and hyperparameter streams.
+    pub first_step: usize,
+    /// A constant learning rate instead of the cosine schedule over `config.steps`.
+    pub constant_lr: Option<f64>,
+}
+
+impl Start<'_> {
+    /// A new network, every stream from `config.seed`, the cosine schedule.
+    pub const FRESH: Start<'static> =
+        Start { values: None, data_seed: None, first_step: 0, constant_lr: None };
+}
+
 /// Trains a partitioned network on `train` (and `psi` from `config.signal`; `val` is needed for
 /// [`PsiSignal::Validation`]).
 pub fn train(
     config: &RunConfig,
     train: &Inputs,
     val: Option<&Inputs>,
+    device: &Device,
+    progress: &dyn Progress,
+) -> Result<RunOutcome, HpoError> {
+    train_from(config, train, val, Start::FRESH, device, progress)
+}
+
+/// [`train`] from `start`.
+pub fn train_from(
+    config: &RunConfig,
+    train: &Inputs,
+    val: Option<&Inputs>,
+    start: Start,
     device: &Device,
     progress: &dyn Progress,
 ) -> Result<RunOutcome, HpoError> {
@@ -490,7 +525,9 @@ pub fn train(
     if config.signal == Some(PsiSignal::Validation) && val.is_none_or(|v| v.n == 0) {
         return Err(HpoError::InvalidArgument("the validation signal needs validation rows".into()));
     }
-    let parts = shards(train.n, &config.data_proportions, config.seed)?;
+    // The data streams (shards, batches, hyperparameter draws) may differ from the network's.
+    let data_config = RunConfig { seed: start.data_seed.unwrap_or(config.seed), ..config.clone() };
+    let parts = shards(train.n, &config.data_proportions, data_config.seed)?;
     let prefixes: Vec<Vec<usize>> =
         (0..parts.len()).map(|k| parts[..=k].iter().flatten().copied().collect()).collect();
     let objective = WeightObjective {
@@ -499,13 +536,18 @@ pub fn train(
         per_group: config.batch / config.partitions,
         hidden: config.hidden.clone(),
         psi_use: config.psi_use,
-        seed: config.seed,
+        seed: data_config.seed,
+        first_step: start.first_step,
         l2: match config.signal {
             Some(PsiSignal::Laplace { prior_precision }) => prior_precision / train.n as f64,
             _ => 0.0,
         },
     };
-    let trainer = Trainer::new(config.optim(), objective, device);
+    let optim = match start.constant_lr {
+        Some(lr) => OptimConfig { lr, min_lr_ratio: 1.0, ..config.optim() },
+        None => config.optim(),
+    };
+    let trainer = Trainer::new(optim, objective, device);
     let psi_optim = config.psi_optim();
     let mut psi_opt = match config.psi_optimizer {
         PsiOptimizer::Adam => psi_optim.optimizer(),
@@ -540,11 +582,14 @@ pub fn train(
                 l.set_initial(l.weight.val().detach().zeros_like(), l.bias.val().detach().zeros_like());
             }
         }
+        if let Some(values) = start.values {
+            values.load_into(&mut net);
+        }
         net
     });
     let mut trace = Vec::new();
     let mut losses = Vec::with_capacity(config.steps);
-    let start = Instant::now();
+    let clock = Instant::now();
     progress.start("train", config.steps as u64);
     let trace_point = |model: &PartitionedNet, step: usize, objective: Option<f64>| {
         let v = model.psi.values();
@@ -561,9 +606,11 @@ pub fn train(
         progress.advance(1);
         if let Some(signal) = config.signal {
             if (step + 1) % config.psi_every == 0 {
-                let j = (step + 1) / config.psi_every;
-                let groups: Vec<Group> =
-                    psi_groups(signal, train, &parts, val, config, j).into_iter().map(|(g, _)| g).collect();
+                let j = (start.first_step + step + 1) / config.psi_every;
+                let groups: Vec<Group> = psi_groups(signal, train, &parts, val, &data_config, j)
+                    .into_iter()
+                    .map(|(g, _)| g)
+                    .collect();
                 let (obj, value) = hyper_objective(&state.model, &groups, train, config, signal);
                 let grads = GradientsParams::from_grads(obj.backward(), &state.model);
                 let model = std::mem::replace(&mut state.model, state.ema.clone());
@@ -574,7 +621,7 @@ pub fn train(
         }
     }
     progress.finish();
-    let seconds = start.elapsed().as_secs_f64();
+    let seconds = clock.elapsed().as_secs_f64();
     let tail = (losses.len() / 10).max(1);
     let final_loss = losses[losses.len() - tail..].iter().sum::<f64>() / tail as f64;
     let model = state.model.valid();

@@ -16,6 +16,7 @@
 pub mod augment;
 pub mod data;
 pub mod experiment;
+pub mod federated;
 pub mod hpo;
 pub mod laplace;
 pub mod model;

@@ -100,6 +100,14 @@ struct Cli {
     /// Untrained partitions hold zeros instead of their initial values.
     #[arg(long)]
     zero_defaults: bool,
+    /// Federated training (FedAvg) over this many label-skewed clients (each holds two label-sorted
+    /// chunks of the training rows); every method runs federated.
+    #[arg(long)]
+    clients: Option<usize>,
+    /// Communication rounds of the federated training (--steps counts a client's local steps
+    /// over all rounds).
+    #[arg(long, default_value_t = 30)]
+    rounds: usize,
     /// Only rewrite report.md and the PNGs of --out from its results.json.
     #[arg(long)]
     report_only: bool,
@@ -135,6 +143,7 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(n) = cli.n_test {
         config.n_test = n;
     }
+    let methods_given = cli.methods.is_some();
     if let Some(m) = cli.methods {
         config.methods = m;
     }
@@ -194,6 +203,15 @@ fn run(cli: Cli) -> Result<()> {
     }
     if let Some(v) = cli.samples {
         r.samples = v;
+    }
+    if let Some(clients) = cli.clients {
+        config.federated = Some(partition_hpo::federated::FederatedConfig { clients, rounds: cli.rounds });
+        // Grid, validation split and Laplace need central data.
+        if !methods_given {
+            config.methods.retain(|m| {
+                matches!(m, Method::Partitioned | Method::None | Method::TrainLoss | Method::Augerino)
+            });
+        }
     }
     if let Some(v) = cli.augerino_lambda {
         config.augerino_lambda = v;

@@ -2,6 +2,7 @@
 
 mod common;
 mod errors;
+mod federated;
 mod gate;
 mod laplace;
 mod masking;
