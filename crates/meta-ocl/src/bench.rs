@@ -141,7 +141,7 @@ pub fn bench(cfg: &BenchConfig, device: &Device) -> Result<BenchResult, MetaOclE
     optim.steps = cfg.warmup + cfg.steps;
     let objective =
         LmObjective { data: &rows, batch_size: cfg.batch, order_seed: 0, vocab, block: cfg.block };
-    let trainer = Trainer::new(optim, objective, device);
+    let trainer = Trainer::new(optim, objective, device).with_fused_adamw(true);
     let mut state: TrainState<Transformer> = trainer.init_state(|rng, d| model_cfg.init_with(vocab, rng, d));
     let params = state.model.num_params();
     let mut step_seconds = Vec::with_capacity(cfg.steps);

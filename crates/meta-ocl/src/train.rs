@@ -264,7 +264,7 @@ pub fn train_stage(
     let steps = optim.steps;
     let objective =
         LmObjective { data, batch_size: cfg.batch_size, order_seed, vocab, block: model_cfg.block };
-    let trainer = Trainer::new(optim, objective, device);
+    let trainer = Trainer::new(optim, objective, device).with_fused_adamw(true);
     let build = |device: &Device| -> Result<Transformer, MetaOclError> {
         let fresh = model_cfg.init(vocab, device);
         match start {
