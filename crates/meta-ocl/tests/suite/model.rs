@@ -97,12 +97,13 @@ fn greedy_decoding_stops_at_the_block() {
 }
 
 #[test]
-fn fast_gelu_matches_burns_gelu_bit_for_bit_in_value_and_gradient() {
+fn fast_gelu_matches_burns_gelu_in_value_and_gradient() {
     use burn::tensor::activation;
     let device = Device::flex().autodiff();
     let mut rng = foundation::rng::stream(11, 0, 0);
-    // Wide enough to span several parallel chunks, with tails where erf saturates.
-    let v: Vec<f32> = (0..40_000).map(|_| rng.gen_range(-7.0f32..7.0)).collect();
+    // Wide enough to span several parallel chunks, with tails where erf saturates and exp underflows.
+    let mut v: Vec<f32> = (0..40_000).map(|_| rng.gen_range(-7.0f32..7.0)).collect();
+    v[..6].copy_from_slice(&[0.0, -0.0, 15.0, -15.0, 1e-30, -40.0]);
     let up: Vec<f32> = (0..v.len()).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
     let run = |f: &dyn Fn(Tensor<2>) -> Tensor<2>| {
         let x = Tensor::<2>::from_data(TensorData::new(v.clone(), [200, 200]), &device).require_grad();
@@ -115,15 +116,49 @@ fn fast_gelu_matches_burns_gelu_bit_for_bit_in_value_and_gradient() {
     let (y_fast, g_fast) = run(&|x| meta_ocl::model::gelu(x));
     let (y_ref, g_ref) = run(&|x| activation::gelu(x));
     for i in 0..v.len() {
-        // `==` (not bits): the fast path may turn a -0 into +0, nothing else.
-        assert!(y_fast[i] == y_ref[i], "value at x = {}: {} vs {}", v[i], y_fast[i], y_ref[i]);
-        assert!(g_fast[i] == g_ref[i], "gradient at x = {}: {} vs {}", v[i], g_fast[i], g_ref[i]);
+        // GELU's value is at most |x| and its derivative at most 1.13: a few f32 ulp of those.
+        let scale = v[i].abs().max(1e-3);
+        assert!(
+            (y_fast[i] - y_ref[i]).abs() <= 4e-7 * scale,
+            "value at x = {}: {} vs {}",
+            v[i],
+            y_fast[i],
+            y_ref[i]
+        );
+        assert!(
+            (g_fast[i] - g_ref[i]).abs() <= 4e-7 * up[i].abs().max(1e-3),
+            "gradient at x = {}: {} vs {}",
+            v[i],
+            g_fast[i],
+            g_ref[i]
+        );
     }
-    // Without autodiff it is burn's gelu itself.
+    // Without autodiff: the same values.
     let x = Tensor::<2>::from_data(TensorData::new(v.clone(), [200, 200]), &Device::flex());
     let a: Vec<f32> = meta_ocl::model::gelu(x.clone()).into_data().try_to_vec().unwrap();
-    let b: Vec<f32> = activation::gelu(x).into_data().try_to_vec().unwrap();
-    assert_eq!(a, b);
+    assert_eq!(a, y_fast);
+}
+
+#[test]
+fn branch_free_erf_and_exp_are_within_a_few_ulp_of_f64() {
+    let mut worst = (0.0f64, 0.0f64);
+    for i in -200_000i32..=200_000 {
+        let x = i as f32 * 5e-5; // [-10, 10]
+        let erf_ref = libm::erf(f64::from(x));
+        let e = (f64::from(meta_ocl::model::erf_f32(x)) - erf_ref).abs();
+        // Relative to the value, but near 0 to the smallest normal step of erf's slope there.
+        worst.0 = worst.0.max(e / erf_ref.abs().max(1e-6));
+        let t = -(i.abs() as f32) * 5e-4; // [-100, 0]
+        let exp_ref = f64::from(t).exp();
+        let got = f64::from(meta_ocl::model::exp_nonpositive_f32(t));
+        if t > -87.0 {
+            worst.1 = worst.1.max((got - exp_ref).abs() / exp_ref);
+        } else {
+            assert_eq!(got, 0.0, "exp({t})");
+        }
+    }
+    assert!(worst.0 < 5e-7, "erf: largest relative error {}", worst.0);
+    assert!(worst.1 < 3e-7, "exp: largest relative error {}", worst.1);
 }
 
 #[test]
