@@ -10,6 +10,7 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Int, TensorData};
 use foundation::layers::kaiming_uniform;
+use foundation::loss::exp_nonpositive_f32;
 use foundation::rng::normals;
 use rand::Rng;
 use rayon::prelude::*;
@@ -242,7 +243,7 @@ pub fn erf_f32(x: f32) -> f32 {
         -2.101_024e-6,
         -5.692_506_4e-5,
         -7.349_906_3e-4,
-        -2.954_600_0e-3,
+        -2.954_6e-3,
         -1.609_603_3e-2,
     ];
     const BETA: [f32; 5] =
@@ -258,27 +259,6 @@ pub fn erf_f32(x: f32) -> f32 {
         q = q * x2 + b;
     }
     x * p / q
-}
-
-/// `exp(t)` in `f32` without branches for `t <= 0` (Cephes' `expf`: `2^n` times a degree-7
-/// polynomial on `[-ln 2 / 2, ln 2 / 2]`; within about 1 ulp, and 0 below `-87`).
-#[inline(always)]
-pub fn exp_nonpositive_f32(t: f32) -> f32 {
-    let below = t < -87.0;
-    let t = t.max(-87.0);
-    let n = (t * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = t - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 5.000_000_1e-1;
-    let e = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    if below {
-        0.0
-    } else {
-        e * scale
-    }
 }
 
 /// GELU values `y = x Phi(x)` of `x` and, given `s`, derivatives `s = Phi(x) + x phi(x)`, with
