@@ -11,12 +11,16 @@ count. Step (jit-compiled, compile excluded): value_and_grad, global-norm clip t
 (beta 0.9/0.999, eps 1e-8, decoupled weight decay 0.01 on every parameter as burn's AdamW, lr with
 20 linear warmup steps then cosine to 10 %), the stage-1 settings of the Rust crate.
 
+cpu_sec_per_step_median: CPU seconds of a step, all threads of the process (time.process_time),
+the steadier measure of a single-threaded step on a shared machine.
+
 Shapes: --batch rows of --block tokens feed B x (block - 1) positions (the same count as the Rust
 bench). Tokens are uniform over the vocabulary (511, the default world's); the compute does not
 depend on the values. Median seconds per step over --steps after --warmup, each step ended by
 block_until_ready. The LAST stdout line is one JSON object:
   {"framework","jax_version","layers","d_model","heads","block","batch","vocab","params",
-   "tokens_per_step","sec_per_step_median","sec_per_step_min","tokens_per_sec","threads",
+   "tokens_per_step","sec_per_step_median","sec_per_step_min","cpu_sec_per_step_median","tokens_per_sec",
+   "threads",
    "step_seconds"}
 Run with PYTHONPATH=bench/.pydeps (where bench/jax_unet_step.py installs JAX).
 """
@@ -130,13 +134,14 @@ def main():
     m = jax.tree_util.tree_map(jnp.zeros_like, p)
     v = jax.tree_util.tree_map(jnp.zeros_like, p)
     step = make_step(a.heads, a.warmup + a.steps)
-    times = []
+    times, cpu = [], []
     for k in range(a.warmup + a.steps):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         p, m, v, loss = step(p, m, v, float(k), x, y, mask)
         loss.block_until_ready()
         if k >= a.warmup:
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
     if not math.isfinite(float(loss)):
         sys.exit("the loss is not finite")
     med = statistics.median(times)
@@ -144,9 +149,10 @@ def main():
     out = {"framework": "jax", "jax_version": jax.__version__, "layers": a.layers, "d_model": a.d_model,
            "heads": a.heads, "block": a.block, "batch": a.batch, "vocab": a.vocab, "params": params,
            "tokens_per_step": tokens, "sec_per_step_median": med, "sec_per_step_min": min(times),
+           "cpu_sec_per_step_median": statistics.median(cpu),
            "tokens_per_sec": tokens / med, "threads": os.cpu_count(), "step_seconds": times}
     print(f"jax: {a.layers} layers, d {a.d_model}, block {a.block}, batch {a.batch} ({tokens} tokens/step, "
-          f"{params} params): {med * 1e3:.2f} ms/step (median of {a.steps}), {tokens / med:.0f} tokens/s",
+          f"{params} params): {med * 1e3:.2f} ms/step (median of {a.steps}; CPU {statistics.median(cpu) * 1e3:.2f} ms), {tokens / med:.0f} tokens/s",
           file=sys.stderr)
     line = json.dumps(out)
     if a.json:

@@ -30,6 +30,15 @@ pub struct BenchConfig {
     pub steps: usize,
     /// Untimed steps before them.
     pub warmup: usize,
+    /// Each batch runs as this many concurrent microbatches on the rayon pool
+    /// ([`OptimConfig::microbatches`](foundation::train::OptimConfig::microbatches); the same
+    /// mean token loss and gradient, summed in a fixed order). 1: one pass, parallel inside each op.
+    #[serde(default = "one")]
+    pub microbatches: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for BenchConfig {
@@ -42,6 +51,7 @@ impl Default for BenchConfig {
             block: model.block,
             steps: 30,
             warmup: 5,
+            microbatches: 1,
         }
     }
 }
@@ -65,6 +75,13 @@ pub struct BenchResult {
     pub sec_per_step_median: f64,
     /// Fastest step.
     pub sec_per_step_min: f64,
+    /// Median CPU seconds of a step, all threads of the process together (from
+    /// `/proc/self/task/*/schedstat`; absent where that cannot be read). Unlike wall time it does
+    /// not grow when other processes take turns on the cores, so on a shared machine it is the
+    /// steadier measure of the work of a single-threaded step (with more threads it also counts
+    /// their waiting spins).
+    #[serde(default)]
+    pub cpu_sec_per_step_median: Option<f64>,
     /// `tokens_per_step / sec_per_step_median`.
     pub tokens_per_sec: f64,
     /// Median seconds of building a batch (one-hot inputs and targets), timed apart.
@@ -117,8 +134,11 @@ pub fn bench_rows(block: usize) -> Result<(usize, Vec<Vec<u32>>, bool), MetaOclE
 /// [`Trainer::step`] on `device`. Each step ends with the loss read back to the host. Then times
 /// the parts of as many more steps apart (batch, forward and loss, backward; no update).
 pub fn bench(cfg: &BenchConfig, device: &Device) -> Result<BenchResult, MetaOclError> {
-    if cfg.batch == 0 || cfg.steps == 0 {
-        return Err(MetaOclError::Invalid("batch and steps must be positive".into()));
+    if cfg.batch == 0 || cfg.steps == 0 || cfg.microbatches == 0 || cfg.microbatches > cfg.batch {
+        return Err(MetaOclError::Invalid(format!(
+            "batch and steps must be positive and microbatches between 1 and the batch (got batch {}, steps {}, microbatches {})",
+            cfg.batch, cfg.steps, cfg.microbatches
+        )));
     }
     let model_cfg = ModelConfig {
         d_model: cfg.d_model,
@@ -139,16 +159,24 @@ pub fn bench(cfg: &BenchConfig, device: &Device) -> Result<BenchResult, MetaOclE
     let stage = StageConfig { epochs: 1, batch_size: cfg.batch, ..SweepConfig::default().stage1 };
     let mut optim = stage.optim(rows.len(), 0);
     optim.steps = cfg.warmup + cfg.steps;
+    optim.microbatches = cfg.microbatches.max(1);
     let objective =
         LmObjective { data: &rows, batch_size: cfg.batch, order_seed: 0, vocab, block: cfg.block };
-    let trainer = Trainer::new(optim, objective, device);
+    let trainer = Trainer::new(optim, objective, device).with_fused_adamw(true);
     let mut state: TrainState<Transformer> = trainer.init_state(|rng, d| model_cfg.init_with(vocab, rng, d));
     let params = state.model.num_params();
     let mut step_seconds = Vec::with_capacity(cfg.steps);
+    let mut cpu_seconds = Vec::with_capacity(cfg.steps);
     for i in 0..cfg.warmup + cfg.steps {
+        let cpu = process_cpu_seconds();
         let clock = Instant::now();
         let loss = trainer.step(&mut state);
         let sec = clock.elapsed().as_secs_f64();
+        if let (Some(a), Some(b)) = (cpu, process_cpu_seconds()) {
+            if i >= cfg.warmup {
+                cpu_seconds.push(b - a);
+            }
+        }
         if !loss.is_finite() {
             return Err(MetaOclError::Invalid(format!("step {i}: the loss is not finite")));
         }
@@ -181,6 +209,7 @@ pub fn bench(cfg: &BenchConfig, device: &Device) -> Result<BenchResult, MetaOclE
         tokens_per_step,
         sec_per_step_median: sec,
         sec_per_step_min: step_seconds.iter().copied().fold(f64::INFINITY, f64::min),
+        cpu_sec_per_step_median: (cpu_seconds.len() == cfg.steps).then(|| median(&cpu_seconds)),
         tokens_per_sec: tokens_per_step as f64 / sec,
         batch_sec_median: median(&batch_sec),
         forward_sec_median: median(&forward),
@@ -188,6 +217,17 @@ pub fn bench(cfg: &BenchConfig, device: &Device) -> Result<BenchResult, MetaOclE
         threads: rayon_threads(),
         step_seconds,
     })
+}
+
+/// CPU seconds used so far by all threads of this process (the first field of each thread's
+/// `/proc/self/task/<tid>/schedstat`, nanoseconds on the CPU), or None where that is not readable.
+fn process_cpu_seconds() -> Option<f64> {
+    let mut ns = 0u64;
+    for entry in std::fs::read_dir("/proc/self/task").ok()? {
+        let text = std::fs::read_to_string(entry.ok()?.path().join("schedstat")).ok()?;
+        ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 * 1e-9)
 }
 
 /// Threads of the pool burn's CPU backend runs on (`RAYON_NUM_THREADS`, else the cores).

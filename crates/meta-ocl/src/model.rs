@@ -10,6 +10,7 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Int, TensorData};
 use foundation::layers::kaiming_uniform;
+use foundation::loss::exp_nonpositive_f32;
 use foundation::rng::normals;
 use rand::Rng;
 use rayon::prelude::*;
@@ -199,35 +200,86 @@ pub fn one_hot(tokens: &[u32], vocab: usize, device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(v, [tokens.len(), vocab]), device)
 }
 
-/// The exact (erf) GELU, `0.5 x (1 + erf(x / sqrt 2))`, with burn-flex's numbers bit for bit
-/// (forward and gradient), computed faster in training: flex evaluates the scalar `erff` on one
-/// thread in the forward pass and again, with an `exp`, in the backward pass. Here, when `x` is in
-/// an autodiff graph, the value `y` and the derivative `s = Phi(x) + x phi(x)` are computed once,
-/// on the rayon pool, as constants, and the result is `y + (x s - detach(x s))`: forward exactly
-/// `y` (the bracket is exactly 0), gradient `g s` (what flex's `gelu_backward` returns). Without
-/// autodiff, or on another device than the CPU (where the host round trip would cost more), it is
-/// burn's `gelu`.
+/// The exact (erf) GELU, `0.5 x (1 + erf(x / sqrt 2))`, computed fast on the CPU: burn-flex
+/// evaluates the scalar `erff` (libm) on one thread in the forward pass and again, with an `exp`,
+/// in the backward pass. Here, on the `flex` device, the value `y` and (when `x` is in an autodiff
+/// graph) the derivative `s = Phi(x) + x phi(x)` are computed once by [`gelu_kernel`]
+/// (branch-free, vectorised for the CPU's widest SIMD, on the rayon pool) as constants, and the
+/// result is `y + (x s - detach(x s))`: forward exactly `y` (the bracket is exactly 0), gradient
+/// `g s` (what flex's `gelu_backward` returns, to a few ulp). On another device it is burn's
+/// `gelu`.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if !x.is_tracked() || x.device() != Device::flex() {
+    if x.device() != Device::flex() && x.device() != Device::flex().autodiff() {
         return burn::tensor::activation::gelu(x);
     }
-    let (shape, device) = (x.shape(), x.device());
+    let (shape, device, tracked) = (x.shape(), x.device(), x.is_tracked());
     let v: Vec<f32> = x.to_data().try_into_vec::<f32>().expect("f32 activations");
     let mut y = vec![0.0f32; v.len()];
-    let mut s = vec![0.0f32; v.len()];
-    let inv_sqrt_2pi: f32 = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
+    let mut s = vec![0.0f32; if tracked { v.len() } else { 0 }];
     const CHUNK: usize = 1 << 14;
-    v.par_chunks(CHUNK).zip(y.par_chunks_mut(CHUNK)).zip(s.par_chunks_mut(CHUNK)).for_each(|((v, y), s)| {
-        for ((&x, y), s) in v.iter().zip(y).zip(s) {
-            // The expressions of burn-flex 0.22.1's `gelu` and `gelu_backward`, in their order.
-            let e = libm::erff(x / std::f32::consts::SQRT_2);
-            *y = 0.5 * x * (1.0 + e);
-            let cdf = 0.5 * (1.0 + e);
-            let pdf = inv_sqrt_2pi * (-0.5 * x * x).exp();
-            *s = cdf + x * pdf;
-        }
-    });
+    if tracked {
+        v.par_chunks(CHUNK)
+            .zip(y.par_chunks_mut(CHUNK))
+            .zip(s.par_chunks_mut(CHUNK))
+            .for_each(|((v, y), s)| gelu_kernel(v, y, Some(s)));
+    } else {
+        v.par_chunks(CHUNK).zip(y.par_chunks_mut(CHUNK)).for_each(|(v, y)| gelu_kernel(v, y, None));
+    }
     let constant = |v: Vec<f32>| Tensor::<D>::from_data(TensorData::new(v, shape.clone()), &device);
+    if !tracked {
+        return constant(y);
+    }
     let xs = x * constant(s);
     constant(y) + (xs.clone() - xs.detach())
+}
+
+/// `erf(x)` in `f32` without branches: XLA's and Eigen's rational approximation (odd degree-13
+/// over even degree-8 polynomial on `[-4, 4]`, `±1` outside), within a few ulp of the exact value.
+#[inline(always)]
+pub fn erf_f32(x: f32) -> f32 {
+    const ALPHA: [f32; 7] = [
+        -2.726_142_3e-10,
+        2.770_681_4e-8,
+        -2.101_024e-6,
+        -5.692_506_4e-5,
+        -7.349_906_3e-4,
+        -2.954_6e-3,
+        -1.609_603_3e-2,
+    ];
+    const BETA: [f32; 5] =
+        [-1.456_607_2e-5, -2.133_740_6e-4, -1.682_827e-3, -7.373_329_2e-3, -1.426_473_9e-2];
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = ALPHA[0];
+    for a in &ALPHA[1..] {
+        p = p * x2 + a;
+    }
+    let mut q = BETA[0];
+    for b in &BETA[1..] {
+        q = q * x2 + b;
+    }
+    x * p / q
+}
+
+/// GELU values `y = x Phi(x)` of `x` and, given `s`, derivatives `s = Phi(x) + x phi(x)`, with
+/// [`erf_f32`] and [`exp_nonpositive_f32`], compiled for the CPU's widest SIMD (chosen at run time).
+pub fn gelu_kernel(x: &[f32], y: &mut [f32], s: Option<&mut [f32]>) {
+    let inv_sqrt_2pi: f32 = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
+    pulp::Arch::new().dispatch(
+        #[inline(always)]
+        || match s {
+            Some(s) => {
+                for ((&x, y), s) in x.iter().zip(y.iter_mut()).zip(s.iter_mut()) {
+                    let cdf = 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+                    *y = x * cdf;
+                    *s = cdf + x * (inv_sqrt_2pi * exp_nonpositive_f32(-0.5 * x * x));
+                }
+            }
+            None => {
+                for (&x, y) in x.iter().zip(y.iter_mut()) {
+                    *y = x * (0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2)));
+                }
+            }
+        },
+    );
 }

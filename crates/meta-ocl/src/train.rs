@@ -7,8 +7,8 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 use burn::tensor::TensorData;
+use foundation::loss::softmax_cross_entropy_sum_fused;
 use foundation::progress::Progress;
 use foundation::rng::epoch_order;
 use foundation::train::{load_module, save_module, Checkpoints, Objective, OptimConfig, Trainer};
@@ -79,6 +79,10 @@ pub struct LmBatch {
     pub t: usize,
     /// Number of target tokens (non-padding) in the batch.
     pub tokens: usize,
+    /// What the summed token loss is divided by: the batch's target tokens (at least 1); for a
+    /// microbatch, those of the batch it was cut from times its share of the rows, so the
+    /// trainer's row-weighted sum of microbatch losses is the batch's mean token loss exactly.
+    pub norm: f64,
 }
 
 /// Causal-LM loss on the full text of each sequence (every token after `<bos>` is a target;
@@ -118,6 +122,7 @@ impl LmObjective<'_> {
             b,
             t,
             tokens,
+            norm: tokens.max(1) as f64,
         }
     }
 }
@@ -145,12 +150,13 @@ impl Objective<Transformer> for LmObjective<'_> {
         let (t, len) = (batch.t, range.end - range.start);
         let y = batch.y.clone().narrow(0, range.start * t, len * t);
         let tokens = y.clone().sum().into_scalar::<f32>().round() as usize;
-        LmBatch { x: batch.x.clone().narrow(0, range.start * t, len * t), y, b: len, t, tokens }
+        let norm = batch.norm * len as f64 / batch.b.max(1) as f64;
+        LmBatch { x: batch.x.clone().narrow(0, range.start * t, len * t), y, b: len, t, tokens, norm }
     }
 
     fn loss(&self, model: &Transformer, batch: LmBatch) -> Tensor<1> {
         let logits = model.forward(batch.x, batch.b, batch.t).reshape([batch.b * batch.t, self.vocab]);
-        (log_softmax(logits, 1) * batch.y).sum().neg() / (batch.tokens.max(1) as f64)
+        softmax_cross_entropy_sum_fused(logits, batch.y) / batch.norm
     }
 }
 
@@ -264,7 +270,7 @@ pub fn train_stage(
     let steps = optim.steps;
     let objective =
         LmObjective { data, batch_size: cfg.batch_size, order_seed, vocab, block: model_cfg.block };
-    let trainer = Trainer::new(optim, objective, device);
+    let trainer = Trainer::new(optim, objective, device).with_fused_adamw(true);
     let build = |device: &Device| -> Result<Transformer, MetaOclError> {
         let fresh = model_cfg.init(vocab, device);
         match start {

@@ -683,7 +683,7 @@ pub fn train_vision_stage(
     let optim = stage.optim(data.len(), order_seed);
     let steps = optim.steps;
     let objective = VisionObjective { world, data, batch_size: stage.batch_size, order_seed };
-    let trainer = Trainer::new(optim, objective, device);
+    let trainer = Trainer::new(optim, objective, device).with_fused_adamw(true);
     let mut state = match start {
         None => trainer.init_state(|rng, d| cnn.init_with(rng, d)),
         Some(path) => {

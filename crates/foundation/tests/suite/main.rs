@@ -2,6 +2,7 @@
 //! link of the workspace's dependencies, so one per crate keeps the release build short.
 
 mod atomic;
+mod fused_adamw;
 mod layers;
 mod loss;
 mod plot;

@@ -311,6 +311,9 @@ struct BenchArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 5)]
     warmup: usize,
+    /// Run each batch as this many concurrent microbatches (same loss and gradient; 1: one pass).
+    #[arg(long, default_value_t = 1)]
+    microbatches: usize,
     /// Also write the result as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -507,19 +510,22 @@ fn bench(args: &BenchArgs, device: &Device) -> Result<()> {
         block: args.block,
         steps: args.steps,
         warmup: args.warmup,
+        microbatches: args.microbatches,
     };
     let r = meta_ocl::bench::bench(&cfg, device)?;
     println!(
-        "burn: {} layers, d {}, block {}, batch {} ({}{} tokens/step, {} params): {:.2} ms/step (median of {}), batch {:.2} ms, forward {:.2} ms, backward {:.2} ms apart, {:.0} tokens/s, {} threads",
+        "burn: {} layers, d {}, block {}, batch {}{} ({}{} tokens/step, {} params): {:.2} ms/step (median of {}; CPU {}), batch {:.2} ms, forward {:.2} ms, backward {:.2} ms apart, {:.0} tokens/s, {} threads",
         cfg.layers,
         cfg.d_model,
         cfg.block,
         cfg.batch,
+        if cfg.microbatches > 1 { format!(" in {} microbatches", cfg.microbatches) } else { String::new() },
         r.tokens_per_step,
         if r.packed { " packed" } else { "" },
         r.params,
         r.sec_per_step_median * 1e3,
         cfg.steps,
+        r.cpu_sec_per_step_median.map_or("n/a".to_string(), |c| format!("{:.2} ms", c * 1e3)),
         r.batch_sec_median * 1e3,
         r.forward_sec_median * 1e3,
         r.backward_sec_median * 1e3,

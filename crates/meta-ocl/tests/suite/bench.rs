@@ -22,7 +22,8 @@ fn rows_are_padded_sequences_at_the_default_block_and_packed_at_a_long_one() {
 
 #[test]
 fn a_tiny_bench_counts_tokens_and_params() {
-    let cfg = BenchConfig { batch: 4, layers: 1, d_model: 8, block: 16, steps: 2, warmup: 1 };
+    let cfg =
+        BenchConfig { batch: 4, layers: 1, d_model: 8, block: 16, steps: 2, warmup: 1, microbatches: 1 };
     let r = bench(&cfg, &Device::flex()).unwrap();
     assert_eq!(r.tokens_per_step, 4 * 15);
     assert!(r.packed);

@@ -97,12 +97,13 @@ fn greedy_decoding_stops_at_the_block() {
 }
 
 #[test]
-fn fast_gelu_matches_burns_gelu_bit_for_bit_in_value_and_gradient() {
+fn fast_gelu_matches_burns_gelu_in_value_and_gradient() {
     use burn::tensor::activation;
     let device = Device::flex().autodiff();
     let mut rng = foundation::rng::stream(11, 0, 0);
-    // Wide enough to span several parallel chunks, with tails where erf saturates.
-    let v: Vec<f32> = (0..40_000).map(|_| rng.gen_range(-7.0f32..7.0)).collect();
+    // Wide enough to span several parallel chunks, with tails where erf saturates and exp underflows.
+    let mut v: Vec<f32> = (0..40_000).map(|_| rng.gen_range(-7.0f32..7.0)).collect();
+    v[..6].copy_from_slice(&[0.0, -0.0, 15.0, -15.0, 1e-30, -40.0]);
     let up: Vec<f32> = (0..v.len()).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
     let run = |f: &dyn Fn(Tensor<2>) -> Tensor<2>| {
         let x = Tensor::<2>::from_data(TensorData::new(v.clone(), [200, 200]), &device).require_grad();
@@ -115,15 +116,90 @@ fn fast_gelu_matches_burns_gelu_bit_for_bit_in_value_and_gradient() {
     let (y_fast, g_fast) = run(&|x| meta_ocl::model::gelu(x));
     let (y_ref, g_ref) = run(&|x| activation::gelu(x));
     for i in 0..v.len() {
-        // `==` (not bits): the fast path may turn a -0 into +0, nothing else.
-        assert!(y_fast[i] == y_ref[i], "value at x = {}: {} vs {}", v[i], y_fast[i], y_ref[i]);
-        assert!(g_fast[i] == g_ref[i], "gradient at x = {}: {} vs {}", v[i], g_fast[i], g_ref[i]);
+        // GELU's value is at most |x| and its derivative at most 1.13: a few f32 ulp of those.
+        let scale = v[i].abs().max(1e-3);
+        assert!(
+            (y_fast[i] - y_ref[i]).abs() <= 4e-7 * scale,
+            "value at x = {}: {} vs {}",
+            v[i],
+            y_fast[i],
+            y_ref[i]
+        );
+        assert!(
+            (g_fast[i] - g_ref[i]).abs() <= 4e-7 * up[i].abs().max(1e-3),
+            "gradient at x = {}: {} vs {}",
+            v[i],
+            g_fast[i],
+            g_ref[i]
+        );
     }
-    // Without autodiff it is burn's gelu itself.
+    // Without autodiff: the same values.
     let x = Tensor::<2>::from_data(TensorData::new(v.clone(), [200, 200]), &Device::flex());
     let a: Vec<f32> = meta_ocl::model::gelu(x.clone()).into_data().try_to_vec().unwrap();
-    let b: Vec<f32> = activation::gelu(x).into_data().try_to_vec().unwrap();
-    assert_eq!(a, b);
+    assert_eq!(a, y_fast);
+}
+
+#[test]
+fn branch_free_erf_is_within_a_few_ulp_of_f64() {
+    let mut worst = 0.0f64;
+    for i in -200_000i32..=200_000 {
+        let x = i as f32 * 5e-5; // [-10, 10]
+        let erf_ref = libm::erf(f64::from(x));
+        let e = (f64::from(meta_ocl::model::erf_f32(x)) - erf_ref).abs();
+        worst = worst.max(e / erf_ref.abs().max(1e-6));
+    }
+    assert!(worst < 5e-7, "erf: largest relative error {worst}");
+}
+
+#[test]
+fn microbatches_give_the_loss_and_gradient_of_one_pass_on_padded_rows() {
+    use foundation::train::{Objective, OptimConfig, Trainer};
+    use meta_ocl::train::LmObjective;
+    let vocab = 12;
+    // Sequences of different lengths: the microbatches hold different numbers of target tokens.
+    let data: Vec<Vec<u32>> = vec![
+        vec![1, 3, 5, 7, 9, 2],
+        vec![1, 4, 2],
+        vec![1, 6, 3, 9, 10, 11, 8, 2],
+        vec![1, 5, 2],
+        vec![1, 7, 7, 7, 2],
+        vec![1, 8, 9, 10, 11, 3, 2],
+    ];
+    let optim = |microbatches| OptimConfig {
+        steps: 1,
+        lr: 1e-3,
+        warmup_steps: 0,
+        min_lr_ratio: 1.0,
+        weight_decay: 0.0,
+        grad_clip: None,
+        ema_decay: 0.0,
+        seed: 0,
+        microbatches,
+    };
+    let run = |microbatches| {
+        let objective = LmObjective { data: &data, batch_size: 6, order_seed: 0, vocab, block: 8 };
+        let trainer = Trainer::new(optim(microbatches), objective, &Device::flex());
+        let state = trainer.init_state(|rng, d| tiny().init_with(vocab, rng, d));
+        let batch = trainer.objective.batch(0, &trainer.device);
+        let (loss, grads) = trainer.gradients(&state.model, batch, 0);
+        struct Collect<'g>(&'g burn::optim::GradientsParams, Vec<f32>);
+        impl burn::module::ModuleVisitor for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+                let g = self.0.get::<D>(param.id).expect("every parameter has a gradient");
+                self.1.extend(g.into_data().try_into_vec::<f32>().unwrap());
+            }
+        }
+        let mut c = Collect(&grads, Vec::new());
+        burn::module::Module::visit(&state.model, &mut c);
+        (loss, c.1)
+    };
+    let (loss1, g1) = run(1);
+    let (loss3, g3) = run(3);
+    assert!((loss1 - loss3).abs() <= 1e-6 * loss1.abs(), "loss {loss1} vs {loss3}");
+    let scale = g1.iter().fold(0.0f32, |m, g| m.max(g.abs()));
+    for (i, (a, b)) in g1.iter().zip(&g3).enumerate() {
+        assert!((a - b).abs() <= 1e-5 * scale, "gradient {i}: {a} vs {b}");
+    }
 }
 
 #[test]
