@@ -104,6 +104,12 @@ struct Common {
     /// isomers (default: --kt, the run's own pairs).
     #[arg(long)]
     explore_train_kt: Option<f64>,
+    /// `run`: train the MH flows (likelihood flow, fine-tuning, the mixture's hop flow) on the
+    /// pairs of an MD reference at this kT (same lengths, lag and seed) instead of the run's;
+    /// MH, the MD reference, populations, ESS and the speed-up stay at --kt, the isomer table
+    /// joins both references' isomers (default: --kt, the run's own pairs).
+    #[arg(long)]
+    train_kt: Option<f64>,
     /// `run`: measure MD's time to visit every isomer on run 0 of the reference continued up to
     /// this many frames (dynamics timed, quench not); up to --frames: run 0 of the reference.
     #[arg(long, default_value_t = 0)]
@@ -222,6 +228,7 @@ fn stage(c: &Common) -> FlowStage {
         align_permutations: c.permute_align,
         explore_train_kt: c.explore_train_kt,
         explore_md_frames: c.explore_md_frames,
+        train_kt: c.train_kt,
         mix: (c.mix_weight > 0.0)
             .then_some(MixStage { weight: c.mix_weight, hop_fraction: c.mix_hop_fraction }),
     }
