@@ -25,6 +25,7 @@ use timewarp::train::FlowTrainConfig;
         timewarp run --composition A4B3 --train-steps 0 --out-dir out/a4b3   # MD, pairs, MH checks only\n  \
         timewarp run --composition A6 --lag 5 --permute-align --mh-trials 1000000 --out-dir out/a6   # MH-Timewarp over all 3 isomers of LJ-6\n  \
         timewarp run --kt 0.12 --explore-train-kt 0.15 --explore-md-frames 1000000 --mh-trials 100   # explore at kT 0.12 with a hop flow trained at 0.15\n  \
+        timewarp run --composition A6 --lag 5 --permute-align --kt 0.10 --train-kt 0.15 --mix-weight 0.1 --runs 20 --frames 10000 --mh-trials 200000   # MH-Timewarp at kT 0.10, flows trained at 0.15\n  \
         timewarp transfer --train A7,A6B1,A5B2,A3B4,A2B5 --test A4B3,A1B6 --out-dir out/transfer"
 )]
 struct Cli {
