@@ -102,6 +102,11 @@ pub struct FlowStage {
     /// table joined with the isomers only the other reference found ([`IsomerTable::union`]).
     #[serde(default)]
     pub train_kt: Option<f64>,
+    /// Train the mixture's hop flow on the pairs of an MD reference at this kT instead of the
+    /// MH flows' (None: the kT of `train_kt`, or the run's); the likelihood flow stays on
+    /// `train_kt`'s pairs. Needs a mixture (`mix`).
+    #[serde(default)]
+    pub mix_train_kt: Option<f64>,
 }
 
 /// The hop component of an exact mixture proposal for MH-Timewarp.
@@ -132,6 +137,18 @@ impl FlowStage {
                 return Err(TimewarpError::Input(format!(
                     "the MH flows' training kT must be finite and > 0, got {t}"
                 )));
+            }
+        }
+        if let Some(t) = self.mix_train_kt {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(TimewarpError::Input(format!(
+                    "the mixture's hop flow's training kT must be finite and > 0, got {t}"
+                )));
+            }
+            if self.mix.is_none() {
+                return Err(TimewarpError::Input(
+                    "a training kT for the mixture's hop flow needs a mixture (mix weight > 0)".into(),
+                ));
             }
         }
         if let Some(t) = self.explore_train_kt {
@@ -257,6 +274,13 @@ pub fn explore_training_md(md: &MdConfig, stage: &FlowStage) -> Option<MdConfig>
 /// that is unset or equals the run's kT.
 pub fn mh_training_md(md: &MdConfig, stage: &FlowStage) -> Option<MdConfig> {
     md_at_kt(md, stage.train_kt)
+}
+
+/// The MD settings whose pairs train the mixture's hop flow when they are not the run's own:
+/// `md` at `stage.mix_train_kt`, else at `stage.train_kt`; None without a mixture, or when that
+/// kT is unset or the run's.
+pub fn mix_training_md(md: &MdConfig, stage: &FlowStage) -> Option<MdConfig> {
+    md_at_kt(md, stage.mix.and(stage.mix_train_kt.or(stage.train_kt)))
 }
 
 /// `md` at kT `kt`, None when that is unset or `md`'s own.
@@ -774,6 +798,7 @@ pub fn run(
     if let Some(stage) = &cfg.flow {
         let wanted = [
             ("MH flows'", mh_training_md(&cfg.md, stage)),
+            ("mixture's hop flow's", mix_training_md(&cfg.md, stage)),
             ("exploration flow's", explore_training_md(&cfg.md, stage)),
         ];
         for (what, c) in wanted {
@@ -928,10 +953,20 @@ pub fn run(
         // The mixture's hop flow: the exploration flow when both use the same hop fraction and
         // pairs at the same kT.
         let kt_of = |t: Option<f64>| t.unwrap_or(kt);
-        let same_pairs = kt_of(stage.train_kt) == kt_of(stage.explore_train_kt);
+        // The mixture's hop flow's pairs: the MH flows', the run's own, or another reference's.
+        let mix_kt = kt_of(stage.mix_train_kt.or(stage.train_kt));
+        let mix_set = if mix_kt == kt_of(stage.train_kt) {
+            None
+        } else if mix_kt == kt {
+            Some([own_set()])
+        } else {
+            other_at(mix_kt).map(|r| [other_set(r).0])
+        };
+        let mix_pairs: &[PairSet] = mix_set.as_ref().map_or(&set, |s| s);
+        let same_pairs = mix_kt == kt_of(stage.explore_train_kt);
         let mix_own = match stage.mix {
             Some(m) if stage.explore_hop_fraction != Some(m.hop_fraction) || !same_pairs => {
-                Some(train_hop_flow("mixture's hop flow", m.hop_fraction, &set)?)
+                Some(train_hop_flow("mixture's hop flow", m.hop_fraction, mix_pairs)?)
             }
             _ => None,
         };
@@ -957,7 +992,12 @@ pub fn run(
                     ", mixture w {} of a hop flow ({})",
                     m.weight, m.hop_fraction
                 )),
-                mh_train_md.as_ref().map_or(String::new(), |r| format!(", flows trained at kT {}", r.kt)),
+                mh_train_md.as_ref().map_or(String::new(), |r| format!(", flows trained at kT {}", r.kt))
+                    + &if stage.mix.is_some() && mix_kt != kt_of(stage.train_kt) {
+                        format!(", hop flow trained at kT {mix_kt}")
+                    } else {
+                        String::new()
+                    },
                 cfg.lag * cfg.md.stride,
                 if stage.adapt_batch { "<=" } else { "=" },
                 stage.mh_batch

@@ -111,6 +111,10 @@ struct Common {
     /// joins both references' isomers (default: --kt, the run's own pairs).
     #[arg(long)]
     train_kt: Option<f64>,
+    /// `run`: train the mixture's hop flow on the pairs of an MD reference at this kT instead
+    /// of the MH flows' (default: --train-kt, else --kt); needs --mix-weight > 0.
+    #[arg(long)]
+    mix_train_kt: Option<f64>,
     /// `run`: measure MD's time to visit every isomer on run 0 of the reference continued up to
     /// this many frames (dynamics timed, quench not); up to --frames: run 0 of the reference.
     #[arg(long, default_value_t = 0)]
@@ -230,6 +234,7 @@ fn stage(c: &Common) -> FlowStage {
         explore_train_kt: c.explore_train_kt,
         explore_md_frames: c.explore_md_frames,
         train_kt: c.train_kt,
+        mix_train_kt: c.mix_train_kt,
         mix: (c.mix_weight > 0.0)
             .then_some(MixStage { weight: c.mix_weight, hop_fraction: c.mix_hop_fraction }),
     }

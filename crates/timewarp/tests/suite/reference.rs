@@ -91,6 +91,7 @@ fn bad_input_is_an_error_not_a_panic() {
         explore_train_kt: None,
         explore_md_frames: 0,
         train_kt: None,
+        mix_train_kt: None,
     };
     let rc3 = RunConfig {
         md: cfg(),
@@ -246,6 +247,7 @@ fn flow_stage() -> timewarp::run::FlowStage {
         explore_train_kt: None,
         explore_md_frames: 0,
         train_kt: None,
+        mix_train_kt: None,
     }
 }
 
@@ -315,6 +317,39 @@ fn an_mh_training_kt_is_checked_before_any_work() {
     stage.train_kt = Some(0.2);
     stage.explore_hop_fraction = None;
     assert!(stage.validate().is_ok());
+    // The mixture's hop flow's training kT: finite, > 0, and only with a mixture.
+    stage.mix = Some(timewarp::run::MixStage { weight: 0.1, hop_fraction: 1.0 });
+    for bad in [-0.1, 0.0, f64::NAN, f64::INFINITY] {
+        stage.mix_train_kt = Some(bad);
+        let e =
+            run(&rc(&stage), &foundation::progress::NoProgress, &mut |_| panic!("work started")).unwrap_err();
+        assert!(e.to_string().contains("hop flow's training kT"), "{e}");
+    }
+    stage.mix_train_kt = Some(0.2);
+    assert!(stage.validate().is_ok());
+    stage.mix = None;
+    let e = run(&rc(&stage), &foundation::progress::NoProgress, &mut |_| panic!("work started")).unwrap_err();
+    assert!(e.to_string().contains("needs a mixture"), "{e}");
+}
+
+#[test]
+fn the_mixtures_hop_flow_follows_its_own_training_kt_else_the_mh_flows() {
+    use timewarp::run::{mh_training_md, mix_training_md, MixStage};
+    let run_md_cfg = MdConfig { langevin: Langevin { kt: 0.1, ..hot().langevin }, ..hot() };
+    let at = |t: f64| MdConfig { langevin: Langevin { kt: t, ..run_md_cfg.langevin }, ..run_md_cfg.clone() };
+    let mut stage = flow_stage();
+    stage.train_kt = Some(0.35);
+    assert_eq!(mix_training_md(&run_md_cfg, &stage), None, "no mixture, no hop flow");
+    stage.mix = Some(MixStage { weight: 0.1, hop_fraction: 1.0 });
+    assert_eq!(mix_training_md(&run_md_cfg, &stage), Some(at(0.35)), "unset: the MH flows' kT");
+    stage.mix_train_kt = Some(0.2);
+    assert_eq!(mix_training_md(&run_md_cfg, &stage), Some(at(0.2)));
+    assert_eq!(mh_training_md(&run_md_cfg, &stage), Some(at(0.35)), "the likelihood flow keeps --train-kt");
+    stage.mix_train_kt = Some(0.1);
+    assert_eq!(mix_training_md(&run_md_cfg, &stage), None, "the run's kT: its own pairs");
+    stage.train_kt = None;
+    stage.mix_train_kt = None;
+    assert_eq!(mix_training_md(&run_md_cfg, &stage), None, "both unset: the run's own pairs");
 }
 
 #[test]
