@@ -95,6 +95,18 @@ pub struct FlowStage {
     /// frames, run 0 of the reference alone.
     #[serde(default)]
     pub explore_md_frames: usize,
+    /// Train the MH flows (the likelihood flow, its fine-tuning and the mixture's hop flow) on
+    /// the pairs of an MD reference at this kT (same composition, lengths, lag and seed)
+    /// instead of the run's (None, or the run's kT: the run's own pairs). MH, the MD reference,
+    /// populations, ESS and the speed-up stay at the run's kT; the isomer table is the run's MD
+    /// table joined with the isomers only the other reference found ([`IsomerTable::union`]).
+    #[serde(default)]
+    pub train_kt: Option<f64>,
+    /// Train the mixture's hop flow on the pairs of an MD reference at this kT instead of the
+    /// MH flows' (None: the kT of `train_kt`, or the run's); the likelihood flow stays on
+    /// `train_kt`'s pairs. Needs a mixture (`mix`).
+    #[serde(default)]
+    pub mix_train_kt: Option<f64>,
 }
 
 /// The hop component of an exact mixture proposal for MH-Timewarp.
@@ -119,6 +131,25 @@ impl FlowStage {
         }
         if let Some(f) = self.explore_hop_fraction {
             FlowTrainConfig { hop_fraction: f, ..self.train.clone() }.validate()?;
+        }
+        if let Some(t) = self.train_kt {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(TimewarpError::Input(format!(
+                    "the MH flows' training kT must be finite and > 0, got {t}"
+                )));
+            }
+        }
+        if let Some(t) = self.mix_train_kt {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(TimewarpError::Input(format!(
+                    "the mixture's hop flow's training kT must be finite and > 0, got {t}"
+                )));
+            }
+            if self.mix.is_none() {
+                return Err(TimewarpError::Input(
+                    "a training kT for the mixture's hop flow needs a mixture (mix weight > 0)".into(),
+                ));
+            }
         }
         if let Some(t) = self.explore_train_kt {
             if !(t.is_finite() && t > 0.0) {
@@ -210,9 +241,14 @@ pub struct FlowResult {
     /// (MD never visited them all within its frames); None where exploration did not find all.
     #[serde(default)]
     pub explore_ratio: Option<(f64, bool)>,
+    /// The MD reference the MH flows were trained on, when at another kT than the run's (the
+    /// hop diagnostics are then those of its pairs).
+    #[serde(default)]
+    pub mh_train_md: Option<ExploreTrainMd>,
 }
 
-/// The MD reference at another kT whose pairs trained the exploration flow.
+/// An MD reference at another kT than the run's whose pairs trained a flow (the exploration
+/// flow, or the MH flows).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ExploreTrainMd {
     /// Its kT.
@@ -230,7 +266,26 @@ pub struct ExploreTrainMd {
 /// The MD settings whose pairs train the exploration flow when they are not the run's own: `md`
 /// at `stage.explore_train_kt`, None when that is unset or equals the run's kT.
 pub fn explore_training_md(md: &MdConfig, stage: &FlowStage) -> Option<MdConfig> {
-    let t = stage.explore_train_kt.filter(|&t| t != md.langevin.kt)?;
+    md_at_kt(md, stage.explore_train_kt)
+}
+
+/// The MD settings whose pairs train the MH flows (likelihood flow, fine-tuning, the
+/// mixture's hop flow) when they are not the run's own: `md` at `stage.train_kt`, None when
+/// that is unset or equals the run's kT.
+pub fn mh_training_md(md: &MdConfig, stage: &FlowStage) -> Option<MdConfig> {
+    md_at_kt(md, stage.train_kt)
+}
+
+/// The MD settings whose pairs train the mixture's hop flow when they are not the run's own:
+/// `md` at `stage.mix_train_kt`, else at `stage.train_kt`; None without a mixture, or when that
+/// kT is unset or the run's.
+pub fn mix_training_md(md: &MdConfig, stage: &FlowStage) -> Option<MdConfig> {
+    md_at_kt(md, stage.mix.and(stage.mix_train_kt.or(stage.train_kt)))
+}
+
+/// `md` at kT `kt`, None when that is unset or `md`'s own.
+fn md_at_kt(md: &MdConfig, kt: Option<f64>) -> Option<MdConfig> {
+    let t = kt.filter(|&t| t != md.langevin.kt)?;
     let mut c = md.clone();
     c.langevin.kt = t;
     Some(c)
@@ -736,20 +791,29 @@ pub fn run(
     ));
     let (frames, infos) = md_described(&cfg.md, log)?;
     let own_table = md_table(&infos);
-    // The MD reference at another kT for the exploration flow's pairs, if asked for; the
-    // isomer table then also holds the isomers only it found.
-    let train_md = match cfg.flow.as_ref().and_then(|s| explore_training_md(&cfg.md, s)) {
-        Some(c) => {
-            log(&format!("MD reference at kT {} for the exploration flow's pairs ...", c.langevin.kt));
+    // The MD references at other kTs for the flows' pairs, if asked for (the MH flows' first,
+    // then the exploration flow's, one per kT); the isomer table then also holds the isomers
+    // only they found.
+    let mut other_md: Vec<(MdConfig, MdFrames, Vec<FrameInfo>)> = Vec::new();
+    if let Some(stage) = &cfg.flow {
+        let wanted = [
+            ("MH flows'", mh_training_md(&cfg.md, stage)),
+            ("mixture's hop flow's", mix_training_md(&cfg.md, stage)),
+            ("exploration flow's", explore_training_md(&cfg.md, stage)),
+        ];
+        for (what, c) in wanted {
+            let Some(c) = c else { continue };
+            if other_md.iter().any(|(o, _, _)| o.langevin.kt == c.langevin.kt) {
+                continue;
+            }
+            log(&format!("MD reference at kT {} for the {what} pairs ...", c.langevin.kt));
             let (f, i) = md_described(&c, log)?;
-            Some((c, f, i))
+            other_md.push((c, f, i));
         }
-        None => None,
-    };
-    let table = match &train_md {
-        Some((_, _, i)) => own_table.union(&md_table(i)),
-        None => own_table.clone(),
-    };
+    }
+    let table = other_md.iter().fold(own_table.clone(), |t, (_, _, i)| t.union(&md_table(i)));
+    // The reference at kT `t` among the other ones.
+    let other_at = |t: f64| other_md.iter().find(|(c, _, _)| c.langevin.kt == t);
     let md = md_result(&cfg.md, &frames, &infos, &table);
     let quenched: Vec<Vec<f64>> = infos.into_iter().map(|i| i.quenched).collect();
     let cluster = frames.cluster.clone();
@@ -779,7 +843,35 @@ pub fn run(
 
     let mut flow_result = None;
     if let Some(stage) = &cfg.flow {
-        let set = [hop_pair_set(&frames, &quenched, &table, cfg.lag, stage.align_permutations)];
+        // A reference at another kT as pairs flagged by the run's table, with the description
+        // of its training MD.
+        let other_set = |(c, f, i): &(MdConfig, MdFrames, Vec<FrameInfo>)| {
+            let q: Vec<Vec<f64>> = i.iter().map(|i| i.quenched.clone()).collect();
+            let set = hop_pair_set(f, &q, &table, cfg.lag, stage.align_permutations);
+            let hops = set.hop.iter().filter(|&&h| h).count();
+            let rep = ExploreTrainMd {
+                kt: c.langevin.kt,
+                md_seconds: f.md_seconds,
+                isomers: md_table(i).energies.len(),
+                run_isomers: own_table.energies.len(),
+                pairs: (set.len(), hops),
+            };
+            (set, q, rep)
+        };
+        let own_set = || hop_pair_set(&frames, &quenched, &table, cfg.lag, stage.align_permutations);
+        // The MH flows' pairs (and the quenched frames they come from): the run's own, or
+        // those of the reference at `train_kt`.
+        let mh_other = mh_training_md(&cfg.md, stage).and_then(|c| other_at(c.langevin.kt)).map(other_set);
+        let (set, set_quenched, mh_train_md) = match mh_other {
+            Some((s, q, rep)) => {
+                log(&format!(
+                    "the MH flows train on {} pairs at kT {} ({} change isomer)",
+                    rep.pairs.0, rep.kt, rep.pairs.1
+                ));
+                ([s], q, Some(rep))
+            }
+            None => ([own_set()], quenched.clone(), None),
+        };
         log(&format!(
             "training the flow ({} steps, batch {}) ...",
             stage.train.steps, stage.train.batch_size
@@ -827,21 +919,14 @@ pub fn run(
             device: Device::flex(),
         };
         log("hop diagnostics ...");
-        let hops = hop_diagnostics(&cluster, &table, &quenched, &set[0], &prop, cfg.lag, cfg.md.seed);
+        let hops = hop_diagnostics(&cluster, &table, &set_quenched, &set[0], &prop, cfg.lag, cfg.md.seed);
         // The exploration flow's pairs: the run's own, or those of the reference at its kT.
-        let explore_set = train_md.as_ref().map(|(c, f, i)| {
-            let q: Vec<Vec<f64>> = i.iter().map(|i| i.quenched.clone()).collect();
-            let set = hop_pair_set(f, &q, &table, cfg.lag, stage.align_permutations);
-            let hops = set.hop.iter().filter(|&&h| h).count();
-            let rep = ExploreTrainMd {
-                kt: c.langevin.kt,
-                md_seconds: f.md_seconds,
-                isomers: md_table(i).energies.len(),
-                run_isomers: own_table.energies.len(),
-                pairs: (set.len(), hops),
-            };
-            ([set], rep)
-        });
+        let explore_set =
+            explore_training_md(&cfg.md, stage).and_then(|c| other_at(c.langevin.kt)).map(|r| {
+                let (s, _, rep) = other_set(r);
+                ([s], rep)
+            });
+        let own_for_explore = (explore_set.is_none() && mh_train_md.is_some()).then(|| [own_set()]);
         // A second flow trained with `hop_fraction` of every batch on the isomer-changing pairs
         // (of `pairs`).
         let mut train_hop_flow = |what: &str, hop_fraction: f64, pairs: &[PairSet]| {
@@ -856,16 +941,32 @@ pub fn run(
             };
             Ok::<_, TimewarpError>((p, rep))
         };
-        let explore_pairs: &[PairSet] = explore_set.as_ref().map_or(&set, |(s, _)| s);
+        let explore_pairs: &[PairSet] = match (&explore_set, &own_for_explore) {
+            (Some((s, _)), _) => s,
+            (None, Some(s)) => s,
+            (None, None) => &set,
+        };
         let explore_own = stage
             .explore_hop_fraction
             .map(|f| train_hop_flow("exploration flow", f, explore_pairs))
             .transpose()?;
         // The mixture's hop flow: the exploration flow when both use the same hop fraction and
-        // the run's own pairs.
+        // pairs at the same kT.
+        let kt_of = |t: Option<f64>| t.unwrap_or(kt);
+        // The mixture's hop flow's pairs: the MH flows', the run's own, or another reference's.
+        let mix_kt = kt_of(stage.mix_train_kt.or(stage.train_kt));
+        let mix_set = if mix_kt == kt_of(stage.train_kt) {
+            None
+        } else if mix_kt == kt {
+            Some([own_set()])
+        } else {
+            other_at(mix_kt).map(|r| [other_set(r).0])
+        };
+        let mix_pairs: &[PairSet] = mix_set.as_ref().map_or(&set, |s| s);
+        let same_pairs = mix_kt == kt_of(stage.explore_train_kt);
         let mix_own = match stage.mix {
-            Some(m) if stage.explore_hop_fraction != Some(m.hop_fraction) || explore_set.is_some() => {
-                Some(train_hop_flow("mixture's hop flow", m.hop_fraction, &set)?)
+            Some(m) if stage.explore_hop_fraction != Some(m.hop_fraction) || !same_pairs => {
+                Some(train_hop_flow("mixture's hop flow", m.hop_fraction, mix_pairs)?)
             }
             _ => None,
         };
@@ -875,7 +976,7 @@ pub fn run(
         });
         let mix_hops = mixture.as_ref().map(|m| {
             log("hop diagnostics of the mixture ...");
-            hop_diagnostics(&cluster, &table, &quenched, &set[0], m, cfg.lag, cfg.md.seed)
+            hop_diagnostics(&cluster, &table, &set_quenched, &set[0], m, cfg.lag, cfg.md.seed)
         });
         let mh_prop: &dyn Proposal = match &mixture {
             Some(m) => m,
@@ -886,11 +987,17 @@ pub fn run(
             &ctx,
             mh_prop,
             format!(
-                "MH-Timewarp{} (tau {} steps, B {} {})",
+                "MH-Timewarp{}{} (tau {} steps, B {} {})",
                 stage.mix.map_or(String::new(), |m| format!(
                     ", mixture w {} of a hop flow ({})",
                     m.weight, m.hop_fraction
                 )),
+                mh_train_md.as_ref().map_or(String::new(), |r| format!(", flows trained at kT {}", r.kt))
+                    + &if stage.mix.is_some() && mix_kt != kt_of(stage.train_kt) {
+                        format!(", hop flow trained at kT {mix_kt}")
+                    } else {
+                        String::new()
+                    },
                 cfg.lag * cfg.md.stride,
                 if stage.adapt_batch { "<=" } else { "=" },
                 stage.mh_batch
@@ -992,6 +1099,7 @@ pub fn run(
             explore_train_md: explore_set.map(|(_, rep)| rep),
             explore_md: Some(explore_md),
             explore_ratio,
+            mh_train_md,
         });
     }
 
@@ -1117,6 +1225,21 @@ pub fn markdown(r: &RunReport) -> String {
             r.isomers.energies.len(),
             f.explore_seconds_to_all.map_or("not all within the step budget".into(), |t| format!("all in {t:.3} s"))
         );
+        if let Some(t) = &f.mh_train_md {
+            let _ = writeln!(
+                s,
+                "- MH flows' pairs: an MD reference at kT {} ({:.1} s of MD, not counted; nor is the training), {} pairs of which {} change isomer (the hop diagnostics below are on these pairs); its MD found {} isomers, the run's own MD at kT {} found {}; the isomer table is their union ({} isomers); MH, populations, ESS and the speed-up are at kT {}",
+                t.kt,
+                t.md_seconds,
+                t.pairs.0,
+                t.pairs.1,
+                t.isomers,
+                c.langevin.kt,
+                t.run_isomers,
+                r.isomers.energies.len(),
+                c.langevin.kt
+            );
+        }
         if let Some(t) = &f.explore_train {
             let _ = writeln!(
                 s,

@@ -25,6 +25,7 @@ use timewarp::train::FlowTrainConfig;
         timewarp run --composition A4B3 --train-steps 0 --out-dir out/a4b3   # MD, pairs, MH checks only\n  \
         timewarp run --composition A6 --lag 5 --permute-align --mh-trials 1000000 --out-dir out/a6   # MH-Timewarp over all 3 isomers of LJ-6\n  \
         timewarp run --kt 0.12 --explore-train-kt 0.15 --explore-md-frames 1000000 --mh-trials 100   # explore at kT 0.12 with a hop flow trained at 0.15\n  \
+        timewarp run --composition A6 --lag 5 --permute-align --kt 0.10 --train-kt 0.15 --mix-weight 0.1 --runs 20 --frames 10000 --mh-trials 200000   # MH-Timewarp at kT 0.10, flows trained at 0.15\n  \
         timewarp transfer --train A7,A6B1,A5B2,A3B4,A2B5 --test A4B3,A1B6 --out-dir out/transfer"
 )]
 struct Cli {
@@ -104,6 +105,16 @@ struct Common {
     /// isomers (default: --kt, the run's own pairs).
     #[arg(long)]
     explore_train_kt: Option<f64>,
+    /// `run`: train the MH flows (likelihood flow, fine-tuning, the mixture's hop flow) on the
+    /// pairs of an MD reference at this kT (same lengths, lag and seed) instead of the run's;
+    /// MH, the MD reference, populations, ESS and the speed-up stay at --kt, the isomer table
+    /// joins both references' isomers (default: --kt, the run's own pairs).
+    #[arg(long)]
+    train_kt: Option<f64>,
+    /// `run`: train the mixture's hop flow on the pairs of an MD reference at this kT instead
+    /// of the MH flows' (default: --train-kt, else --kt); needs --mix-weight > 0.
+    #[arg(long)]
+    mix_train_kt: Option<f64>,
     /// `run`: measure MD's time to visit every isomer on run 0 of the reference continued up to
     /// this many frames (dynamics timed, quench not); up to --frames: run 0 of the reference.
     #[arg(long, default_value_t = 0)]
@@ -222,6 +233,8 @@ fn stage(c: &Common) -> FlowStage {
         align_permutations: c.permute_align,
         explore_train_kt: c.explore_train_kt,
         explore_md_frames: c.explore_md_frames,
+        train_kt: c.train_kt,
+        mix_train_kt: c.mix_train_kt,
         mix: (c.mix_weight > 0.0)
             .then_some(MixStage { weight: c.mix_weight, hop_fraction: c.mix_hop_fraction }),
     }

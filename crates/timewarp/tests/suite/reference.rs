@@ -90,6 +90,8 @@ fn bad_input_is_an_error_not_a_panic() {
         align_permutations: false,
         explore_train_kt: None,
         explore_md_frames: 0,
+        train_kt: None,
+        mix_train_kt: None,
     };
     let rc3 = RunConfig {
         md: cfg(),
@@ -244,20 +246,32 @@ fn flow_stage() -> timewarp::run::FlowStage {
         align_permutations: false,
         explore_train_kt: None,
         explore_md_frames: 0,
+        train_kt: None,
+        mix_train_kt: None,
     }
 }
 
 #[test]
-fn the_exploration_flow_trains_on_pairs_at_the_requested_kt() {
+fn the_exploration_and_mh_flows_train_on_pairs_at_the_requested_kt() {
     use timewarp::reference::describe;
-    use timewarp::run::{explore_training_md, hop_pair_set};
+    use timewarp::run::{explore_training_md, hop_pair_set, mh_training_md};
     let run_md_cfg = MdConfig { langevin: Langevin { kt: 0.1, ..hot().langevin }, ..hot() };
     let mut stage = flow_stage();
     assert_eq!(explore_training_md(&run_md_cfg, &stage), None, "unset: the run's own pairs");
+    assert_eq!(mh_training_md(&run_md_cfg, &stage), None, "unset: the run's own pairs");
     stage.explore_train_kt = Some(0.1);
+    stage.train_kt = Some(0.1);
     assert_eq!(explore_training_md(&run_md_cfg, &stage), None, "the run's kT: its own pairs");
+    assert_eq!(mh_training_md(&run_md_cfg, &stage), None, "the run's kT: its own pairs");
+    // Each flag moves its own flows only.
+    stage.train_kt = Some(0.35);
+    assert_eq!(explore_training_md(&run_md_cfg, &stage), None, "--train-kt leaves exploration alone");
+    let m = mh_training_md(&run_md_cfg, &stage).unwrap();
+    stage.train_kt = None;
     stage.explore_train_kt = Some(0.35);
+    assert_eq!(mh_training_md(&run_md_cfg, &stage), None, "--explore-train-kt leaves the MH flows alone");
     let c = explore_training_md(&run_md_cfg, &stage).unwrap();
+    assert_eq!(c, m, "both flows' reference at kT 0.35 is the same MD");
     assert_eq!(c.langevin.kt, 0.35);
     assert_eq!(MdConfig { langevin: run_md_cfg.langevin, ..c.clone() }, run_md_cfg, "only kT changes");
     // The pairs built from it are those of MD at kT 0.35: hotter frames, so a higher mean U
@@ -282,6 +296,60 @@ fn the_exploration_flow_trains_on_pairs_at_the_requested_kt() {
         s.x0.chunks_exact(14).map(|x| cl.energy(x)).sum::<f64>() / n as f64
     };
     assert!(mean_u(&hot_set) > mean_u(&cold_set) + 0.5, "{} vs {}", mean_u(&hot_set), mean_u(&cold_set));
+}
+
+#[test]
+fn an_mh_training_kt_is_checked_before_any_work() {
+    let mut stage = flow_stage();
+    let rc = |stage: &timewarp::run::FlowStage| RunConfig {
+        md: cfg(),
+        lag: 5,
+        out_dir: std::env::temp_dir().join("timewarp-never"),
+        flow: Some(stage.clone()),
+    };
+    for bad in [-0.1, 0.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        stage.train_kt = Some(bad);
+        let e =
+            run(&rc(&stage), &foundation::progress::NoProgress, &mut |_| panic!("work started")).unwrap_err();
+        assert!(e.to_string().contains("MH flows' training kT"), "{e}");
+    }
+    // Unlike the exploration's, it needs no separate flow.
+    stage.train_kt = Some(0.2);
+    stage.explore_hop_fraction = None;
+    assert!(stage.validate().is_ok());
+    // The mixture's hop flow's training kT: finite, > 0, and only with a mixture.
+    stage.mix = Some(timewarp::run::MixStage { weight: 0.1, hop_fraction: 1.0 });
+    for bad in [-0.1, 0.0, f64::NAN, f64::INFINITY] {
+        stage.mix_train_kt = Some(bad);
+        let e =
+            run(&rc(&stage), &foundation::progress::NoProgress, &mut |_| panic!("work started")).unwrap_err();
+        assert!(e.to_string().contains("hop flow's training kT"), "{e}");
+    }
+    stage.mix_train_kt = Some(0.2);
+    assert!(stage.validate().is_ok());
+    stage.mix = None;
+    let e = run(&rc(&stage), &foundation::progress::NoProgress, &mut |_| panic!("work started")).unwrap_err();
+    assert!(e.to_string().contains("needs a mixture"), "{e}");
+}
+
+#[test]
+fn the_mixtures_hop_flow_follows_its_own_training_kt_else_the_mh_flows() {
+    use timewarp::run::{mh_training_md, mix_training_md, MixStage};
+    let run_md_cfg = MdConfig { langevin: Langevin { kt: 0.1, ..hot().langevin }, ..hot() };
+    let at = |t: f64| MdConfig { langevin: Langevin { kt: t, ..run_md_cfg.langevin }, ..run_md_cfg.clone() };
+    let mut stage = flow_stage();
+    stage.train_kt = Some(0.35);
+    assert_eq!(mix_training_md(&run_md_cfg, &stage), None, "no mixture, no hop flow");
+    stage.mix = Some(MixStage { weight: 0.1, hop_fraction: 1.0 });
+    assert_eq!(mix_training_md(&run_md_cfg, &stage), Some(at(0.35)), "unset: the MH flows' kT");
+    stage.mix_train_kt = Some(0.2);
+    assert_eq!(mix_training_md(&run_md_cfg, &stage), Some(at(0.2)));
+    assert_eq!(mh_training_md(&run_md_cfg, &stage), Some(at(0.35)), "the likelihood flow keeps --train-kt");
+    stage.mix_train_kt = Some(0.1);
+    assert_eq!(mix_training_md(&run_md_cfg, &stage), None, "the run's kT: its own pairs");
+    stage.train_kt = None;
+    stage.mix_train_kt = None;
+    assert_eq!(mix_training_md(&run_md_cfg, &stage), None, "both unset: the run's own pairs");
 }
 
 #[test]
