@@ -32,13 +32,14 @@ pub struct BenchConfig {
     pub warmup: usize,
     /// Each batch runs as this many concurrent microbatches on the rayon pool
     /// ([`OptimConfig::microbatches`](foundation::train::OptimConfig::microbatches); the same
-    /// mean token loss and gradient, summed in a fixed order). 1: one pass, parallel inside each op.
-    #[serde(default = "one")]
+    /// mean token loss and gradient, summed in a fixed order). 1: one pass, parallel inside each op;
+    /// the default is the stages' [`crate::train::STAGE_MICROBATCHES`].
+    #[serde(default = "stage_microbatches")]
     pub microbatches: usize,
 }
 
-fn one() -> usize {
-    1
+fn stage_microbatches() -> usize {
+    crate::train::STAGE_MICROBATCHES
 }
 
 impl Default for BenchConfig {
@@ -51,7 +52,7 @@ impl Default for BenchConfig {
             block: model.block,
             steps: 30,
             warmup: 5,
-            microbatches: 1,
+            microbatches: crate::train::STAGE_MICROBATCHES,
         }
     }
 }

@@ -311,8 +311,9 @@ struct BenchArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 5)]
     warmup: usize,
-    /// Run each batch as this many concurrent microbatches (same loss and gradient; 1: one pass).
-    #[arg(long, default_value_t = 1)]
+    /// Run each batch as this many concurrent microbatches (same loss and gradient; 1: one pass;
+    /// the default is the stage trainers' setting).
+    #[arg(long, default_value_t = meta_ocl::train::STAGE_MICROBATCHES)]
     microbatches: usize,
     /// Also write the result as JSON here.
     #[arg(long)]
