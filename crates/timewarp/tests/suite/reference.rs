@@ -223,6 +223,16 @@ fn exploration_ratio_is_exact_or_a_lower_bound() {
     assert_eq!(exploration_ratio(&found, None), None);
 }
 
+/// A run of `stage` on the test cluster whose checks must refuse it before any work.
+fn never_started(stage: &timewarp::run::FlowStage) -> RunConfig {
+    RunConfig {
+        md: cfg(),
+        lag: 5,
+        out_dir: std::env::temp_dir().join("timewarp-never"),
+        flow: Some(stage.clone()),
+    }
+}
+
 fn flow_stage() -> timewarp::run::FlowStage {
     timewarp::run::FlowStage {
         train: timewarp::train::FlowTrainConfig {
@@ -301,12 +311,7 @@ fn the_exploration_and_mh_flows_train_on_pairs_at_the_requested_kt() {
 #[test]
 fn an_mh_training_kt_is_checked_before_any_work() {
     let mut stage = flow_stage();
-    let rc = |stage: &timewarp::run::FlowStage| RunConfig {
-        md: cfg(),
-        lag: 5,
-        out_dir: std::env::temp_dir().join("timewarp-never"),
-        flow: Some(stage.clone()),
-    };
+    let rc = never_started;
     for bad in [-0.1, 0.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
         stage.train_kt = Some(bad);
         let e =
@@ -355,12 +360,7 @@ fn the_mixtures_hop_flow_follows_its_own_training_kt_else_the_mh_flows() {
 #[test]
 fn an_exploration_training_kt_is_checked_before_any_work() {
     let mut stage = flow_stage();
-    let rc = |stage: &timewarp::run::FlowStage| RunConfig {
-        md: cfg(),
-        lag: 5,
-        out_dir: std::env::temp_dir().join("timewarp-never"),
-        flow: Some(stage.clone()),
-    };
+    let rc = never_started;
     for bad in [-0.1, 0.0, f64::NAN, f64::INFINITY] {
         stage.explore_train_kt = Some(bad);
         let e =
