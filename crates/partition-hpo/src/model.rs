@@ -59,16 +59,12 @@ pub struct PartitionedLinear {
     pub weight: Param<Tensor<2>>,
     /// Trained bias `[d_out]`.
     pub bias: Param<Tensor<1>>,
-    /// Initial weight (the value of untrained partitions; never updated; set with
-    /// [`PartitionedLinear::set_initial`], which keeps the masks in step).
-    weight_init: Param<Tensor<2>>,
-    /// Initial bias.
-    bias_init: Param<Tensor<1>>,
     /// Partition index (0-based, stored as a float) of every weight entry.
     pub weight_part: Param<Tensor<2>>,
     /// Partition index of every bias entry.
     pub bias_part: Param<Tensor<1>>,
-    /// The weight's masks `[p < k]`, `[p = k]` and initial values `W0 [p > k]` for k = 0..C.
+    /// The weight's masks `[p < k]`, `[p = k]` and initial values `W0 [p > k]` for k = 0..C (the
+    /// only place the initial values are kept; replaced with `set_initial`).
     weight_masks: Vec<Param<Tensor<2>>>,
     /// The bias's masks, as `weight_masks`.
     bias_masks: Vec<Param<Tensor<1>>>,
@@ -144,10 +140,9 @@ fn effective<const D: usize>(
     }
 }
 
-/// The frozen companions of a trained tensor: its initial value, the partition of every entry
-/// and the [`partition_masks`] built from both.
+/// The frozen companions of a trained tensor: the partition of every entry and the
+/// [`partition_masks`] built from it and the tensor's initial value.
 struct Frozen<const D: usize> {
-    init: Param<Tensor<D>>,
     part: Param<Tensor<D>>,
     masks: Vec<Param<Tensor<D>>>,
 }
@@ -163,14 +158,8 @@ impl<const D: usize> Frozen<D> {
             .map(|&p| p as f32)
             .collect();
         let part: Tensor<D> = Tensor::from_data(TensorData::new(labels, shape), &device);
-        let (init, masks) = Self::initial(init, &part, proportions.len());
-        Self { init, part: Param::from_tensor(part).set_require_grad(false), masks }
-    }
-
-    /// `init` as a frozen parameter, and the masks of `part` with `c` partitions built with it.
-    fn initial(init: Tensor<D>, part: &Tensor<D>, c: usize) -> (Param<Tensor<D>>, Vec<Param<Tensor<D>>>) {
-        let masks = partition_masks(part, &init, c);
-        (Param::from_tensor(init).set_require_grad(false), masks)
+        let masks = partition_masks(&part, &init, proportions.len());
+        Self { part: Param::from_tensor(part).set_require_grad(false), masks }
     }
 }
 
@@ -189,8 +178,6 @@ impl PartitionedLinear {
         let bias = kaiming_uniform([d_out], d_in, init, device);
         let (w, b) = (Frozen::of(&weight, proportions, assign), Frozen::of(&bias, proportions, assign));
         Self {
-            weight_init: w.init,
-            bias_init: b.init,
             weight_part: w.part,
             bias_part: b.part,
             weight_masks: w.masks,
@@ -201,12 +188,11 @@ impl PartitionedLinear {
         }
     }
 
-    /// Replaces the initial values (the values of untrained partitions) and rebuilds the cached
-    /// `W0 [p > k]` tensors from them.
+    /// Replaces the initial values (the values of untrained partitions): rebuilds the
+    /// `W0 [p > k]` tensors of the masks from them.
     pub fn set_initial(&mut self, weight: Tensor<2>, bias: Tensor<1>) {
-        let c = self.partitions;
-        (self.weight_init, self.weight_masks) = Frozen::initial(weight, &self.weight_part.val(), c);
-        (self.bias_init, self.bias_masks) = Frozen::initial(bias, &self.bias_part.val(), c);
+        self.weight_masks = partition_masks(&self.weight_part.val(), &weight, self.partitions);
+        self.bias_masks = partition_masks(&self.bias_part.val(), &bias, self.partitions);
     }
 
     /// `x W_k + b_k` for the subnetwork of `mode`.
@@ -226,15 +212,12 @@ pub struct PartitionedConv2d {
     pub weight: Param<Tensor<4>>,
     /// Trained bias `[c_out]`.
     pub bias: Param<Tensor<1>>,
-    /// Initial weight (set with [`PartitionedConv2d::set_initial`]).
-    weight_init: Param<Tensor<4>>,
-    /// Initial bias.
-    bias_init: Param<Tensor<1>>,
     /// Partition index of every weight entry.
     pub weight_part: Param<Tensor<4>>,
     /// Partition index of every bias entry.
     pub bias_part: Param<Tensor<1>>,
-    /// The weight's masks `[p < k]`, `[p = k]` and initial values `W0 [p > k]` for k = 0..C.
+    /// The weight's masks `[p < k]`, `[p = k]` and initial values `W0 [p > k]` for k = 0..C (the
+    /// only place the initial values are kept; replaced with `set_initial`).
     weight_masks: Vec<Param<Tensor<4>>>,
     /// The bias's masks, as `weight_masks`.
     bias_masks: Vec<Param<Tensor<1>>>,
@@ -257,8 +240,6 @@ impl PartitionedConv2d {
         let bias = kaiming_uniform([c_out], 9 * c_in, init, device);
         let (w, b) = (Frozen::of(&weight, proportions, assign), Frozen::of(&bias, proportions, assign));
         Self {
-            weight_init: w.init,
-            bias_init: b.init,
             weight_part: w.part,
             bias_part: b.part,
             weight_masks: w.masks,
@@ -269,12 +250,11 @@ impl PartitionedConv2d {
         }
     }
 
-    /// Replaces the initial values (the values of untrained partitions) and rebuilds the cached
-    /// `W0 [p > k]` tensors from them.
+    /// Replaces the initial values (the values of untrained partitions): rebuilds the
+    /// `W0 [p > k]` tensors of the masks from them.
     pub fn set_initial(&mut self, weight: Tensor<4>, bias: Tensor<1>) {
-        let c = self.partitions;
-        (self.weight_init, self.weight_masks) = Frozen::initial(weight, &self.weight_part.val(), c);
-        (self.bias_init, self.bias_masks) = Frozen::initial(bias, &self.bias_part.val(), c);
+        self.weight_masks = partition_masks(&self.weight_part.val(), &weight, self.partitions);
+        self.bias_masks = partition_masks(&self.bias_part.val(), &bias, self.partitions);
     }
 
     /// The convolution of `x: [N, c_in, H, W]` by the subnetwork of `mode`.
