@@ -178,9 +178,8 @@ pub fn train_federated(
     let mut final_loss = 0.0;
     progress.start("rounds", fed.rounds as u64);
     for round in 0..fed.rounds {
-        // The run's cosine schedule (to 5 %), held constant within a round.
-        let t = round as f64 / fed.rounds as f64;
-        let lr = config.lr * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()));
+        // The run's schedule at the round's first step, held constant within the round.
+        let lr = config.optim().lr_at(round * local_steps);
         let mut outcomes = Vec::with_capacity(local.len());
         final_loss = 0.0;
         for (c, rows) in local.iter().enumerate() {
@@ -201,17 +200,10 @@ pub fn train_federated(
         let mean = NetValues::weighted_mean(&outcomes);
         let net = model.as_mut().expect("at least one client");
         mean.load_into(net);
-        let v = net.psi.values();
-        let mean_keep = v.keep.iter().map(|&k| k as f64).sum::<f64>() / v.keep.len().max(1) as f64;
-        trace.push(TracePoint {
-            step: (round + 1) * local_steps,
-            theta_max_deg: v.theta_max_deg,
-            sigma: v.sigma,
-            mean_keep,
-            objective: None,
-        });
+        let point = TracePoint::of(net, (round + 1) * local_steps, None);
         progress.advance(1);
-        progress.message(&format!("loss {final_loss:.3} theta {:.1}", v.theta_max_deg));
+        progress.message(&format!("loss {final_loss:.3} theta {:.1}", point.theta_max_deg));
+        trace.push(point);
         global = Some(mean);
     }
     progress.finish();

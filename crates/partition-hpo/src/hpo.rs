@@ -164,7 +164,7 @@ impl RunConfig {
         Ok(())
     }
 
-    fn optim(&self) -> OptimConfig {
+    pub(crate) fn optim(&self) -> OptimConfig {
         OptimConfig {
             steps: self.steps,
             lr: self.lr,
@@ -462,6 +462,15 @@ pub struct TracePoint {
     pub objective: Option<f64>,
 }
 
+impl TracePoint {
+    /// The point of `model`'s `psi` after `step` parameter steps.
+    pub fn of(model: &PartitionedNet, step: usize, objective: Option<f64>) -> Self {
+        let v = model.psi.values();
+        let mean_keep = v.keep.iter().map(|&k| k as f64).sum::<f64>() / v.keep.len().max(1) as f64;
+        TracePoint { step, theta_max_deg: v.theta_max_deg, sigma: v.sigma, mean_keep, objective }
+    }
+}
+
 /// What a run returns.
 pub struct RunOutcome {
     /// The trained network (no autodiff).
@@ -591,12 +600,7 @@ pub fn train_from(
     let mut losses = Vec::with_capacity(config.steps);
     let clock = Instant::now();
     progress.start("train", config.steps as u64);
-    let trace_point = |model: &PartitionedNet, step: usize, objective: Option<f64>| {
-        let v = model.psi.values();
-        let mean_keep = v.keep.iter().map(|&k| k as f64).sum::<f64>() / v.keep.len().max(1) as f64;
-        TracePoint { step, theta_max_deg: v.theta_max_deg, sigma: v.sigma, mean_keep, objective }
-    };
-    trace.push(trace_point(&state.model, 0, None));
+    trace.push(TracePoint::of(&state.model, 0, None));
     for step in 0..config.steps {
         let loss = trainer.step(&mut state);
         if !loss.is_finite() {
@@ -615,7 +619,7 @@ pub fn train_from(
                 let grads = GradientsParams::from_grads(obj.backward(), &state.model);
                 let model = std::mem::replace(&mut state.model, state.ema.clone());
                 state.model = psi_opt.step(psi_optim.lr, model, grads);
-                trace.push(trace_point(&state.model, step + 1, Some(value)));
+                trace.push(TracePoint::of(&state.model, step + 1, Some(value)));
                 progress.message(&format!("loss {loss:.3} theta {:.1}", trace.last().unwrap().theta_max_deg));
             }
         }
