@@ -132,37 +132,26 @@ impl FlowStage {
         if let Some(f) = self.explore_hop_fraction {
             FlowTrainConfig { hop_fraction: f, ..self.train.clone() }.validate()?;
         }
-        if let Some(t) = self.train_kt {
-            if !(t.is_finite() && t > 0.0) {
-                return Err(TimewarpError::Input(format!(
-                    "the MH flows' training kT must be finite and > 0, got {t}"
-                )));
+        // A training kT, when given, is a temperature: finite and > 0.
+        let check_kt = |kt: Option<f64>, whose: &str| match kt {
+            Some(t) if !(t.is_finite() && t > 0.0) => {
+                Err(TimewarpError::Input(format!("the {whose} training kT must be finite and > 0, got {t}")))
             }
+            _ => Ok(()),
+        };
+        check_kt(self.train_kt, "MH flows'")?;
+        check_kt(self.mix_train_kt, "mixture's hop flow's")?;
+        check_kt(self.explore_train_kt, "exploration flow's")?;
+        if self.mix_train_kt.is_some() && self.mix.is_none() {
+            return Err(TimewarpError::Input(
+                "a training kT for the mixture's hop flow needs a mixture (mix weight > 0)".into(),
+            ));
         }
-        if let Some(t) = self.mix_train_kt {
-            if !(t.is_finite() && t > 0.0) {
-                return Err(TimewarpError::Input(format!(
-                    "the mixture's hop flow's training kT must be finite and > 0, got {t}"
-                )));
-            }
-            if self.mix.is_none() {
-                return Err(TimewarpError::Input(
-                    "a training kT for the mixture's hop flow needs a mixture (mix weight > 0)".into(),
-                ));
-            }
-        }
-        if let Some(t) = self.explore_train_kt {
-            if !(t.is_finite() && t > 0.0) {
-                return Err(TimewarpError::Input(format!(
-                    "the exploration flow's training kT must be finite and > 0, got {t}"
-                )));
-            }
-            if self.explore_hop_fraction.is_none() {
-                return Err(TimewarpError::Input(
-                    "an exploration training kT needs a separate exploration flow (explore hop fraction >= 0)"
-                        .into(),
-                ));
-            }
+        if self.explore_train_kt.is_some() && self.explore_hop_fraction.is_none() {
+            return Err(TimewarpError::Input(
+                "an exploration training kT needs a separate exploration flow (explore hop fraction >= 0)"
+                    .into(),
+            ));
         }
         if let Some(m) = self.mix {
             FlowTrainConfig { hop_fraction: m.hop_fraction, ..self.train.clone() }.validate()?;
@@ -289,6 +278,15 @@ fn md_at_kt(md: &MdConfig, kt: Option<f64>) -> Option<MdConfig> {
     let mut c = md.clone();
     c.langevin.kt = t;
     Some(c)
+}
+
+/// The training pairs at one kT and the quenched frames they come from; `report` describes the
+/// MD reference when it is not the run's own.
+struct PairSource {
+    kt: f64,
+    set: PairSet,
+    quenched: Vec<Vec<f64>>,
+    report: Option<ExploreTrainMd>,
 }
 
 /// The training pairs at lag `lag` frames of an MD reference, each flagged by whether its two
@@ -843,40 +841,52 @@ pub fn run(
 
     let mut flow_result = None;
     if let Some(stage) = &cfg.flow {
-        // A reference at another kT as pairs flagged by the run's table, with the description
-        // of its training MD.
-        let other_set = |(c, f, i): &(MdConfig, MdFrames, Vec<FrameInfo>)| {
-            let q: Vec<Vec<f64>> = i.iter().map(|i| i.quenched.clone()).collect();
-            let set = hop_pair_set(f, &q, &table, cfg.lag, stage.align_permutations);
-            let hops = set.hop.iter().filter(|&&h| h).count();
-            let rep = ExploreTrainMd {
-                kt: c.langevin.kt,
-                md_seconds: f.md_seconds,
-                isomers: md_table(i).energies.len(),
-                run_isomers: own_table.energies.len(),
-                pairs: (set.len(), hops),
-            };
-            (set, q, rep)
-        };
-        let own_set = || hop_pair_set(&frames, &quenched, &table, cfg.lag, stage.align_permutations);
-        // The MH flows' pairs (and the quenched frames they come from): the run's own, or
-        // those of the reference at `train_kt`.
-        let mh_other = mh_training_md(&cfg.md, stage).and_then(|c| other_at(c.langevin.kt)).map(other_set);
-        let (set, set_quenched, mh_train_md) = match mh_other {
-            Some((s, q, rep)) => {
-                log(&format!(
-                    "the MH flows train on {} pairs at kT {} ({} change isomer)",
-                    rep.pairs.0, rep.kt, rep.pairs.1
-                ));
-                ([s], q, Some(rep))
+        // The training pairs at every kT a flow trains at, each built once (the permutation
+        // alignment is costly): the run's own reference, or one at another kT as pairs flagged by
+        // the run's table, with the description of its training MD.
+        let kt_of = |t: Option<f64>| t.unwrap_or(kt);
+        let mix_kt = kt_of(stage.mix_train_kt.or(stage.train_kt));
+        let mut wanted = vec![kt_of(stage.train_kt)];
+        wanted.extend(stage.explore_hop_fraction.map(|_| kt_of(stage.explore_train_kt)));
+        wanted.extend(stage.mix.map(|_| mix_kt));
+        let mut sources: Vec<PairSource> = Vec::new();
+        for t in wanted {
+            if sources.iter().any(|s| s.kt == t) {
+                continue;
             }
-            None => ([own_set()], quenched.clone(), None),
-        };
+            sources.push(if t == kt {
+                let set = hop_pair_set(&frames, &quenched, &table, cfg.lag, stage.align_permutations);
+                PairSource { kt: t, set, quenched: quenched.clone(), report: None }
+            } else {
+                let (c, f, i) = other_at(t).expect("an MD reference was run for every training kT");
+                let q: Vec<Vec<f64>> = i.iter().map(|i| i.quenched.clone()).collect();
+                let set = hop_pair_set(f, &q, &table, cfg.lag, stage.align_permutations);
+                let report = ExploreTrainMd {
+                    kt: c.langevin.kt,
+                    md_seconds: f.md_seconds,
+                    isomers: md_table(i).energies.len(),
+                    run_isomers: own_table.energies.len(),
+                    pairs: (set.len(), set.hop.iter().filter(|&&h| h).count()),
+                };
+                PairSource { kt: t, set, quenched: q, report: Some(report) }
+            });
+        }
+        let source = |t: f64| sources.iter().find(|s| s.kt == t).expect("pairs built for every training kT");
+        // The MH flows' pairs (and the quenched frames they come from).
+        let mh_source = source(kt_of(stage.train_kt));
+        let set = std::slice::from_ref(&mh_source.set);
+        let mh_train_md = mh_source.report.clone();
+        if let Some(rep) = &mh_train_md {
+            log(&format!(
+                "the MH flows train on {} pairs at kT {} ({} change isomer)",
+                rep.pairs.0, rep.kt, rep.pairs.1
+            ));
+        }
         log(&format!(
             "training the flow ({} steps, batch {}) ...",
             stage.train.steps, stage.train.batch_size
         ));
-        let (flow, train_report) = train_flow(&set, &stage.train, progress)?;
+        let (flow, train_report) = train_flow(set, &stage.train, progress)?;
         log(&format!(
             "NLL {:.2} -> {:.2} in {:.1} s",
             train_report.nll_first_last.0, train_report.nll_first_last.1, train_report.seconds
@@ -892,7 +902,7 @@ pub fn run(
                 let pots: Vec<&dyn Potential> = vec![&cluster];
                 let (flow, rep) = finetune_acceptance(
                     &flow,
-                    &set,
+                    set,
                     pots,
                     stage.train.flow.n_types,
                     stage.train.hop_fraction,
@@ -919,14 +929,8 @@ pub fn run(
             device: Device::flex(),
         };
         log("hop diagnostics ...");
-        let hops = hop_diagnostics(&cluster, &table, &set_quenched, &set[0], &prop, cfg.lag, cfg.md.seed);
-        // The exploration flow's pairs: the run's own, or those of the reference at its kT.
-        let explore_set =
-            explore_training_md(&cfg.md, stage).and_then(|c| other_at(c.langevin.kt)).map(|r| {
-                let (s, _, rep) = other_set(r);
-                ([s], rep)
-            });
-        let own_for_explore = (explore_set.is_none() && mh_train_md.is_some()).then(|| [own_set()]);
+        let hops =
+            hop_diagnostics(&cluster, &table, &mh_source.quenched, &set[0], &prop, cfg.lag, cfg.md.seed);
         // A second flow trained with `hop_fraction` of every batch on the isomer-changing pairs
         // (of `pairs`).
         let mut train_hop_flow = |what: &str, hop_fraction: f64, pairs: &[PairSet]| {
@@ -941,32 +945,20 @@ pub fn run(
             };
             Ok::<_, TimewarpError>((p, rep))
         };
-        let explore_pairs: &[PairSet] = match (&explore_set, &own_for_explore) {
-            (Some((s, _)), _) => s,
-            (None, Some(s)) => s,
-            (None, None) => &set,
-        };
+        // The exploration flow's pairs: the run's own, or those of the reference at its kT.
+        let explore_source = stage.explore_hop_fraction.map(|_| source(kt_of(stage.explore_train_kt)));
         let explore_own = stage
             .explore_hop_fraction
-            .map(|f| train_hop_flow("exploration flow", f, explore_pairs))
+            .zip(explore_source)
+            .map(|(f, src)| train_hop_flow("exploration flow", f, std::slice::from_ref(&src.set)))
             .transpose()?;
-        // The mixture's hop flow: the exploration flow when both use the same hop fraction and
-        // pairs at the same kT.
-        let kt_of = |t: Option<f64>| t.unwrap_or(kt);
-        // The mixture's hop flow's pairs: the MH flows', the run's own, or another reference's.
-        let mix_kt = kt_of(stage.mix_train_kt.or(stage.train_kt));
-        let mix_set = if mix_kt == kt_of(stage.train_kt) {
-            None
-        } else if mix_kt == kt {
-            Some([own_set()])
-        } else {
-            other_at(mix_kt).map(|r| [other_set(r).0])
-        };
-        let mix_pairs: &[PairSet] = mix_set.as_ref().map_or(&set, |s| s);
+        // The mixture's hop flow (on the pairs at `mix_kt`): the exploration flow when both use
+        // the same hop fraction and pairs at the same kT.
         let same_pairs = mix_kt == kt_of(stage.explore_train_kt);
         let mix_own = match stage.mix {
             Some(m) if stage.explore_hop_fraction != Some(m.hop_fraction) || !same_pairs => {
-                Some(train_hop_flow("mixture's hop flow", m.hop_fraction, mix_pairs)?)
+                let pairs = std::slice::from_ref(&source(mix_kt).set);
+                Some(train_hop_flow("mixture's hop flow", m.hop_fraction, pairs)?)
             }
             _ => None,
         };
@@ -976,7 +968,7 @@ pub fn run(
         });
         let mix_hops = mixture.as_ref().map(|m| {
             log("hop diagnostics of the mixture ...");
-            hop_diagnostics(&cluster, &table, &set_quenched, &set[0], m, cfg.lag, cfg.md.seed)
+            hop_diagnostics(&cluster, &table, &mh_source.quenched, &set[0], m, cfg.lag, cfg.md.seed)
         });
         let mh_prop: &dyn Proposal = match &mixture {
             Some(m) => m,
@@ -1096,7 +1088,7 @@ pub fn run(
             finetune,
             mix_train: mix_own.map(|(_, rep)| rep),
             mix_hops,
-            explore_train_md: explore_set.map(|(_, rep)| rep),
+            explore_train_md: explore_source.and_then(|src| src.report.clone()),
             explore_md: Some(explore_md),
             explore_ratio,
             mh_train_md,
