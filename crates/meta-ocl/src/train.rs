@@ -83,11 +83,10 @@ pub struct LmBatch {
     pub b: usize,
     /// Positions per sequence.
     pub t: usize,
-    /// Number of target tokens (non-padding) in the batch.
-    pub tokens: usize,
-    /// What the summed token loss is divided by: the batch's target tokens (at least 1); for a
-    /// microbatch, those of the batch it was cut from times its share of the rows, so the
-    /// trainer's row-weighted sum of microbatch losses is the batch's mean token loss exactly.
+    /// What the summed token loss is divided by: the batch's target (non-padding) tokens, at
+    /// least 1; for a microbatch, those of the batch it was cut from times its share of the
+    /// rows, so the trainer's row-weighted sum of microbatch losses is the batch's mean token
+    /// loss exactly.
     pub norm: f64,
 }
 
@@ -127,7 +126,6 @@ impl LmObjective<'_> {
             y: Tensor::from_data(TensorData::new(y, [b * t, self.vocab]), device),
             b,
             t,
-            tokens,
             norm: tokens.max(1) as f64,
         }
     }
@@ -155,9 +153,8 @@ impl Objective<Transformer> for LmObjective<'_> {
     fn slice(&self, batch: &LmBatch, range: Range<usize>) -> LmBatch {
         let (t, len) = (batch.t, range.end - range.start);
         let y = batch.y.clone().narrow(0, range.start * t, len * t);
-        let tokens = y.clone().sum().into_scalar::<f32>().round() as usize;
         let norm = batch.norm * len as f64 / batch.b.max(1) as f64;
-        LmBatch { x: batch.x.clone().narrow(0, range.start * t, len * t), y, b: len, t, tokens, norm }
+        LmBatch { x: batch.x.clone().narrow(0, range.start * t, len * t), y, b: len, t, norm }
     }
 
     fn loss(&self, model: &Transformer, batch: LmBatch) -> Tensor<1> {
