@@ -236,11 +236,27 @@ pub fn stage0(
         device,
         progress,
     )?;
-    let em = em_by_subset(&model, &world.stage0_tests(cfg.recall_items));
+    let mut em = em_by_subset(&model, &world.stage0_tests(cfg.recall_items));
+    em.extend(alias_em(&model, world));
     save_model(&model, &weights)?;
     let params = burn::module::Module::num_params(&model);
     write_json(&report, &serde_json::json!({ "em": em, "train": train, "parameters": params }))?;
     Ok(weights)
+}
+
+/// EM per [`crate::world::AliasGroup`] (by its name) of the held-out questions about the stage-0
+/// aliases; empty without aliases.
+pub fn alias_em(model: &crate::model::Transformer, world: &World) -> BTreeMap<String, f64> {
+    let tests = world.alias_tests();
+    let items: Vec<TestItem> = tests.iter().map(|(_, t)| t.clone()).collect();
+    let hits = crate::train::exact_matches(model, &items);
+    let mut acc: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for ((group, _), h) in tests.iter().zip(hits) {
+        let e = acc.entry(group.name().to_string()).or_default();
+        e.0 += h as usize;
+        e.1 += 1;
+    }
+    acc.into_iter().map(|(k, (h, n))| (k, h as f64 / n as f64)).collect()
 }
 
 /// EM per subset of the held-out questions `tests` and, prefixed `def_`, of the definition recall
@@ -519,13 +535,14 @@ pub fn setup_text(
 ) -> String {
     let [s0, s1, s2] = stages;
     format!(
-        "Model: {} layers, d = {}, {} heads, MLP {}, block {}. Epochs: {first} {}, stage 1 {}, stage 2 {} \
-         (batch {}, {}, {}; AdamW, lr {}, {}, {}). Seeds: {stage1_seeds} stage-1 x {stage2_seeds} stage-2 requested.",
+        "Model: {} layers, d = {}, {} heads, MLP {}, block {}{}. Epochs: {first} {}, stage 1 {}, stage 2 {} \
+         (batch {}, {}, {}; AdamW, lr {}, {}, {}, weight decay {}, {}, {}). Seeds: {stage1_seeds} stage-1 x {stage2_seeds} stage-2 requested.",
         model.layers,
         model.d_model,
         model.heads,
         model.d_mlp,
         model.block,
+        if model.tie_embeddings { ", output layer tied to the embedding" } else { "" },
         s0.epochs,
         s1.epochs,
         s2.epochs,
@@ -535,6 +552,9 @@ pub fn setup_text(
         s0.lr,
         s1.lr,
         s2.lr,
+        s0.weight_decay,
+        s1.weight_decay,
+        s2.weight_decay,
     )
 }
 
@@ -552,6 +572,9 @@ pub struct Collected {
     pub stage2: BTreeMap<String, Vec<f64>>,
     /// Stage-0 recall EM, if stage 0 finished.
     pub stage0_recall: Option<f64>,
+    /// Stage-0 EM on the held-out alias questions per alias group (empty without aliases).
+    #[serde(default)]
+    pub stage0_aliases: BTreeMap<String, f64>,
     /// EM over training: every evaluation point of every finished stage result, by stage and
     /// epoch, in that order.
     pub over_training: Vec<OverTraining>,
@@ -585,6 +608,11 @@ pub fn collect(out: &Path, cfg: &SweepConfig) -> Result<Collected, MetaOclError>
     if s0.exists() {
         let v: serde_json::Value = read_json(&s0)?;
         c.stage0_recall = v["em"]["stage0_recall"].as_f64();
+        for group in ["alias_dq", "alias_q", "alias_d"] {
+            if let Some(x) = v["em"][group].as_f64() {
+                c.stage0_aliases.insert(group.to_string(), x);
+            }
+        }
     }
     for s in 0..cfg.stage1_seeds {
         let dir = seed_dir(out, s);
@@ -640,9 +668,10 @@ pub fn report(out: &Path, cfg: &SweepConfig, note: &str) -> Result<String, MetaO
         md.push_str("\n\n");
     }
     md.push_str(&format!(
-        "World: {} entities x 6 attributes (values {:?}), 2-token variables from {} syllables, tags from a pool of {}, world seed {}. {}\n\n",
+        "World: {} entities x 6 attributes (values {:?}), {}-token variables from {} syllables, tags from a pool of {}, world seed {}. {}\n\n",
         cfg.world.entities,
         cfg.world.values_per_attribute,
+        cfg.world.variable_tokens,
         cfg.world.syllables,
         cfg.world.tag_pool,
         cfg.world.seed,
@@ -661,6 +690,16 @@ pub fn report(out: &Path, cfg: &SweepConfig, note: &str) -> Result<String, MetaO
     ));
     if let Some(r) = c.stage0_recall {
         md.push_str(&format!("Stage-0 recall (EM on the first {} facts): {:.4}\n\n", cfg.recall_items, r));
+    }
+    if !c.stage0_aliases.is_empty() {
+        let g = |k: &str| c.stage0_aliases.get(k).map_or("–".to_string(), |x| format!("{x:.4}"));
+        md.push_str(&format!(
+            "Alias pretraining ({} aliases per entity): stage-0 EM on held-out alias questions: definition and QA {}, QA only {}, definition only {}.\n\n",
+            cfg.world.aliases,
+            g("alias_dq"),
+            g("alias_q"),
+            g("alias_d")
+        ));
     }
     let mut bars = Vec::new();
     let mut summary = serde_json::Map::new();

@@ -52,6 +52,11 @@ pub struct WorldConfig {
     pub tag_pool: usize,
     /// Seed of the world (facts) and of every protocol drawn from it.
     pub seed: u64,
+    /// Alias pretraining: alias names per entity in stage 0 (0: none, the spec's stage 0). See
+    /// [`Alias`]: stage 0 then also teaches the skill a pretrained LM brings to the protocol,
+    /// answering questions about a name through the entity it stands for.
+    #[serde(default)]
+    pub aliases: usize,
 }
 
 fn two() -> usize {
@@ -67,11 +72,24 @@ impl Default for WorldConfig {
             variable_tokens: 2,
             tag_pool: 8,
             seed: 0,
+            aliases: 0,
         }
     }
 }
 
 impl WorldConfig {
+    /// Number of alias syllable tokens `p0..`: enough for `entities * aliases` distinct alias
+    /// names of `variable_tokens` tokens (0 without aliases). A pool apart from the variables'
+    /// syllables, so that every protocol variable is a name stage 0 never showed.
+    pub fn alias_syllables(&self) -> usize {
+        let names = self.entities * self.aliases;
+        match (names, self.variable_tokens) {
+            (0, _) => 0,
+            (_, 1) => names,
+            _ => (names as f64).sqrt().ceil() as usize,
+        }
+    }
+
     /// Checks the settings: enough entities for every subset to be non-empty (and qd2incons to
     /// have a derangement), enough distinct variable names, at least 3 tags, every attribute with
     /// at least 2 values.
@@ -89,6 +107,9 @@ impl WorldConfig {
                 "{} syllables give {names} variable names of {} tokens, fewer than {} entities",
                 self.syllables, self.variable_tokens, self.entities
             ));
+        }
+        if self.aliases > 16 {
+            return bad(format!("aliases must be at most 16 per entity (got {})", self.aliases));
         }
         if self.tag_pool < 3 {
             return bad(format!("tag_pool must be at least 3 (got {})", self.tag_pool));
@@ -124,6 +145,8 @@ pub struct Vocab {
     syllable0: u32,
     value0: Vec<u32>,
     entity0: u32,
+    alias_definition: u32,
+    alias_syllable0: u32,
 }
 
 impl Vocab {
@@ -144,8 +167,15 @@ impl Vocab {
         }
         let entity0 = names.len() as u32;
         names.extend((0..cfg.entities).map(|e| format!("e{e}")));
+        // Alias tokens come last, so a world without aliases has the vocabulary it always had.
+        let alias_definition = names.len() as u32;
+        let alias_syllable0 = alias_definition + 1;
+        if cfg.aliases > 0 {
+            names.push("<alias>".to_string());
+            names.extend((0..cfg.alias_syllables()).map(|k| format!("p{k}")));
+        }
         let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i as u32)).collect();
-        Self { names, index, attr0, tag0, syllable0, value0, entity0 }
+        Self { names, index, attr0, tag0, syllable0, value0, entity0, alias_definition, alias_syllable0 }
     }
 
     /// Number of tokens.
@@ -193,6 +223,14 @@ impl Vocab {
     pub fn entity(&self, e: usize) -> u32 {
         self.entity0 + e as u32
     }
+    /// The token that opens a stage-0 alias definition, `<alias>` (never one of the tags).
+    pub fn alias_definition(&self) -> u32 {
+        self.alias_definition
+    }
+    /// The token of alias syllable `k`.
+    pub fn alias_syllable(&self, k: usize) -> u32 {
+        self.alias_syllable0 + k as u32
+    }
     /// Whether `id` is a tag token.
     pub fn is_tag(&self, id: u32) -> bool {
         (self.tag0..self.syllable0).contains(&id)
@@ -208,6 +246,52 @@ pub struct World {
     pub vocab: Vocab,
     /// `facts[e][k]`: the value index of attribute `k` of entity `e`.
     pub facts: Vec<[usize; ATTRIBUTES]>,
+    /// The stage-0 aliases ([`WorldConfig::aliases`] per entity; empty by default).
+    pub aliases: Vec<Alias>,
+}
+
+/// What stage 0 shows of an alias ([`WorldConfig::aliases`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+pub enum AliasGroup {
+    /// Its definition `<alias> name ENT` and 5 of its 6 questions (like qd1consis).
+    DefinitionAndQa,
+    /// 5 of its 6 questions, no definition (like q).
+    QaOnly,
+    /// Its definition only; all 6 questions held out (like the stage-2 subsets).
+    DefinitionOnly,
+}
+
+impl AliasGroup {
+    /// Name in reports: `alias_dq`, `alias_q`, `alias_d`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AliasGroup::DefinitionAndQa => "alias_dq",
+            AliasGroup::QaOnly => "alias_q",
+            AliasGroup::DefinitionOnly => "alias_d",
+        }
+    }
+}
+
+/// A stage-0 alias: a name that stands for an entity, defined as `<bos> <alias> name ENT <eos>`
+/// and asked about as `<bos> Q attr_k name A value <eos>`.
+///
+/// Why: the authors' protocol starts from a pretrained LM, which already answers questions about
+/// a thing through any name it has learned for it; a model trained from scratch on the facts
+/// alone does not (every variable subset stays at chance). Alias pretraining teaches that skill
+/// with names, a definition token and entities of stage 0 only; the protocol's variables (other
+/// syllables) and tags (never `<alias>`) stay fresh. Of every entity's aliases (shuffled), half
+/// get a definition and QA, a quarter QA only, a quarter a definition only; the groups with QA
+/// hold out one question each, stratified over attributes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Alias {
+    /// The entity it stands for.
+    pub entity: usize,
+    /// Its tokens (`variable_tokens` alias syllables).
+    pub name: Vec<u32>,
+    /// What stage 0 shows of it.
+    pub group: AliasGroup,
+    /// The attribute held out (groups with QA).
+    pub held_out: Option<usize>,
 }
 
 impl World {
@@ -218,7 +302,9 @@ impl World {
         let facts = (0..config.entities)
             .map(|_| std::array::from_fn(|k| rng.gen_range(0..config.values_per_attribute[k])))
             .collect();
-        Ok(Self { config: config.clone(), vocab: Vocab::new(config), facts })
+        let vocab = Vocab::new(config);
+        let aliases = draw_aliases(config, &vocab);
+        Ok(Self { config: config.clone(), vocab, facts, aliases })
     }
 
     /// The answer token of attribute `k` of entity `e`.
@@ -226,12 +312,57 @@ impl World {
         self.vocab.value(k, self.facts[e][k])
     }
 
-    /// Stage-0 ("pretraining") data: every fact `<bos> Q attr_k ENT A value <eos>`.
+    /// Stage-0 ("pretraining") data: every fact `<bos> Q attr_k ENT A value <eos>`, then, with
+    /// aliases, each alias's definition `<bos> <alias> name ENT <eos>` and training questions.
     pub fn stage0(&self) -> Vec<Vec<u32>> {
-        (0..self.config.entities)
+        let mut data: Vec<Vec<u32>> = (0..self.config.entities)
             .flat_map(|e| (0..ATTRIBUTES).map(move |k| (e, k)))
             .map(|(e, k)| vec![BOS, Q, self.vocab.attr(k), self.vocab.entity(e), A, self.answer(e, k), EOS])
-            .collect()
+            .collect();
+        for alias in &self.aliases {
+            if alias.group != AliasGroup::QaOnly {
+                let mut d = vec![BOS, self.vocab.alias_definition()];
+                d.extend_from_slice(&alias.name);
+                d.extend([self.vocab.entity(alias.entity), EOS]);
+                data.push(d);
+            }
+            if alias.group != AliasGroup::DefinitionOnly {
+                for k in (0..ATTRIBUTES).filter(|&k| alias.held_out != Some(k)) {
+                    let mut seq = self.alias_prompt(alias, k);
+                    seq.extend([self.answer(alias.entity, k), EOS]);
+                    data.push(seq);
+                }
+            }
+        }
+        data
+    }
+
+    /// `<bos> Q attr_k name A` of an alias.
+    fn alias_prompt(&self, alias: &Alias, k: usize) -> Vec<u32> {
+        let mut p = vec![BOS, Q, self.vocab.attr(k)];
+        p.extend_from_slice(&alias.name);
+        p.push(A);
+        p
+    }
+
+    /// The held-out questions about the stage-0 aliases, with their groups: one per alias with QA
+    /// in stage 0, all 6 per definition-only alias. Above-chance EM on them means stage 0 taught
+    /// the model to answer through a name.
+    pub fn alias_tests(&self) -> Vec<(AliasGroup, TestItem)> {
+        let mut tests = Vec::new();
+        for alias in &self.aliases {
+            for k in (0..ATTRIBUTES)
+                .filter(|&k| alias.group == AliasGroup::DefinitionOnly || alias.held_out == Some(k))
+            {
+                let item = TestItem {
+                    subset: None,
+                    prompt: self.alias_prompt(alias, k),
+                    answer: vec![self.answer(alias.entity, k)],
+                };
+                tests.push((alias.group, item));
+            }
+        }
+        tests
     }
 
     /// EM of guessing uniformly among an attribute's values, averaged over the 6 attributes (the
@@ -248,6 +379,41 @@ impl World {
             .map(|s| TestItem { subset: None, prompt: s[..5].to_vec(), answer: vec![s[5]] })
             .collect()
     }
+}
+
+/// Draws the aliases of a world (stream [`Purpose::MetaOclWorld`] index 1, so the facts are those
+/// of the same world without aliases): distinct names, groups in the proportions 2 : 1 : 1 over a
+/// shuffled order, held-out attributes stratified within each group with QA.
+fn draw_aliases(config: &WorldConfig, vocab: &Vocab) -> Vec<Alias> {
+    let total = config.entities * config.aliases;
+    if total == 0 {
+        return Vec::new();
+    }
+    let mut rng = stream_for(config.seed, Purpose::MetaOclWorld, 1);
+    let p = config.alias_syllables();
+    let mut names: Vec<usize> = (0..p.pow(config.variable_tokens as u32)).collect();
+    names.shuffle(&mut rng);
+    let mut order: Vec<usize> = (0..total).collect();
+    order.shuffle(&mut rng);
+    let mut aliases: Vec<Alias> = (0..total)
+        .map(|i| Alias {
+            entity: i / config.aliases,
+            name: match config.variable_tokens {
+                1 => vec![vocab.alias_syllable(names[i])],
+                _ => vec![vocab.alias_syllable(names[i] / p), vocab.alias_syllable(names[i] % p)],
+            },
+            group: AliasGroup::DefinitionOnly,
+            held_out: None,
+        })
+        .collect();
+    let (half, three_quarters) = (total / 2, total * 3 / 4);
+    for (r, &i) in order.iter().enumerate() {
+        if r < three_quarters {
+            aliases[i].group = if r < half { AliasGroup::DefinitionAndQa } else { AliasGroup::QaOnly };
+            aliases[i].held_out = Some(if r < half { r } else { r - half } % ATTRIBUTES);
+        }
+    }
+    aliases
 }
 
 /// The entity subsets of the protocol.

@@ -387,6 +387,19 @@ struct Settings {
     /// Tie the output layer to the token embedding (exploratory).
     #[arg(long)]
     tie_embeddings: bool,
+    /// Alias pretraining: alias names per entity taught in stage 0 (0: the spec's stage 0 of
+    /// facts only).
+    #[arg(long, default_value_t = 0)]
+    aliases: usize,
+    /// Peak learning rate of stage 1.
+    #[arg(long, default_value_t = 1e-3)]
+    stage1_lr: f64,
+    /// Peak learning rate of stage 2.
+    #[arg(long, default_value_t = 1e-3)]
+    stage2_lr: f64,
+    /// AdamW weight decay of every stage.
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
     /// World seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -410,6 +423,10 @@ impl Settings {
         c.world.variable_tokens = self.variable_tokens;
         c.world.syllables = self.syllables;
         c.model.tie_embeddings = self.tie_embeddings;
+        c.world.aliases = self.aliases;
+        for stage in [&mut c.stage0, &mut c.stage1, &mut c.stage2] {
+            stage.weight_decay = self.weight_decay;
+        }
         c.model.layers = self.layers;
         c.model.d_model = self.d_model;
         c.model.d_mlp = 4 * self.d_model;
@@ -417,6 +434,8 @@ impl Settings {
         c.stage1.epochs = self.stage1_epochs;
         c.stage2.epochs = self.stage2_epochs;
         c.stage1.batch_size = self.batch_size;
+        c.stage1.lr = self.stage1_lr;
+        c.stage2.lr = self.stage2_lr;
         c.stage2.batch_size = self.stage2_batch_size;
         c.stage1_seeds = stage1_seeds;
         c.stage2_seeds = stage2_seeds;

@@ -82,3 +82,26 @@ fn a_resumed_sweep_skips_finished_seeds_and_shards_split_the_work() {
     assert!(sweep(&dir, &other, Shard::ALL, 1, &cpu, np).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn alias_pretraining_is_trained_in_stage_0_and_its_held_out_em_reported() {
+    let dir = std::env::temp_dir().join(format!("meta-ocl-aliases-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let np = &foundation::progress::NoProgress;
+    let cpu = burn::prelude::Device::flex();
+    let mut cfg = crate::tiny_sweep(1);
+    cfg.world.aliases = 2;
+    cfg.model.tie_embeddings = true;
+    sweep(&dir, &cfg, Shard::ALL, 1, &cpu, np).unwrap();
+    let s0: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("stage0/stage0.json")).unwrap()).unwrap();
+    // Stage 0 trained the facts and the aliases' sequences: one epoch of each, in its step count.
+    let world = meta_ocl::world::World::new(&cfg.world).unwrap();
+    assert_eq!(world.stage0().len(), 50 * 6 + 50 + 25 + 5 * (50 + 25));
+    assert_eq!(s0["train"]["steps"].as_u64().unwrap() as usize, world.stage0().len().div_ceil(64));
+    let c = collect(&dir, &cfg).unwrap();
+    assert_eq!(c.stage0_aliases.keys().collect::<Vec<_>>(), ["alias_d", "alias_dq", "alias_q"]);
+    assert!(c.stage0_aliases.values().all(|x| (0.0..=1.0).contains(x)));
+    assert!(report(&dir, &cfg, "").unwrap().contains("Alias pretraining (2 aliases per entity)"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4,7 +4,8 @@
 use std::collections::HashSet;
 
 use meta_ocl::world::{
-    derangement, subset_sizes, Protocol, Subset, World, WorldConfig, A, ATTRIBUTES, BOS, EOS, Q, SUBSETS,
+    derangement, subset_sizes, AliasGroup, Protocol, Subset, World, WorldConfig, A, ATTRIBUTES, BOS, EOS, Q,
+    SUBSETS,
 };
 
 fn world(entities: usize) -> World {
@@ -246,4 +247,83 @@ fn one_token_variables_give_shorter_sequences_with_unique_names() {
         ..WorldConfig::default()
     })
     .is_err());
+}
+
+fn aliased(variable_tokens: usize, aliases: usize) -> World {
+    let syllables = if variable_tokens == 1 { 200 } else { WorldConfig::default().syllables };
+    World::new(&WorldConfig { entities: 200, variable_tokens, syllables, aliases, ..WorldConfig::default() })
+        .expect("valid world")
+}
+
+#[test]
+fn alias_pretraining_adds_to_stage_0_without_changing_the_world_or_the_protocol() {
+    let plain = world(200);
+    for vt in [1, 2] {
+        let w = aliased(vt, 3);
+        let base = aliased(vt, 0);
+        assert!(base.aliases.is_empty());
+        assert_eq!(w.facts, base.facts, "aliases are drawn from their own stream");
+        // The vocabulary only grows at its end: every token of the world without aliases keeps its id.
+        assert!(w.vocab.len() > base.vocab.len());
+        assert_eq!(
+            w.vocab.decode(&(0..base.vocab.len() as u32).collect::<Vec<_>>()),
+            base.vocab.decode(&(0..base.vocab.len() as u32).collect::<Vec<_>>())
+        );
+        assert!(!w.vocab.is_tag(w.vocab.alias_definition()), "<alias> is not a tag");
+        // The protocol of a seed is the same with or without aliases, and its variables are
+        // names stage 0 never shows.
+        let (p, q) = (Protocol::new(&w, 4), Protocol::new(&base, 4));
+        assert_eq!(p.stage1, q.stage1);
+        assert_eq!(p.stage2, q.stage2);
+        let alias_tokens: HashSet<u32> = w.aliases.iter().flat_map(|a| a.name.clone()).collect();
+        assert!(p.variable.iter().flatten().all(|t| !alias_tokens.contains(t)));
+        // Names: distinct, `variable_tokens` tokens, `aliases` per entity.
+        assert_eq!(w.aliases.len(), 600);
+        let names: HashSet<Vec<u32>> = w.aliases.iter().map(|a| a.name.clone()).collect();
+        assert_eq!(names.len(), 600);
+        assert!(w.aliases.iter().all(|a| a.name.len() == vt));
+        for e in 0..200 {
+            assert_eq!(w.aliases.iter().filter(|a| a.entity == e).count(), 3);
+        }
+        let s0 = w.stage0();
+        assert_eq!(&s0[..base.stage0().len()], &base.stage0()[..], "the facts come first, unchanged");
+    }
+    assert_eq!(aliased(2, 0).stage0(), plain.stage0());
+}
+
+#[test]
+fn alias_groups_have_the_right_sizes_sequences_and_held_out_questions() {
+    let w = aliased(2, 4);
+    let v = &w.vocab;
+    let count = |g: AliasGroup| w.aliases.iter().filter(|a| a.group == g).count();
+    assert_eq!(count(AliasGroup::DefinitionAndQa), 400);
+    assert_eq!(count(AliasGroup::QaOnly), 200);
+    assert_eq!(count(AliasGroup::DefinitionOnly), 200);
+    let train: HashSet<Vec<u32>> = w.stage0().into_iter().collect();
+    for g in [AliasGroup::DefinitionAndQa, AliasGroup::QaOnly] {
+        // Stratified: each attribute held out by a sixth of the group (up to rounding).
+        for k in 0..ATTRIBUTES {
+            let n = w.aliases.iter().filter(|a| a.group == g && a.held_out == Some(k)).count();
+            assert!(n.abs_diff(count(g) / ATTRIBUTES) <= 1, "{} holds out attribute {k} {n} times", g.name());
+        }
+    }
+    for a in &w.aliases {
+        let definition = [&[BOS, v.alias_definition()][..], &a.name, &[v.entity(a.entity), EOS]].concat();
+        assert_eq!(train.contains(&definition), a.group != AliasGroup::QaOnly, "{:?}", a.group);
+        for k in 0..ATTRIBUTES {
+            let qa = [&[BOS, Q, v.attr(k)][..], &a.name, &[A, w.answer(a.entity, k), EOS]].concat();
+            let trained = a.group != AliasGroup::DefinitionOnly && a.held_out != Some(k);
+            assert_eq!(train.contains(&qa), trained, "{:?} attribute {k}", a.group);
+        }
+    }
+    // The tests are exactly the questions stage 0 does not train, and none leaks into it.
+    let tests = w.alias_tests();
+    assert_eq!(tests.len(), 400 + 200 + 200 * ATTRIBUTES);
+    for (g, t) in &tests {
+        let mut seq = t.prompt.clone();
+        seq.extend(&t.answer);
+        seq.push(EOS);
+        assert!(!train.contains(&seq), "{} test in training", g.name());
+    }
+    assert!(World::new(&WorldConfig { aliases: 17, ..WorldConfig::default() }).is_err());
 }
