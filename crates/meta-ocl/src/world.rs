@@ -278,10 +278,10 @@ impl AliasGroup {
 /// Why: the authors' protocol starts from a pretrained LM, which already answers questions about
 /// a thing through any name it has learned for it; a model trained from scratch on the facts
 /// alone does not (every variable subset stays at chance). Alias pretraining teaches that skill
-/// with names, a definition token and entities of stage 0 only; the protocol's variables (other
-/// syllables) and tags (never `<alias>`) stay fresh. Of every entity's aliases (shuffled), half
-/// get a definition and QA, a quarter QA only, a quarter a definition only; the groups with QA
-/// hold out one question each, stratified over attributes.
+/// on the world's entities with names and a definition token of its own, so the protocol's
+/// variables (other syllables) and tags (never `<alias>`) stay fresh. Of the world's aliases
+/// (shuffled), half get a definition and QA, a quarter QA only, a quarter a definition only; the
+/// groups with QA hold out one question each, stratified over attributes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Alias {
     /// The entity it stands for.
