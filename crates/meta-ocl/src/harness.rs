@@ -60,6 +60,11 @@ pub struct SweepConfig {
     /// Epochs between evaluations during stages 1 and 2 (EM over training; 0: only at the end).
     #[serde(default = "default_eval_every")]
     pub eval_every: usize,
+    /// Share in [0, 1] of the stage-0 sequences replayed in stage 2 beside its definitions
+    /// ([`crate::world::spread_share`]; 0, the authors' protocol: definitions only). A variant
+    /// against the drift of every answer while stage 2 trains definitions alone.
+    #[serde(default)]
+    pub stage2_replay: f64,
 }
 
 fn default_eval_every() -> usize {
@@ -87,6 +92,7 @@ impl Default for SweepConfig {
             resamples: 10_000,
             protocol: ProtocolConfig::default(),
             eval_every: default_eval_every(),
+            stage2_replay: 0.0,
         }
     }
 }
@@ -100,6 +106,12 @@ impl SweepConfig {
         self.stage1.validate("stage 1")?;
         self.stage2.validate("stage 2")?;
         self.protocol.validate()?;
+        if !(0.0..=1.0).contains(&self.stage2_replay) {
+            return Err(MetaOclError::Invalid(format!(
+                "stage2_replay must be in [0, 1] (got {})",
+                self.stage2_replay
+            )));
+        }
         if self.stage1_seeds == 0 || self.stage2_seeds == 0 || self.resamples == 0 {
             return Err(MetaOclError::Invalid("seed counts and resamples must be positive".into()));
         }
@@ -271,6 +283,16 @@ fn evaluate(
     em
 }
 
+/// Stage 2's training sequences: the protocol's definitions, then the replayed share
+/// [`SweepConfig::stage2_replay`] of the stage-0 sequences.
+pub fn stage2_data(cfg: &SweepConfig, world: &World, protocol: &Protocol) -> Vec<Vec<u32>> {
+    let mut data = protocol.stage2.clone();
+    if cfg.stage2_replay > 0.0 {
+        data.extend(crate::world::spread_share(&world.stage0(), cfg.stage2_replay));
+    }
+    data
+}
+
 /// Runs stage 1 and stage 2 of stage-1 seed `s` (what is not finished yet).
 fn run_seed(
     out: &Path,
@@ -325,11 +347,12 @@ fn run_seed(
         write_json(&r1, &Stage1Result { seed: s, em, train })?;
         outcome.lock().expect("no poisoned lock").trained.push((s, None));
     }
+    let stage2_data = stage2_data(cfg, world, &protocol);
     for t in pending {
         let (model, train) = train_stage(
             &cfg.model,
             vocab,
-            &protocol.stage2,
+            &stage2_data,
             &cfg.stage2,
             Start::Weights(&w1),
             order_seed(world.config.seed, 2, s, t),
@@ -682,6 +705,12 @@ pub fn report(out: &Path, cfg: &SweepConfig, note: &str) -> Result<String, MetaO
             "Protocol controls: swapped tag roles {}; stage-1 tag–consistency correlation {} (the authors': no swap, 1.0).\n\n",
             if cfg.protocol.swap_tags { "yes" } else { "no" },
             cfg.protocol.tag_consistency
+        ));
+    }
+    if cfg.stage2_replay > 0.0 {
+        md.push_str(&format!(
+            "Stage 2 replays {} of the stage-0 sequences beside its definitions (the authors': definitions only).\n\n",
+            cfg.stage2_replay
         ));
     }
     let chance = World::new(&cfg.world)?.chance_em();

@@ -416,6 +416,14 @@ fn draw_aliases(config: &WorldConfig, vocab: &Vocab) -> Vec<Alias> {
     aliases
 }
 
+/// An evenly spread share of `sequences`: those `i` with `floor((i + 1) f) > floor(i f)`, i.e.
+/// `floor(n f)` of them, every `1 / f`-th (`f` in [0, 1]; no random draw). Stage 2's replay of
+/// stage-0 data ([`crate::harness::SweepConfig::stage2_replay`]).
+pub fn spread_share(sequences: &[Vec<u32>], f: f64) -> Vec<Vec<u32>> {
+    let count = |i: usize| (i as f64 * f).floor() as usize;
+    (0..sequences.len()).filter(|&i| count(i + 1) > count(i)).map(|i| sequences[i].clone()).collect()
+}
+
 /// The entity subsets of the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 pub enum Subset {

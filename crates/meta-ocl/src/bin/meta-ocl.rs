@@ -413,6 +413,10 @@ struct Settings {
     /// Epochs between EM evaluations during stages 1 and 2 (0: only at the end).
     #[arg(long, default_value_t = 5)]
     eval_every: usize,
+    /// Share in [0, 1] of the stage-0 sequences replayed in stage 2 beside its definitions
+    /// (0: the authors' definitions only).
+    #[arg(long, default_value_t = 0.0)]
+    stage2_replay: f64,
 }
 
 impl Settings {
@@ -442,6 +446,7 @@ impl Settings {
         c.protocol.swap_tags = self.swap_tags;
         c.protocol.tag_consistency = self.tag_consistency;
         c.eval_every = self.eval_every;
+        c.stage2_replay = self.stage2_replay;
         c
     }
 }

@@ -105,3 +105,23 @@ fn alias_pretraining_is_trained_in_stage_0_and_its_held_out_em_reported() {
     assert!(report(&dir, &cfg, "").unwrap().contains("Alias pretraining (2 aliases per entity)"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn stage_2_replays_the_requested_share_of_stage_0_after_its_definitions() {
+    let mut cfg = crate::tiny_sweep(1);
+    let world = meta_ocl::world::World::new(&cfg.world).unwrap();
+    let protocol = meta_ocl::world::Protocol::new(&world, 0);
+    assert_eq!(
+        meta_ocl::harness::stage2_data(&cfg, &world, &protocol),
+        protocol.stage2,
+        "default: definitions only"
+    );
+    cfg.stage2_replay = 0.5;
+    let data = meta_ocl::harness::stage2_data(&cfg, &world, &protocol);
+    let n = protocol.stage2.len();
+    assert_eq!(&data[..n], &protocol.stage2[..]);
+    assert_eq!(data[n..].to_vec(), meta_ocl::world::spread_share(&world.stage0(), 0.5));
+    assert_eq!(data.len() - n, world.stage0().len() / 2);
+    cfg.stage2_replay = 1.5;
+    assert!(cfg.validate().is_err());
+}

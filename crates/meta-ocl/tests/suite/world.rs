@@ -327,3 +327,20 @@ fn alias_groups_have_the_right_sizes_sequences_and_held_out_questions() {
     }
     assert!(World::new(&WorldConfig { aliases: 17, ..WorldConfig::default() }).is_err());
 }
+
+#[test]
+fn a_spread_share_takes_floor_n_f_sequences_evenly() {
+    let seqs: Vec<Vec<u32>> = (0..100u32).map(|i| vec![i]).collect();
+    assert!(meta_ocl::world::spread_share(&seqs, 0.0).is_empty());
+    assert_eq!(meta_ocl::world::spread_share(&seqs, 1.0), seqs);
+    let quarter = meta_ocl::world::spread_share(&seqs, 0.25);
+    assert_eq!(quarter, (0..25u32).map(|k| vec![4 * k + 3]).collect::<Vec<_>>(), "every 4th");
+    for f in [0.1, 0.3, 0.37, 0.9] {
+        let share = meta_ocl::world::spread_share(&seqs, f);
+        assert_eq!(share.len(), (100.0 * f as f64).floor() as usize, "f = {f}");
+        // Evenly spread: gaps between picks differ by at most one.
+        let picks: Vec<u32> = share.iter().map(|s| s[0]).collect();
+        let gaps: Vec<u32> = picks.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().max().unwrap() - gaps.iter().min().unwrap() <= 1, "f = {f}: {gaps:?}");
+    }
+}
