@@ -337,7 +337,7 @@ fn a_spread_share_takes_floor_n_f_sequences_evenly() {
     assert_eq!(quarter, (0..25u32).map(|k| vec![4 * k + 3]).collect::<Vec<_>>(), "every 4th");
     for f in [0.1, 0.3, 0.37, 0.9] {
         let share = meta_ocl::world::spread_share(&seqs, f);
-        assert_eq!(share.len(), (100.0 * f as f64).floor() as usize, "f = {f}");
+        assert_eq!(share.len(), (100.0 * f).floor() as usize, "f = {f}");
         // Evenly spread: gaps between picks differ by at most one.
         let picks: Vec<u32> = share.iter().map(|s| s[0]).collect();
         let gaps: Vec<u32> = picks.windows(2).map(|w| w[1] - w[0]).collect();
