@@ -259,16 +259,9 @@ pub fn stage0(
 /// EM per [`crate::world::AliasGroup`] (by its name) of the held-out questions about the stage-0
 /// aliases; empty without aliases.
 pub fn alias_em(model: &crate::model::Transformer, world: &World) -> BTreeMap<String, f64> {
-    let tests = world.alias_tests();
-    let items: Vec<TestItem> = tests.iter().map(|(_, t)| t.clone()).collect();
-    let hits = crate::train::exact_matches(model, &items);
-    let mut acc: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for ((group, _), h) in tests.iter().zip(hits) {
-        let e = acc.entry(group.name().to_string()).or_default();
-        e.0 += h as usize;
-        e.1 += 1;
-    }
-    acc.into_iter().map(|(k, (h, n))| (k, h as f64 / n as f64)).collect()
+    let (groups, items): (Vec<_>, Vec<TestItem>) = world.alias_tests().into_iter().unzip();
+    let labels: Vec<&str> = groups.iter().map(|g| g.name()).collect();
+    crate::train::em_by_label(model, &items, &labels)
 }
 
 /// EM per subset of the held-out questions `tests` and, prefixed `def_`, of the definition recall

@@ -423,11 +423,25 @@ pub fn em_by_subset(model: &Transformer, items: &[TestItem]) -> BTreeMap<String,
 
 /// [`em_by_subset`] with `prefix` before each subset name.
 pub fn em_by_subset_prefixed(model: &Transformer, items: &[TestItem], prefix: &str) -> BTreeMap<String, f64> {
+    let labels: Vec<String> = items
+        .iter()
+        .map(|it| format!("{prefix}{}", it.subset.map_or("stage0_recall", Subset::name)))
+        .collect();
+    em_by_label(model, items, &labels)
+}
+
+/// Exact match per label: the fraction of the items labelled `l` (`labels[i]` is item `i`'s)
+/// answered exactly.
+pub fn em_by_label(
+    model: &Transformer,
+    items: &[TestItem],
+    labels: &[impl AsRef<str>],
+) -> BTreeMap<String, f64> {
+    assert_eq!(items.len(), labels.len(), "one label per item");
     let hits = exact_matches(model, items);
     let mut acc: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for (it, h) in items.iter().zip(hits) {
-        let name = format!("{prefix}{}", it.subset.map_or("stage0_recall", Subset::name));
-        let e = acc.entry(name).or_default();
+    for (label, h) in labels.iter().zip(hits) {
+        let e = acc.entry(label.as_ref().to_string()).or_default();
         e.0 += h as usize;
         e.1 += 1;
     }
