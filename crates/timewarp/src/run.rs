@@ -252,6 +252,17 @@ pub struct ExploreTrainMd {
     pub pairs: (usize, usize),
 }
 
+impl ExploreTrainMd {
+    /// The report's account of this reference beside a run at `run_kt` whose joined isomer table
+    /// holds `isomers`: `after_cost` follows "not counted" and `after_pairs` the pair counts.
+    fn describe(&self, after_cost: &str, after_pairs: &str, run_kt: f64, isomers: usize) -> String {
+        format!(
+            "an MD reference at kT {} ({:.1} s of MD, not counted{after_cost}), {} pairs of which {} change isomer{after_pairs}; its MD found {} isomers, the run's own MD at kT {run_kt} found {}; the isomer table is their union ({isomers} isomers)",
+            self.kt, self.md_seconds, self.pairs.0, self.pairs.1, self.isomers, self.run_isomers
+        )
+    }
+}
+
 /// The MD settings whose pairs train the exploration flow when they are not the run's own: `md`
 /// at `stage.explore_train_kt`, None when that is unset or equals the run's kT.
 pub fn explore_training_md(md: &MdConfig, stage: &FlowStage) -> Option<MdConfig> {
@@ -1220,15 +1231,13 @@ pub fn markdown(r: &RunReport) -> String {
         if let Some(t) = &f.mh_train_md {
             let _ = writeln!(
                 s,
-                "- MH flows' pairs: an MD reference at kT {} ({:.1} s of MD, not counted; nor is the training), {} pairs of which {} change isomer (the hop diagnostics below are on these pairs); its MD found {} isomers, the run's own MD at kT {} found {}; the isomer table is their union ({} isomers); MH, populations, ESS and the speed-up are at kT {}",
-                t.kt,
-                t.md_seconds,
-                t.pairs.0,
-                t.pairs.1,
-                t.isomers,
-                c.langevin.kt,
-                t.run_isomers,
-                r.isomers.energies.len(),
+                "- MH flows' pairs: {}; MH, populations, ESS and the speed-up are at kT {}",
+                t.describe(
+                    "; nor is the training",
+                    " (the hop diagnostics below are on these pairs)",
+                    c.langevin.kt,
+                    r.isomers.energies.len()
+                ),
                 c.langevin.kt
             );
         }
@@ -1245,15 +1254,8 @@ pub fn markdown(r: &RunReport) -> String {
         if let Some(t) = &f.explore_train_md {
             let _ = writeln!(
                 s,
-                "- exploration flow's pairs: an MD reference at kT {} ({:.1} s of MD, not counted), {} pairs of which {} change isomer; its MD found {} isomers, the run's own MD at kT {} found {}; the isomer table is their union ({} isomers); the cap is in units of the run's kT ({} = {:.2} energy units)",
-                t.kt,
-                t.md_seconds,
-                t.pairs.0,
-                t.pairs.1,
-                t.isomers,
-                c.langevin.kt,
-                t.run_isomers,
-                r.isomers.energies.len(),
+                "- exploration flow's pairs: {}; the cap is in units of the run's kT ({} = {:.2} energy units)",
+                t.describe("", "", c.langevin.kt, r.isomers.energies.len()),
                 r.config.flow.as_ref().map_or(f64::NAN, |s| s.explore_cap_kt),
                 r.config.flow.as_ref().map_or(f64::NAN, |s| s.explore_cap_kt) * c.langevin.kt
             );
