@@ -29,7 +29,7 @@ use crate::train::{
     em_by_subset, em_by_subset_prefixed, save_model, train_stage, EvalSchedule, StageConfig, StageReport,
     Start,
 };
-use crate::world::{Protocol, ProtocolConfig, TestItem, World, WorldConfig, SUBSETS};
+use crate::world::{AliasGroup, Protocol, ProtocolConfig, TestItem, World, WorldConfig, SUBSETS};
 use crate::MetaOclError;
 
 /// Everything a sweep depends on.
@@ -624,7 +624,7 @@ pub fn collect(out: &Path, cfg: &SweepConfig) -> Result<Collected, MetaOclError>
     if s0.exists() {
         let v: serde_json::Value = read_json(&s0)?;
         c.stage0_recall = v["em"]["stage0_recall"].as_f64();
-        for group in ["alias_dq", "alias_q", "alias_d"] {
+        for group in AliasGroup::ALL.map(AliasGroup::name) {
             if let Some(x) = v["em"][group].as_f64() {
                 c.stage0_aliases.insert(group.to_string(), x);
             }
@@ -718,9 +718,9 @@ pub fn report(out: &Path, cfg: &SweepConfig, note: &str) -> Result<String, MetaO
         md.push_str(&format!(
             "Alias pretraining ({} aliases per entity): stage-0 EM on held-out alias questions: definition and QA {}, QA only {}, definition only {}.\n\n",
             cfg.world.aliases,
-            g("alias_dq"),
-            g("alias_q"),
-            g("alias_d")
+            g(AliasGroup::DefinitionAndQa.name()),
+            g(AliasGroup::QaOnly.name()),
+            g(AliasGroup::DefinitionOnly.name())
         ));
     }
     let mut bars = Vec::new();

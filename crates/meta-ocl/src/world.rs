@@ -262,6 +262,10 @@ pub enum AliasGroup {
 }
 
 impl AliasGroup {
+    /// Every group, in report order.
+    pub const ALL: [AliasGroup; 3] =
+        [AliasGroup::DefinitionAndQa, AliasGroup::QaOnly, AliasGroup::DefinitionOnly];
+
     /// Name in reports: `alias_dq`, `alias_q`, `alias_d`.
     pub fn name(self) -> &'static str {
         match self {
